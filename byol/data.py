@@ -1,0 +1,280 @@
+"""Scan an ImageFolder-style directory, decode every file, and make the labelled/unlabelled/test split.
+
+Every image is fully decoded (not only its header) so that truncated files are caught here, once,
+instead of crashing a training run hours later. The split depends only on the seed and the set of
+files: each file's rank is a hash of (seed, path), so the listing order of the file system never
+matters and adding one file moves at most that file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from byol.errors import UserError
+
+SPLITS = ("labelled", "unlabelled", "test")
+SPLITS_FILE = "splits.csv"
+REJECTED_FILE = "rejected.csv"
+SPLIT_CONFIG_FILE = "split_config.json"
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What decoding one file found: `reason` is None for a usable image."""
+
+    path: str  # relative to the data dir, with forward slashes
+    width: int = 0
+    height: int = 0
+    image_format: str = ""
+    reason: str | None = None
+
+
+def list_classes(data_dir: Path) -> list[str]:
+    """Class names are the sub-folders of `data_dir`, sorted (PetImages: Cat=0, Dog=1)."""
+    if not data_dir.is_dir():
+        raise UserError(f"data dir {data_dir} does not exist; pass --data-dir PATH or --download")
+    classes = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise UserError(
+            f"data dir {data_dir} has {len(classes)} class folder(s); it needs 2 or more "
+            "sub-folders, one per class (e.g. PetImages/Cat and PetImages/Dog)"
+        )
+    return classes
+
+
+def list_files(data_dir: Path, classes: list[str]) -> list[str]:
+    """Every regular file under each class folder (recursively), relative to `data_dir`, sorted."""
+    files = []
+    for class_name in classes:
+        for root, dirs, names in os.walk(data_dir / class_name):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for name in names:
+                full = Path(root) / name
+                if full.is_file() and not name.startswith("."):
+                    files.append(full.relative_to(data_dir).as_posix())
+    return sorted(files)
+
+
+def decode_image(data_dir: Path, rel_path: str, min_size: int, max_pixels: int) -> Decoded:
+    """Fully decode one file and say why it is unusable, if it is."""
+    full = data_dir / rel_path
+    if full.stat().st_size == 0:
+        return Decoded(rel_path, reason="empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # palette/EXIF warnings on images we keep anyway
+            with Image.open(full) as image:
+                width, height = image.size
+                image_format = image.format or ""
+                # Checked from the header, before decoding, so a bomb never allocates its pixels.
+                if width * height > max_pixels:
+                    return Decoded(
+                        rel_path,
+                        width,
+                        height,
+                        image_format,
+                        f"too large: {width}x{height} is over the {max_pixels}-pixel "
+                        "decompression-bomb limit",
+                    )
+                image.load()
+                image.convert("RGB")
+    except Image.DecompressionBombError:
+        return Decoded(rel_path, reason="too large: over Pillow's decompression-bomb limit")
+    except Image.UnidentifiedImageError:
+        return Decoded(rel_path, reason="not an image")
+    except (OSError, SyntaxError, ValueError) as error:
+        return Decoded(rel_path, reason=f"broken image: {error}".replace("\n", " "))
+    if min(width, height) < min_size:
+        return Decoded(
+            rel_path,
+            width,
+            height,
+            image_format,
+            f"too small: {width}x{height}, under {min_size} px on its short side",
+        )
+    return Decoded(rel_path, width, height, image_format)
+
+
+def _decode_chunk(args: tuple[Path, list[str], int, int]) -> list[Decoded]:
+    data_dir, paths, min_size, max_pixels = args
+    return [decode_image(data_dir, path, min_size, max_pixels) for path in paths]
+
+
+def decode_all(
+    data_dir: Path, paths: list[str], min_size: int, max_pixels: int, workers: int
+) -> list[Decoded]:
+    """Decode `paths` in `workers` processes, with a progress bar; results in the order of `paths`."""
+    chunk = 64
+    jobs = [(data_dir, paths[i : i + chunk], min_size, max_pixels) for i in range(0, len(paths), chunk)]
+    results: list[Decoded] = []
+    with tqdm(total=len(paths), desc="decode", unit="img") as bar:
+        if workers <= 1:
+            for job in jobs:
+                results.extend(_decode_chunk(job))
+                bar.update(len(job[1]))
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for decoded in pool.map(_decode_chunk, jobs):
+                    results.extend(decoded)
+                    bar.update(len(decoded))
+    return results
+
+
+def split_rank(seed: int, path: str) -> str:
+    """A file's place in the shuffled order: a hash, so listing order never matters."""
+    return hashlib.sha256(f"{seed}:{path}".encode()).hexdigest()
+
+
+def balanced_quotas(total: int, classes: list[str], seed: int) -> dict[str, int]:
+    """Split `total` evenly over classes; the remainder goes to a seed-chosen set of classes."""
+    base, remainder = divmod(total, len(classes))
+    lucky = sorted(classes, key=lambda name: split_rank(seed, name))[:remainder]
+    return {name: base + (name in lucky) for name in classes}
+
+
+def assign_splits(
+    kept: pd.DataFrame, classes: list[str], n_labelled: int, n_test: int, seed: int
+) -> pd.DataFrame:
+    """Give each kept image a split: per class, `test` first, then `labelled`, the rest `unlabelled`.
+
+    Test is drawn first so that changing --n-labelled never changes the test set.
+    """
+    n_valid = len(kept)
+    if n_labelled + n_test > n_valid:
+        raise UserError(
+            f"--n-labelled {n_labelled} + --n-test {n_test} = {n_labelled + n_test} is more than "
+            f"the {n_valid} valid images; lower one of them"
+        )
+    labelled_quota = balanced_quotas(n_labelled, classes, seed)
+    test_quota = balanced_quotas(n_test, classes, seed + 1)
+    frames = []
+    for class_name in classes:
+        rows = kept[kept["class_name"] == class_name].copy()
+        need = labelled_quota[class_name] + test_quota[class_name]
+        if len(rows) < need:
+            raise UserError(
+                f"class '{class_name}' has {len(rows)} valid images but the balanced split needs "
+                f"{labelled_quota[class_name]} labelled + {test_quota[class_name]} test = {need}; "
+                "lower --n-labelled or --n-test, or add images"
+            )
+        rows["rank"] = [split_rank(seed, path) for path in rows["path"]]
+        rows = rows.sort_values("rank")
+        n_class_test = test_quota[class_name]
+        split = ["test"] * n_class_test + ["labelled"] * labelled_quota[class_name]
+        rows["split"] = split + ["unlabelled"] * (len(rows) - len(split))
+        frames.append(rows.drop(columns="rank"))
+    return pd.concat(frames).sort_values("path").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    splits: pd.DataFrame  # path, label, class_name, split, width, height, format
+    rejected: pd.DataFrame  # path, class_name, reason
+    classes: list[str]
+
+
+def make_split(
+    data_dir: Path, n_labelled: int, n_test: int, seed: int, workers: int, min_size: int, max_pixels: int
+) -> SplitResult:
+    """Decode everything under `data_dir` and split the images that decode."""
+    classes = list_classes(data_dir)
+    paths = list_files(data_dir, classes)
+    decoded = decode_all(data_dir, paths, min_size, max_pixels, workers)
+    table = pd.DataFrame(
+        {
+            "path": [d.path for d in decoded],
+            "class_name": [d.path.split("/", 1)[0] for d in decoded],
+            "width": [d.width for d in decoded],
+            "height": [d.height for d in decoded],
+            "format": [d.image_format for d in decoded],
+            "reason": [d.reason for d in decoded],
+        }
+    )
+    table["label"] = table["class_name"].map({name: i for i, name in enumerate(classes)})
+    is_kept = table["reason"].isna()
+    rejected = table.loc[~is_kept, ["path", "class_name", "reason"]].reset_index(drop=True)
+    kept = table.loc[is_kept, ["path", "label", "class_name", "width", "height", "format"]]
+    splits = assign_splits(kept, classes, n_labelled, n_test, seed)
+    columns = ["path", "label", "class_name", "split", "width", "height", "format"]
+    return SplitResult(splits[columns], rejected, classes)
+
+
+def summary_table(result: SplitResult) -> str:
+    """Per class: found / kept / rejected and the size of each split, as aligned text."""
+    header = ["class", "found", "kept", "rejected", *SPLITS]
+    rows = []
+    for class_name in [*result.classes, "total"]:
+        if class_name == "total":
+            kept, rejected = result.splits, result.rejected
+        else:
+            kept = result.splits[result.splits["class_name"] == class_name]
+            rejected = result.rejected[result.rejected["class_name"] == class_name]
+        counts = kept["split"].value_counts()
+        rows.append(
+            [
+                class_name,
+                len(kept) + len(rejected),
+                len(kept),
+                len(rejected),
+                *(int(counts.get(split, 0)) for split in SPLITS),
+            ]
+        )
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(cell).rjust(width) for cell, width in zip(row, widths)) for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def splits_fingerprint(splits_csv: Path) -> str:
+    """A hash of splits.csv, recorded in split_config.json so later stages notice an edited split."""
+    return hashlib.sha256(splits_csv.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Split:
+    """A split as later stages read it: the table plus where the images live."""
+
+    table: pd.DataFrame
+    data_dir: Path
+    classes: list[str]
+    fingerprint: str
+
+    def indices(self, *splits: str) -> list[int]:
+        """Row numbers (also cache rows) of the images in the given splits."""
+        return self.table.index[self.table["split"].isin(splits)].tolist()
+
+
+def read_split(out_dir: Path) -> Split:
+    """Read `splits.csv` and its config from `out_dir`, checking they belong together and exist."""
+    splits_csv = out_dir / SPLITS_FILE
+    config_json = out_dir / SPLIT_CONFIG_FILE
+    if not splits_csv.is_file() or not config_json.is_file():
+        raise UserError(
+            f"no split in {out_dir} ({SPLITS_FILE} or {SPLIT_CONFIG_FILE} missing); "
+            f"run: python data_split.py --data-dir PATH --out-dir {out_dir}"
+        )
+    config = json.loads(config_json.read_text())
+    fingerprint = splits_fingerprint(splits_csv)
+    if config.get("splits_sha256") != fingerprint:
+        raise UserError(
+            f"{splits_csv} does not match {config_json} (edited or from another run); "
+            "re-run data_split.py to make a fresh split"
+        )
+    data_dir = Path(config["data_dir"])
+    table = pd.read_csv(splits_csv)
+    missing = [path for path in table["path"] if not (data_dir / path).is_file()]
+    if missing:
+        raise UserError(
+            f"{len(missing)} image(s) in {splits_csv} no longer exist under {data_dir} "
+            f"(first: {missing[0]}); the split is stale, re-run data_split.py"
+        )
+    return Split(table, data_dir, list(config["classes"]), fingerprint)

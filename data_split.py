@@ -1,0 +1,112 @@
+"""Stage 1: decode every image under --data-dir, drop the broken ones, and split the rest.
+
+Writes splits.csv (path,label,class_name,split,...), rejected.csv (path,class_name,reason) and
+split_config.json to --out-dir. Run `python data_split.py --help` for the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from byol.cli import non_negative_int, positive_int, run_stage
+from byol.data import (
+    REJECTED_FILE,
+    SPLIT_CONFIG_FILE,
+    SPLITS_FILE,
+    make_split,
+    splits_fingerprint,
+    summary_table,
+)
+from byol.download import PETIMAGES_URL, download_and_extract
+from byol.files import write_csv, write_json
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder with one sub-folder per class (default: data/PetImages, or data/ with --download)",
+    )
+    parser.add_argument("--out-dir", type=Path, default=Path("results"), help="where the split is written")
+    parser.add_argument(
+        "--n-labelled", type=non_negative_int, default=250, help="labelled images, balanced across classes"
+    )
+    parser.add_argument(
+        "--n-test",
+        type=non_negative_int,
+        default=2500,
+        help="held-out test images, balanced across classes (0 allowed)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the split depends only on this and the files")
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=os.cpu_count() or 1,
+        help="processes decoding images in parallel",
+    )
+    parser.add_argument(
+        "--min-size",
+        type=positive_int,
+        default=32,
+        help="reject images whose short side is under this many pixels",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=Image.MAX_IMAGE_PIXELS,
+        help="reject images with more pixels than this (Pillow's decompression-bomb limit)",
+    )
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="download and extract the public archive into --data-dir first",
+    )
+    parser.add_argument("--url", default=PETIMAGES_URL, help="archive to download with --download")
+    return parser
+
+
+def main() -> None:
+    args = get_args_parser().parse_args()
+    started = time.perf_counter()
+    if args.download:
+        image_dir = download_and_extract(args.url, args.data_dir or Path("data"))
+    else:
+        image_dir = args.data_dir or Path("data/PetImages")
+    result = make_split(
+        image_dir, args.n_labelled, args.n_test, args.seed, args.workers, args.min_size, args.max_pixels
+    )
+    write_csv(args.out_dir / REJECTED_FILE, result.rejected)
+    write_csv(args.out_dir / SPLITS_FILE, result.splits)
+    counts = result.splits["split"].value_counts()
+    write_json(
+        args.out_dir / SPLIT_CONFIG_FILE,
+        {
+            "data_dir": str(image_dir.resolve()),
+            "classes": result.classes,
+            "n_labelled": args.n_labelled,
+            "n_test": args.n_test,
+            "seed": args.seed,
+            "min_size": args.min_size,
+            "max_pixels": args.max_pixels,
+            "found": len(result.splits) + len(result.rejected),
+            "kept": len(result.splits),
+            "rejected": len(result.rejected),
+            "split_sizes": {split: int(n) for split, n in counts.items()},
+            "splits_sha256": splits_fingerprint(args.out_dir / SPLITS_FILE),
+        },
+    )
+    print(summary_table(result))
+    print(f"wrote {args.out_dir / SPLITS_FILE} in {time.perf_counter() - started:.1f} s")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,82 @@
+"""The one shared fixture: small generated image folders, optionally with the faults of the real archive."""
+
+from __future__ import annotations
+
+import io
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from byol.demo_images import make_demo_images
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = ROOT.parent / "shared" / "data" / "PetImages"
+
+
+def run_script(script: str, *args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a stage script the way a user does, capturing its output."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT
+    )
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height: enough to trip the decompression-bomb check."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0"))
+        + chunk(b"IEND", b"")
+    )
+
+
+def add_faults(folder: Path, class_name: str) -> dict[str, str]:
+    """Put every kind of file the real archive holds into one class folder.
+
+    Returns {relative path: expected reject-reason prefix} for the files that must be rejected.
+    """
+    class_dir = folder / class_name
+    (class_dir / "empty.jpg").write_bytes(b"")
+    good = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(good, "JPEG")
+    (class_dir / "truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
+    (class_dir / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0" + b"\0" * 500)
+    (class_dir / "notes.jpg").write_text("this is text, not a JPEG")
+    Image.new("RGB", (12, 40), (0, 0, 0)).save(class_dir / "tiny.jpg")
+    (class_dir / "bomb.png").write_bytes(png_header_only(20000, 20000))
+    # Kept, converted to RGB: the colour modes and lying extensions of the real archive.
+    Image.new("CMYK", (48, 48), (10, 200, 30, 0)).save(class_dir / "cmyk.jpg")
+    Image.new("L", (48, 48), 128).save(class_dir / "grey.jpg")
+    Image.new("P", (48, 48), 3).save(class_dir / "palette.gif")
+    Image.new("RGBA", (48, 48), (1, 2, 3, 100)).save(class_dir / "rgba.png")
+    Image.new("RGB", (48, 48), (9, 9, 9)).save(class_dir / "really_a_png.jpg", format="PNG")
+    prefix = f"{class_name}/"
+    return {
+        prefix + "empty.jpg": "empty file",
+        prefix + "truncated.jpg": "broken image",
+        prefix + "Thumbs.db": "not an image",
+        prefix + "notes.jpg": "not an image",
+        prefix + "tiny.jpg": "too small",
+        prefix + "bomb.png": "too large",
+    }
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path):
+    """Factory: `image_folder(per_class=20)` writes a two-class folder (circle, square) and returns it."""
+
+    def make(per_class: int = 20, size: int = 48, name: str = "images") -> Path:
+        return make_demo_images(tmp_path / name, per_class=per_class, size=size)
+
+    return make

@@ -1,0 +1,214 @@
+"""Stage 1: decoding, rejecting, and splitting (byol/data.py and data_split.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pandas as pd
+import pytest
+from conftest import REAL_DATA, add_faults, run_script
+
+from byol import data
+from byol.data import make_split, read_split
+from byol.errors import UserError
+
+
+def split_files(out_dir):
+    return pd.read_csv(out_dir / "splits.csv"), pd.read_csv(out_dir / "rejected.csv")
+
+
+def test_clean_folder_is_split_balanced_with_exact_counts(image_folder, tmp_path):
+    folder = image_folder(per_class=30)
+    out = tmp_path / "out"
+    result = run_script(
+        "data_split.py",
+        "--data-dir",
+        folder,
+        "--out-dir",
+        out,
+        "--n-labelled",
+        10,
+        "--n-test",
+        20,
+        "--workers",
+        2,
+    )
+    assert result.returncode == 0, result.stderr
+    splits, rejected = split_files(out)
+    assert {"path", "label", "class_name", "split"} <= set(splits.columns)
+    assert len(rejected) == 0
+    counts = splits.groupby(["class_name", "split"]).size()
+    assert counts["circle", "labelled"] == 5 and counts["square", "labelled"] == 5
+    assert counts["circle", "test"] == 10 and counts["square", "test"] == 10
+    assert counts["circle", "unlabelled"] == 15 and counts["square", "unlabelled"] == 15
+    assert dict(zip(splits["class_name"], splits["label"])) == {"circle": 0, "square": 1}
+    assert (folder / splits["path"].iloc[0]).is_file()  # paths are relative to the data dir
+    config = json.loads((out / "split_config.json").read_text())
+    assert config["kept"] == 60 and config["split_sizes"]["test"] == 20
+    assert "labelled" in result.stdout and "total" in result.stdout  # the summary table
+
+
+def test_every_fault_of_the_real_archive_is_rejected_with_its_reason(image_folder):
+    folder = image_folder(per_class=10)
+    expected = add_faults(folder, "circle")
+    result = make_split(folder, n_labelled=4, n_test=4, seed=0, workers=1, min_size=32, max_pixels=10_000_000)
+    reasons = dict(zip(result.rejected["path"], result.rejected["reason"]))
+    assert set(reasons) == set(expected)
+    for path, prefix in expected.items():
+        assert reasons[path].startswith(prefix), (path, reasons[path])
+    kept = set(result.splits["path"])
+    for name in ("cmyk.jpg", "grey.jpg", "palette.gif", "rgba.png", "really_a_png.jpg"):
+        assert f"circle/{name}" in kept
+    assert result.splits.set_index("path").loc["circle/really_a_png.jpg", "format"] == "PNG"
+
+
+def test_default_bomb_limit_rejects_an_image_over_pillows_limit(image_folder, tmp_path):
+    folder = image_folder(per_class=6)
+    add_faults(folder, "square")
+    out = tmp_path / "out"
+    result = run_script(
+        "data_split.py",
+        "--data-dir",
+        folder,
+        "--out-dir",
+        out,
+        "--n-labelled",
+        2,
+        "--n-test",
+        2,
+        "--workers",
+        1,
+    )
+    assert result.returncode == 0, result.stderr
+    _, rejected = split_files(out)
+    reasons = dict(zip(rejected["path"], rejected["reason"]))
+    assert "decompression-bomb" in reasons["square/bomb.png"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_split_ignores_listing_order(image_folder, monkeypatch, workers):
+    folder = image_folder(per_class=25)
+    first = make_split(folder, 6, 10, seed=3, workers=workers, min_size=8, max_pixels=10**8).splits
+    real_walk = os.walk
+
+    def shuffled_walk(top, *args, **kwargs):
+        for root, dirs, names in real_walk(top, *args, **kwargs):
+            random.Random(len(names)).shuffle(names)
+            names.reverse()
+            yield root, dirs, names
+
+    monkeypatch.setattr(data.os, "walk", shuffled_walk)
+    second = make_split(folder, 6, 10, seed=3, workers=workers, min_size=8, max_pixels=10**8).splits
+    pd.testing.assert_frame_equal(first, second)
+    other_seed = make_split(folder, 6, 10, seed=4, workers=1, min_size=8, max_pixels=10**8).splits
+    assert not first["split"].equals(other_seed["split"])
+
+
+def test_remainder_is_spread_and_total_is_exact(image_folder):
+    folder = image_folder(per_class=20)
+    (folder / "triangle").mkdir()
+    for path in sorted((folder / "circle").iterdir())[:20]:
+        (folder / "triangle" / path.name).write_bytes(path.read_bytes())
+    splits = make_split(
+        folder, n_labelled=11, n_test=7, seed=0, workers=1, min_size=8, max_pixels=10**8
+    ).splits
+    labelled = splits[splits["split"] == "labelled"]["class_name"].value_counts()
+    test = splits[splits["split"] == "test"]["class_name"].value_counts()
+    assert labelled.sum() == 11 and sorted(labelled) == [3, 4, 4]
+    assert test.sum() == 7 and sorted(test) == [2, 2, 3]
+    assert sorted(splits["label"].unique()) == [0, 1, 2]
+
+
+def test_zero_test_images_gives_the_plain_labelled_vs_rest_split(image_folder):
+    folder = image_folder(per_class=15)
+    splits = make_split(folder, 10, 0, seed=0, workers=1, min_size=8, max_pixels=10**8).splits
+    assert set(splits["split"]) == {"labelled", "unlabelled"}
+    assert (splits["split"] == "labelled").sum() == 10
+
+
+def test_changing_n_labelled_keeps_the_test_set(image_folder):
+    folder = image_folder(per_class=30)
+    small = make_split(folder, 4, 10, seed=0, workers=1, min_size=8, max_pixels=10**8).splits
+    large = make_split(folder, 20, 10, seed=0, workers=1, min_size=8, max_pixels=10**8).splits
+    assert set(small.loc[small["split"] == "test", "path"]) == set(
+        large.loc[large["split"] == "test", "path"]
+    )
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda f, t: ["--data-dir", t / "nowhere"], "does not exist"),
+        (lambda f, t: ["--data-dir", f / "circle"], "class folder"),
+        (lambda f, t: ["--data-dir", f, "--n-labelled", 30, "--n-test", 0], "class 'square' has 14 valid"),
+        (lambda f, t: ["--data-dir", f, "--n-labelled", 20, "--n-test", 30], "more than the 33 valid"),
+        (lambda f, t: ["--data-dir", f, "--n-test", -1], "--n-test"),
+        (lambda f, t: ["--data-dir", f, "--n-labelled", -5], "--n-labelled"),
+        (lambda f, t: ["--data-dir", f, "--workers", 0], "--workers"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_leaves_the_previous_split(
+    image_folder, tmp_path, make_args, message
+):
+    folder = image_folder(per_class=14)
+    add_faults(folder, "circle")  # 14 good circles; the faults must not count as valid
+    out = tmp_path / "out"
+    good = run_script(
+        "data_split.py",
+        "--data-dir",
+        folder,
+        "--out-dir",
+        out,
+        "--n-labelled",
+        4,
+        "--n-test",
+        4,
+        "--workers",
+        1,
+    )
+    assert good.returncode == 0, good.stderr
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    result = run_script("data_split.py", *make_args(folder, tmp_path), "--out-dir", out, "--workers", 1)
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(error_lines) == 1 and message in error_lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_later_stages_notice_an_edited_or_stale_split(image_folder, tmp_path):
+    folder = image_folder(per_class=10)
+    out = tmp_path / "out"
+    assert (
+        run_script(
+            "data_split.py", "--data-dir", folder, "--out-dir", out, "--n-labelled", 4, "--n-test", 4
+        ).returncode
+        == 0
+    )
+    split = read_split(out)
+    assert len(split.indices("labelled")) == 4 and len(split.indices("test")) == 4
+    assert split.classes == ["circle", "square"]
+
+    (folder / split.table["path"].iloc[0]).unlink()
+    with pytest.raises(UserError, match="no longer exist"):
+        read_split(out)
+    (out / "splits.csv").write_text((out / "splits.csv").read_text().replace("labelled", "test", 1))
+    with pytest.raises(UserError, match="does not match"):
+        read_split(out)
+    (out / "splits.csv").unlink()
+    with pytest.raises(UserError, match="data_split.py"):
+        read_split(out)
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="real PetImages not present")
+@pytest.mark.slow
+def test_real_petimages_split(tmp_path):
+    result = run_script("data_split.py", "--data-dir", REAL_DATA, "--out-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    splits, _ = split_files(tmp_path)
+    counts = splits.groupby(["class_name", "split"]).size()
+    assert counts["Cat", "labelled"] == 125 and counts["Dog", "labelled"] == 125
+    assert counts["Cat", "test"] == 1250 and counts["Dog", "test"] == 1250
+    assert (splits["split"] == "unlabelled").sum() == 22248
