@@ -14,16 +14,8 @@ from pathlib import Path
 from PIL import Image
 
 from byol.cli import non_negative_int, positive_int, run_stage
-from byol.data import (
-    REJECTED_FILE,
-    SPLIT_CONFIG_FILE,
-    SPLITS_FILE,
-    make_split,
-    splits_fingerprint,
-    summary_table,
-)
+from byol.data import SPLITS_FILE, make_split, save_split, summary_table
 from byol.download import PETIMAGES_URL, download_and_extract
-from byol.files import write_csv, write_json
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -84,26 +76,10 @@ def main() -> None:
     result = make_split(
         image_dir, args.n_labelled, args.n_test, args.seed, args.workers, args.min_size, args.max_pixels
     )
-    write_csv(args.out_dir / REJECTED_FILE, result.rejected)
-    write_csv(args.out_dir / SPLITS_FILE, result.splits)
-    counts = result.splits["split"].value_counts()
-    write_json(
-        args.out_dir / SPLIT_CONFIG_FILE,
-        {
-            "data_dir": str(image_dir.resolve()),
-            "classes": result.classes,
-            "n_labelled": args.n_labelled,
-            "n_test": args.n_test,
-            "seed": args.seed,
-            "min_size": args.min_size,
-            "max_pixels": args.max_pixels,
-            "found": len(result.splits) + len(result.rejected),
-            "kept": len(result.splits),
-            "rejected": len(result.rejected),
-            "split_sizes": {split: int(n) for split, n in counts.items()},
-            "splits_sha256": splits_fingerprint(args.out_dir / SPLITS_FILE),
-        },
-    )
+    settings = {
+        name: getattr(args, name) for name in ("n_labelled", "n_test", "seed", "min_size", "max_pixels")
+    }
+    save_split(result, image_dir, args.out_dir, settings)
     print(summary_table(result))
     print(f"wrote {args.out_dir / SPLITS_FILE} in {time.perf_counter() - started:.1f} s")
 

@@ -25,14 +25,26 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out_dir:
         started = time.perf_counter()
-        subprocess.run([sys.executable, str(ROOT / "data_split.py"), "--data-dir", str(args.data_dir),
-                        "--out-dir", out_dir], check=True, stderr=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "data_split.py"),
+                "--data-dir",
+                str(args.data_dir),
+                "--out-dir",
+                out_dir,
+            ],
+            check=True,
+            stderr=subprocess.DEVNULL,
+        )
         seconds = time.perf_counter() - started
         files = len(pd.read_csv(Path(out_dir) / "splits.csv")) + len(
             pd.read_csv(Path(out_dir) / "rejected.csv")
         )
-    print(f"files={files} seconds={seconds:.1f} files_per_s={files / seconds:.0f} cores={os.cpu_count()} "
-          f"target_s=60 within_target={seconds < 60}")  # fmt: skip
+    print(
+        f"files={files} seconds={seconds:.1f} files_per_s={files / seconds:.0f} cores={os.cpu_count()} "
+        f"target_s=60 within_target={seconds < 60}"
+    )
 
 
 if __name__ == "__main__":

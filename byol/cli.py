@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from byol.errors import UserError
+from byol.errors import Stopped, UserError
 
 
 def run_stage(main: Callable[[], None]) -> None:
@@ -18,6 +18,9 @@ def run_stage(main: Callable[[], None]) -> None:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except Stopped as stopped:
+        print(stopped, file=sys.stderr)
+        sys.exit(stopped.exit_code)
 
 
 def positive_int(text: str) -> int:

@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from byol.errors import UserError
+from byol.files import write_csv, write_json
 
 SPLITS = ("labelled", "unlabelled", "test")
 SPLITS_FILE = "splits.csv"
@@ -232,6 +233,26 @@ def summary_table(result: SplitResult) -> str:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(cell).rjust(width) for cell, width in zip(row, widths)) for row in [header, *rows]]
     return "\n".join(lines)
+
+
+def save_split(result: SplitResult, data_dir: Path, out_dir: Path, settings: dict) -> None:
+    """Write splits.csv, rejected.csv and split_config.json (settings, counts, splits.csv's hash)."""
+    write_csv(out_dir / REJECTED_FILE, result.rejected)
+    write_csv(out_dir / SPLITS_FILE, result.splits)
+    counts = result.splits["split"].value_counts()
+    write_json(
+        out_dir / SPLIT_CONFIG_FILE,
+        {
+            **settings,
+            "data_dir": str(Path(data_dir).resolve()),
+            "classes": result.classes,
+            "found": len(result.splits) + len(result.rejected),
+            "kept": len(result.splits),
+            "rejected": len(result.rejected),
+            "split_sizes": {split: int(counts.get(split, 0)) for split in SPLITS},
+            "splits_sha256": splits_fingerprint(out_dir / SPLITS_FILE),
+        },
+    )
 
 
 def splits_fingerprint(splits_csv: Path) -> str:

@@ -80,3 +80,19 @@ def image_folder(tmp_path: Path):
         return make_demo_images(tmp_path / name, per_class=per_class, size=size)
 
     return make
+
+
+@pytest.fixture
+def split_dir(image_folder, tmp_path):
+    """Factory: a generated folder already split, as data_split.py leaves it; returns the out dir."""
+
+    def make(per_class: int = 24, n_labelled: int = 8, n_test: int = 16, size: int = 40) -> Path:
+        from byol.data import make_split, save_split
+
+        folder = image_folder(per_class=per_class, size=size)
+        out_dir = tmp_path / "results"
+        result = make_split(folder, n_labelled, n_test, seed=0, workers=1, min_size=8, max_pixels=10**8)
+        save_split(result, folder, out_dir, {"n_labelled": n_labelled, "n_test": n_test, "seed": 0})
+        return out_dir
+
+    return make

@@ -59,8 +59,21 @@ def test_download_extracts_and_splits(http_folder, tmp_path):
     served, url = http_folder
     petimages_zip(served / "kagglecatsanddogs_5340.zip")
     data_dir, out = tmp_path / "data", tmp_path / "out"
-    args = ["--download", "--url", f"{url}/kagglecatsanddogs_5340.zip", "--data-dir", data_dir,
-            "--out-dir", out, "--n-labelled", 4, "--n-test", 4, "--workers", 1]  # fmt: skip
+    args = [
+        "--download",
+        "--url",
+        f"{url}/kagglecatsanddogs_5340.zip",
+        "--data-dir",
+        data_dir,
+        "--out-dir",
+        out,
+        "--n-labelled",
+        4,
+        "--n-test",
+        4,
+        "--workers",
+        1,
+    ]
     result = run_script("data_split.py", *args)
     assert result.returncode == 0, result.stderr
     assert (data_dir / "kagglecatsanddogs_5340.zip").is_file()
@@ -90,8 +103,16 @@ def test_unsafe_archive_is_refused_and_nothing_is_extracted(http_folder, tmp_pat
     served, url = http_folder
     petimages_zip(served / "evil.zip", **zip_kwargs)
     data_dir = tmp_path / "data"
-    result = run_script("data_split.py", "--download", "--url", f"{url}/evil.zip", "--data-dir", data_dir,
-                        "--out-dir", tmp_path / "out")  # fmt: skip
+    result = run_script(
+        "data_split.py",
+        "--download",
+        "--url",
+        f"{url}/evil.zip",
+        "--data-dir",
+        data_dir,
+        "--out-dir",
+        tmp_path / "out",
+    )
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in data_dir.iterdir()) == ["evil.zip"]

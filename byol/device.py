@@ -1,0 +1,67 @@
+"""Where and in what precision to train: device choice, bf16 detection, autocast.
+
+bf16 autocast + channels-last doubles ResNet18's speed where the hardware has bf16 units (CUDA
+Ampere+, CPUs with avx512_bf16 or AMX); elsewhere bf16 is emulated and slower, so `auto` picks fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from byol.errors import UserError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; an unusable device is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is available here; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) are visible")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: only cpu and cuda are supported")
+    return device
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 instructions (Linux: avx512_bf16 or amx_bf16 in cpuinfo)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return False
+    flags = cpuinfo.read_text(errors="ignore")
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' where the device computes bf16 natively, else 'fp32'."""
+    if name not in PRECISIONS:
+        raise UserError(f"--precision {name!r}: use one of {', '.join(PRECISIONS)}")
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for the forward pass; losses are computed in fp32 by the loss functions."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def memory_format(device: torch.device, precision: str) -> torch.memory_format:
+    """channels-last where it pays: with bf16, and on CUDA (tensor cores want NHWC)."""
+    if precision == "bf16" or device.type == "cuda":
+        return torch.channels_last
+    return torch.contiguous_format

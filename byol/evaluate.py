@@ -1,0 +1,73 @@
+"""How good are the features: backbone features of cached images, and a weighted k-NN monitor.
+
+The k-NN classifier (Wu et al. 2018, as used by solo-learn and lightly) labels each test image by the
+cosine-similarity-weighted vote of its k nearest labelled images; it needs no training, so it can
+track representation quality during pretraining.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from byol.augment import normalize_imagenet
+from byol.device import autocast
+
+
+def eval_view(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """The deterministic view used to evaluate: the whole cached image resized to `image_size`."""
+    images = images.float() / 255
+    if images.shape[-1] != image_size:
+        images = F.interpolate(
+            images, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+        )
+    return normalize_imagenet(images)
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    images: torch.Tensor,
+    indices: list[int],
+    image_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    batch_size: int = 256,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> torch.Tensor:
+    """Backbone features (N, D) in fp32 of cache rows `indices`, with the backbone in eval mode."""
+    was_training = backbone.training
+    backbone.eval()
+    features = []
+    for start in range(0, len(indices), batch_size):
+        batch = images[indices[start : start + batch_size]].to(device, non_blocking=True)
+        batch = eval_view(batch, image_size).contiguous(memory_format=memory_format)
+        with autocast(device, precision):
+            features.append(backbone(batch).float())
+    backbone.train(was_training)
+    return torch.cat(features)
+
+
+def knn_accuracy(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
+) -> float:
+    """Accuracy of a weighted k-NN (cosine similarity, weights exp(sim / T)) on the test features."""
+    train_features = F.normalize(train_features, dim=1)
+    test_features = F.normalize(test_features, dim=1)
+    n_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    k = min(k, len(train_features))
+    correct = 0
+    for start in range(0, len(test_features), 1024):
+        similarity = test_features[start : start + 1024] @ train_features.T  # (b, N_train)
+        top_similarity, top_index = similarity.topk(k, dim=1)
+        weights = (top_similarity / temperature).exp()
+        votes = torch.zeros(len(weights), n_classes, device=weights.device)
+        votes.scatter_add_(1, train_labels[top_index], weights)
+        correct += (votes.argmax(1) == test_labels[start : start + 1024]).sum().item()
+    return correct / len(test_features)

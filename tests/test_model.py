@@ -1,0 +1,96 @@
+"""The BYOL module, its loss, EMA and schedules (byol/model.py, byol/schedules.py)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+from byol import BYOL, BYOLViews, byol_loss, lr_at, resnet18_backbone, tau_at, update_momentum
+
+
+def small_cnn() -> nn.Module:
+    """A user's own backbone: any module mapping images to (B, D) features."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+
+
+def test_loss_is_two_minus_two_cosine():
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    assert byol_loss(a, a).item() == 0
+    assert math.isclose(byol_loss(a, -a).item(), 4.0)
+    assert math.isclose(byol_loss(a, torch.tensor([[0.0, 3.0], [5.0, 0.0]])).item(), 2.0)
+
+
+def test_target_gets_no_gradient_and_follows_the_ema_formula():
+    model = BYOL(small_cnn(), 32, hidden_dim=64, projection_dim=16)
+    views = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    target_before = [p.clone() for p in model.target_backbone.parameters()]
+    model(*views).backward()
+    optimizer.step()
+    assert all(p.grad is None and not p.requires_grad for p in model.target_backbone.parameters())
+    assert all(p.grad is None for p in model.target_projector.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(target_before, model.target_backbone.parameters()))
+    online = [p.clone() for p in model.backbone.parameters()]
+    model.update_target(0.9)
+    for old, new, theta in zip(target_before, model.target_backbone.parameters(), online):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * theta)
+
+
+def test_update_momentum_on_plain_modules():
+    online, target = nn.Linear(3, 2), nn.Linear(3, 2)
+    expected = 0.99 * target.weight.detach() + 0.01 * online.weight.detach()
+    update_momentum(online, target, 0.99)
+    torch.testing.assert_close(target.weight.detach(), expected)
+
+
+def test_tau_rises_from_base_to_one_on_a_cosine():
+    assert tau_at(0, 100, 0.996) == 0.996
+    assert math.isclose(tau_at(50, 100, 0.996), 0.998)
+    assert tau_at(100, 100, 0.996) == 1.0
+    values = [tau_at(k, 100, 0.99) for k in range(101)]
+    assert values == sorted(values)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    assert math.isclose(lr_at(0, 100, 10, 1.0), 0.1)
+    assert lr_at(9, 100, 10, 1.0) == 1.0
+    assert math.isclose(lr_at(55, 100, 10, 1.0), 0.5)
+    assert lr_at(100, 100, 10, 1.0) < 1e-12
+
+
+def test_backbone_state_loads_strictly_into_stock_resnet18():
+    model = BYOL(resnet18_backbone(), 512)
+    stock = resnet18()
+    stock.fc = nn.Identity()
+    stock.load_state_dict(model.backbone.state_dict(), strict=True)
+
+
+def test_a_users_own_backbone_learns_with_the_public_api():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 24, 24), dtype=torch.uint8)
+    model = BYOL(small_cnn(), feature_dim=32, hidden_dim=128, projection_dim=32)
+    views = BYOLViews(image_size=20)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    losses = []
+    for step in range(40):
+        batch = images[torch.randint(0, 64, (32,), generator=generator)]
+        loss = model(*views(batch, generator))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        model.update_target(tau_at(step, 40, 0.99))
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5

@@ -1,0 +1,176 @@
+"""BYOL pretraining end to end on tiny generated data (byol/pretrain.py, byol/cache.py, train_byol.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+
+import pandas as pd
+import pytest
+import torch
+from conftest import run_script
+from torch import nn
+from torchvision.models import resnet18
+
+from byol import pretrain as pretrain_module
+from byol.cache import build_cache, cache_paths
+from byol.data import read_split
+from byol.errors import Stopped
+from byol.files import load_torch
+from byol.pretrain import PretrainConfig, pretrain
+
+TINY = [
+    "--batch-size",
+    "8",
+    "--image-size",
+    "32",
+    "--cache-size",
+    "36",
+    "--max-images",
+    "32",
+    "--device",
+    "cpu",
+]
+
+
+def tiny_config(**overrides) -> PretrainConfig:
+    settings = {"epochs": 2, "batch_size": 8, "image_size": 32, "cache_size": 36, "max_images": 32}
+    return PretrainConfig(**{**settings, **overrides})
+
+
+def test_train_byol_writes_weights_that_load_into_stock_resnet18(split_dir):
+    out = split_dir()
+    result = run_script("train_byol.py", "--out-dir", out, "--epochs", "2", *TINY)
+    assert result.returncode == 0, result.stderr
+    weights = load_torch(out / "byol.pt")
+    stock = resnet18()
+    stock.fc = nn.Identity()
+    stock.load_state_dict(weights["backbone"], strict=True)
+    assert weights["config"]["epochs"] == 2 and weights["arch"] == "resnet18"
+    metrics = pd.read_csv(out / "byol_metrics.csv")
+    expected = {"epoch", "loss", "tau", "lr", "knn_acc", "images_per_s", "seconds", "feature_std"}
+    assert expected <= set(metrics.columns)
+    assert metrics["epoch"].tolist() == [0, 1, 2]
+    assert metrics["knn_acc"].notna().all()  # epoch 0 (random init) included
+    assert (out / "byol_config.json").is_file() and (out / "byol_checkpoint.pt").is_file()
+
+
+def test_loss_falls_and_features_do_not_collapse(split_dir):
+    out = split_dir(per_class=40)
+    pretrain(tiny_config(epochs=6, max_images=64, optimizer="adamw", lr=2e-3), out, device_name="cpu")
+    metrics = pd.read_csv(out / "byol_metrics.csv")
+    losses = metrics["loss"].dropna().tolist()
+    # Past the first epoch's fast drop (the predictor catching up), the loss still falls.
+    assert losses[-1] < 0.9 * losses[0] and min(losses[3:]) < losses[1], losses
+    # Collapse would send the per-dimension spread of the normalised features to 0.
+    assert metrics["feature_std"].iloc[-1] > 0.5 * metrics["feature_std"].iloc[0] > 0
+
+
+def test_two_epochs_equal_one_epoch_then_resume(split_dir, tmp_path):
+    out = split_dir()
+    straight = tmp_path / "straight"
+    shutil.copytree(out, straight)
+    pretrain(tiny_config(), straight, device_name="cpu")
+
+    with pytest.raises(Stopped) as paused:
+        pretrain(tiny_config(), out, device_name="cpu", stop_after_epochs=1)
+    assert paused.value.exit_code == 0 and not (out / "byol.pt").exists()
+    pretrain(PretrainConfig(), out, device_name="cpu", resume=True)  # the saved config wins
+    assert_same_weights(straight, out)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(straight / "byol_metrics.csv").drop(columns=["images_per_s", "seconds"]),
+        pd.read_csv(out / "byol_metrics.csv").drop(columns=["images_per_s", "seconds"]),
+    )
+
+
+def assert_same_weights(dir_a, dir_b):
+    a, b = load_torch(dir_a / "byol.pt")["backbone"], load_torch(dir_b / "byol.pt")["backbone"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0, msg=name)
+    ckpt_a, ckpt_b = load_torch(dir_a / "byol_checkpoint.pt"), load_torch(dir_b / "byol_checkpoint.pt")
+    for name in ckpt_a["model"]:  # online, predictor and target networks
+        torch.testing.assert_close(ckpt_a["model"][name], ckpt_b["model"][name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_sigterm_mid_epoch_saves_and_resume_is_exact(split_dir, tmp_path, monkeypatch):
+    out = split_dir()
+    straight = tmp_path / "straight"
+    shutil.copytree(out, straight)
+    pretrain(tiny_config(), straight, device_name="cpu")
+
+    calls = {"n": 0}
+    real_views = pretrain_module.BYOLViews
+
+    class SignalOnSixthBatch(real_views):  # the signal arrives while batch 6 of 8 is training
+        def __call__(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 6:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().__call__(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain_module, "BYOLViews", SignalOnSixthBatch)
+    with pytest.raises(Stopped) as stopped:
+        pretrain(tiny_config(), out, device_name="cpu")
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    checkpoint = load_torch(out / "byol_checkpoint.pt")
+    assert (checkpoint["epoch"], checkpoint["batch_in_epoch"]) == (1, 2)
+    monkeypatch.setattr(pretrain_module, "BYOLViews", real_views)
+    pretrain(tiny_config(), out, device_name="cpu", resume=True)
+    assert_same_weights(straight, out)
+
+
+def test_cache_is_built_once_and_rebuilt_when_the_split_changes(split_dir):
+    out = split_dir()
+    split = read_split(out)
+    path = build_cache(split, out, 20)
+    images = torch.from_numpy(__import__("numpy").load(path))
+    assert images.shape == (len(split.table), 3, 20, 20) and images.dtype == torch.uint8
+    modified = path.stat().st_mtime_ns
+    build_cache(split, out, 20)
+    assert path.stat().st_mtime_ns == modified
+    array_path, meta_path = cache_paths(out, 20)
+    meta_path.write_text(meta_path.read_text().replace(split.fingerprint, "0" * 64))
+    build_cache(split, out, 20)
+    assert path.stat().st_mtime_ns != modified
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "64", "--max-images", "32"], "--batch-size 64 is larger than the 32"),
+        (["--image-size", "48", "--cache-size", "40"], "larger than --cache-size 40"),
+        (["--device", "cuda:7"], "--device cuda:7"),
+        (["--device", "tpu"], "--device"),
+        (["--resume"], "no checkpoint"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(split_dir, args, message):
+    out = split_dir()
+    result = run_script("train_byol.py", "--out-dir", out, "--epochs", "1", *TINY[:6], *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (out / "byol.pt").exists()
+
+
+def test_missing_or_stale_split_is_a_clear_error(split_dir, tmp_path):
+    result = run_script("train_byol.py", "--out-dir", tmp_path / "empty", "--epochs", "1")
+    assert result.returncode == 2 and "data_split.py" in result.stderr
+    out = split_dir()
+    (out / "splits.csv").write_text((out / "splits.csv").read_text() + "\n")
+    result = run_script("train_byol.py", "--out-dir", out, "--epochs", "1", *TINY)
+    assert result.returncode == 2 and "re-run data_split.py" in result.stderr
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_files(split_dir):
+    out = split_dir()
+    assert run_script("train_byol.py", "--out-dir", out, "--epochs", "1", *TINY).returncode == 0
+    before = {
+        name: (out / name).read_bytes() for name in ("byol.pt", "byol_checkpoint.pt", "byol_metrics.csv")
+    }
+    result = run_script(
+        "train_byol.py", "--out-dir", out, "--epochs", "1", "--optimizer", "sgd", "--lr", "1e30", *TINY
+    )
+    assert result.returncode == 2, result.stderr
+    assert "loss became" in result.stderr and "Traceback" not in result.stderr
+    assert {name: (out / name).read_bytes() for name in before} == before

@@ -1,0 +1,109 @@
+"""Stage 2: pretrain a ResNet18 from random weights with BYOL on the unlabelled images.
+
+Reads --out-dir/splits.csv (from data_split.py), trains on the unlabelled and labelled images
+(labels ignored; the test split is never seen) and writes --out-dir/byol.pt, whose "backbone"
+loads strictly into torchvision.models.resnet18() with fc = nn.Identity().
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from byol.cli import non_negative_int, positive_int, run_stage
+from byol.device import PRECISIONS
+from byol.optim import BASE_LR_PER_256, OPTIMIZERS
+from byol.pretrain import PretrainConfig, pretrain
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    defaults = PretrainConfig()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out-dir", type=Path, default=Path("results"), help="reads splits.csv, writes byol.pt"
+    )
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=defaults.batch_size, help="images per step"
+    )
+    parser.add_argument(
+        "--image-size", type=positive_int, default=defaults.image_size, help="side of each view, px"
+    )
+    parser.add_argument(
+        "--cache-size",
+        type=non_negative_int,
+        default=defaults.cache_size,
+        help="side of the decoded image cache, px (default: 1.15 x --image-size)",
+    )
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=defaults.lr,
+        help="peak learning rate (default: "
+        + ", ".join(f"{k} {v:g}" for k, v in BASE_LR_PER_256.items())
+        + " x batch-size / 256)",
+    )
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument(
+        "--warmup-fraction",
+        type=float,
+        default=defaults.warmup_fraction,
+        help="fraction of all steps spent warming the learning rate up",
+    )
+    parser.add_argument(
+        "--tau-base", type=float, default=defaults.tau_base, help="EMA rate at step 0; rises to 1 on a cosine"
+    )
+    parser.add_argument(
+        "--crop-min-scale",
+        type=float,
+        default=defaults.crop_min_scale,
+        help="smallest random crop, as a fraction of the image area",
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--knn-every",
+        type=non_negative_int,
+        default=defaults.knn_every,
+        help="k-NN monitor every N epochs (0: only at the start and end)",
+    )
+    parser.add_argument(
+        "--max-images",
+        type=non_negative_int,
+        default=defaults.max_images,
+        help="pretrain on a random subset of this many images (0: all)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 autocast + channels-last where the device has bf16 units, else fp32",
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from --out-dir/byol_checkpoint.pt")
+    parser.add_argument(
+        "--stop-after-epochs",
+        type=non_negative_int,
+        default=0,
+        help="pause (checkpoint and exit) every N epochs, to split a long run into sessions",
+    )
+    return parser
+
+
+def main() -> None:
+    args = get_args_parser().parse_args()
+    config = PretrainConfig(**{name: getattr(args, name) for name in PretrainConfig.__dataclass_fields__})
+    pretrain(
+        config,
+        args.out_dir,
+        device_name=args.device,
+        precision_name=args.precision,
+        resume=args.resume,
+        stop_after_epochs=args.stop_after_epochs,
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)
