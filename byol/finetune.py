@@ -1,0 +1,223 @@
+"""Stage 3: random-init vs BYOL-init classifiers on the labelled images, fine-tuned or frozen.
+
+Every condition (init x mode x seed x number of labels) trains the same head on the same labelled
+images and is scored on the same held-out test split, with the same budget, so the comparison is
+fair. Frozen mode computes the backbone's features once (eval mode) and trains only the head.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from byol.augment import ViewConfig, make_view
+from byol.data import Split
+from byol.device import autocast, memory_format
+from byol.errors import UserError
+from byol.evaluate import eval_view
+from byol.files import load_torch
+from byol.model import RESNET18_FEATURES, resnet18_backbone
+from byol.pretrain import WEIGHTS_FILE
+from byol.schedules import lr_at
+
+log = logging.getLogger(__name__)
+
+INITS = ("random", "byol")
+MODES = ("finetune", "frozen")
+# Fine-tuning sees light augmentation only: a random crop of at least a quarter of the image, and a flip.
+LIGHT_VIEW = ViewConfig(crop_scale=(0.25, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
+
+
+@dataclass
+class ClassifierConfig:
+    inits: list[str] = field(default_factory=lambda: list(INITS))
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    seeds: int = 3
+    n_labels: list[int] = field(default_factory=lambda: [0])  # 0: the whole labelled split
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3  # backbone, when fine-tuned (AdamW)
+    head_lr: float = 1e-2  # the linear head, in both modes
+    weight_decay: float = 1e-4
+    image_size: int = 0  # 0: byol.pt's image size, or PretrainConfig's default without byol.pt
+    cache_size: int = 0  # 0: default_cache_size(image_size)
+    eval_every: int = 1  # test loss/accuracy every N epochs (and always at the last)
+
+
+def balanced_subset(split: Split, n_labels: int, seed: int) -> list[int]:
+    """`n_labels` cache rows of the labelled split, balanced across classes, chosen by `seed`.
+
+    The same rows for both inits and both modes; a different draw per seed, so the spread over
+    seeds includes which images happened to be labelled.
+    """
+    labelled = split.table.loc[split.indices("labelled")]
+    if n_labels == 0 or n_labels == len(labelled):
+        return labelled.index.tolist()
+    classes = sorted(labelled["label"].unique())
+    if n_labels > len(labelled) or n_labels < len(classes):
+        raise UserError(
+            f"--n-labels {n_labels}: must be between {len(classes)} (one per class) and the "
+            f"{len(labelled)} labelled images"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    base, remainder = divmod(n_labels, len(classes))
+    extra = set(torch.randperm(len(classes), generator=generator)[:remainder].tolist())
+    for position, label in enumerate(classes):
+        rows = labelled.index[labelled["label"] == label].tolist()
+        quota = base + (position in extra)
+        if quota > len(rows):
+            raise UserError(f"--n-labels {n_labels}: class {label} has only {len(rows)} labelled images")
+        order = torch.randperm(len(rows), generator=generator)[:quota]
+        chosen.extend(rows[i] for i in order.tolist())
+    return sorted(chosen)
+
+
+def load_byol_backbone(out_dir: Path) -> tuple[nn.Module, dict]:
+    """The backbone of byol.pt in a fresh resnet18; a clear error when it is missing or foreign."""
+    path = out_dir / WEIGHTS_FILE
+    if not path.is_file():
+        raise UserError(f"{path} not found: run train_byol.py first, or pass --inits random")
+    try:
+        weights = load_torch(path)
+        backbone = resnet18_backbone()
+        backbone.load_state_dict(weights["backbone"], strict=True)
+    except (RuntimeError, KeyError, TypeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"{path} does not hold resnet18 backbone weights ({first_line}); re-run train_byol.py"
+        ) from None
+    return backbone, weights.get("config", {})
+
+
+def make_backbone(init: str, seed: int, byol_state: dict | None) -> nn.Module:
+    torch.manual_seed(seed)
+    backbone = resnet18_backbone()
+    if init == "byol":
+        backbone.load_state_dict(byol_state)
+    return backbone
+
+
+def batch_loss_and_correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    return F.cross_entropy(logits.float(), labels, reduction="sum").item(), (
+        logits.argmax(1) == labels
+    ).sum().item()
+
+
+@torch.no_grad()
+def evaluate_head(
+    backbone: nn.Module | None,
+    head: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    image_size: int,
+    device: torch.device,
+    precision: str,
+    fmt: torch.memory_format,
+    batch_size: int = 256,
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy; `inputs` are cached images, or features when backbone is None."""
+    head.eval()
+    if backbone is not None:
+        backbone.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(inputs), batch_size):
+        batch = inputs[start : start + batch_size].to(device)
+        target = labels[start : start + batch_size].to(device)
+        with autocast(device, precision):
+            if backbone is not None:
+                batch = backbone(eval_view(batch, image_size).contiguous(memory_format=fmt))
+            logits = head(batch)
+        batch_loss, batch_correct = batch_loss_and_correct(logits, target)
+        loss_sum, correct = loss_sum + batch_loss, correct + batch_correct
+    return loss_sum / len(inputs), correct / len(inputs)
+
+
+def train_one_run(
+    backbone: nn.Module,
+    train_inputs: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_inputs: torch.Tensor,
+    test_labels: torch.Tensor,
+    mode: str,
+    seed: int,
+    n_classes: int,
+    config: ClassifierConfig,
+    device: torch.device,
+    precision: str,
+    progress: tqdm,
+) -> list[dict]:
+    """Train a linear head (and, in finetune mode, the backbone); one metrics dict per epoch.
+
+    In frozen mode `train_inputs`/`test_inputs` are precomputed features and `backbone` is unused.
+    """
+    fmt = memory_format(device, precision)
+    finetune = mode == "finetune"
+    torch.manual_seed(seed + 1)
+    head = nn.Linear(RESNET18_FEATURES, n_classes).to(device)
+    groups = [{"params": head.parameters(), "lr": config.head_lr}]
+    if finetune:
+        backbone = backbone.to(device, memory_format=fmt)
+        groups.append({"params": backbone.parameters(), "lr": config.lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    generator = torch.Generator(device=device).manual_seed(seed)
+    order_generator = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(len(train_inputs) / config.batch_size)
+    total_steps, step = config.epochs * steps_per_epoch, 0
+    rows = []
+    for epoch in range(1, config.epochs + 1):
+        head.train()
+        if finetune:
+            backbone.train()
+        loss_sum, correct = 0.0, 0
+        for batch_rows in torch.randperm(len(train_inputs), generator=order_generator).split(
+            config.batch_size
+        ):
+            batch, labels = train_inputs[batch_rows].to(device), train_labels[batch_rows].to(device)
+            for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = lr_at(step, total_steps, 0, base_lr)
+            with autocast(device, precision):
+                if finetune:
+                    view = make_view(batch, LIGHT_VIEW, config.image_size, generator).contiguous(
+                        memory_format=fmt
+                    )
+                    batch = backbone(view)
+                logits = head(batch)
+            loss = F.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_sum += loss.item() * len(labels)
+            correct += (logits.argmax(1) == labels).sum().item()
+        row = {
+            "epoch": epoch,
+            "train_loss": loss_sum / len(train_inputs),
+            "train_acc": correct / len(train_inputs),
+            "test_loss": math.nan,
+            "test_acc": math.nan,
+        }
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            row["test_loss"], row["test_acc"] = evaluate_head(
+                backbone if finetune else None,
+                head,
+                test_inputs,
+                test_labels,
+                config.image_size,
+                device,
+                precision,
+                fmt,
+            )
+        rows.append(row)
+        progress.set_postfix(
+            epoch=epoch, train_loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_acc']:.3f}"
+        )
+    return rows

@@ -1,0 +1,210 @@
+"""The report's figures and table, drawn from the CSVs the stages wrote (nothing is retrained).
+
+One colour per init (random grey-orange, BYOL blue), one line style per quantity (train solid,
+test dashed), mean over seeds with a +-1 std band, 150 dpi: readable in print.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from byol.files import atomic_path, write_text
+
+INIT_COLOURS = {"random": "#d95f02", "byol": "#1f78b4"}
+INIT_NAMES = {"random": "random init", "byol": "BYOL init"}
+MODE_TITLES = {"finetune": "Full fine-tuning", "frozen": "Frozen backbone (linear head)"}
+DPI = 150
+
+
+def new_figure() -> tuple[Figure, list[Axes]]:
+    """Two panels side by side; a bare Figure (no pyplot), so no display or global state is involved."""
+    figure = Figure(figsize=(12, 4.5))
+    return figure, list(figure.subplots(1, 2))
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
+
+
+def mean_std_band(axis: Axes, frame: pd.DataFrame, column: str, colour: str, style: str, label: str) -> None:
+    """Mean over seeds of `column` per epoch, with a +-1 std band where there are 2+ seeds."""
+    values = frame.dropna(subset=[column]).groupby("epoch")[column]
+    mean, std = values.mean(), values.std().fillna(0)
+    if mean.empty:
+        return
+    axis.plot(mean.index, mean.values, linestyle=style, color=colour, label=label, linewidth=1.8)
+    axis.fill_between(
+        mean.index, (mean - std).values, (mean + std).values, color=colour, alpha=0.15, linewidth=0
+    )
+
+
+def main_setting(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The curves are drawn for the largest label count (the headline setting)."""
+    return metrics[metrics["n_labels"] == metrics["n_labels"].max()]
+
+
+def side_by_side(metrics: pd.DataFrame, draw, ylabel: str, title: str) -> Figure:
+    modes = [mode for mode in MODE_TITLES if mode in set(metrics["mode"])]
+    figure, axes = new_figure()
+    for axis, mode in zip(axes, modes + [None] * (2 - len(modes))):
+        if mode is None:
+            axis.set_axis_off()
+            continue
+        for init in [init for init in INIT_COLOURS if init in set(metrics["init"])]:
+            draw(axis, metrics[(metrics["mode"] == mode) & (metrics["init"] == init)], init)
+        axis.set_title(MODE_TITLES[mode])
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(ylabel)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def describe(metrics: pd.DataFrame) -> str:
+    seeds = metrics["seed"].nunique()
+    return f"{int(metrics['n_labels'].max())} labels, mean ± std over {seeds} seed{'s' * (seeds > 1)}"
+
+
+def plot_loss_curves(metrics: pd.DataFrame, path: Path) -> None:
+    metrics = main_setting(metrics)
+
+    def draw(axis, frame, init):
+        colour, name = INIT_COLOURS[init], INIT_NAMES[init]
+        mean_std_band(axis, frame, "train_loss", colour, "-", f"{name}: train loss")
+        mean_std_band(axis, frame, "test_loss", colour, "--", f"{name}: test loss")
+
+    save_figure(
+        side_by_side(metrics, draw, "cross-entropy loss (nats)", f"Loss curves ({describe(metrics)})"), path
+    )
+
+
+def plot_accuracy(metrics: pd.DataFrame, n_classes: int, path: Path) -> None:
+    metrics = main_setting(metrics)
+
+    def draw(axis, frame, init):
+        mean_std_band(axis, frame, "test_acc", INIT_COLOURS[init], "--", f"{INIT_NAMES[init]}: test accuracy")
+
+    figure = side_by_side(
+        metrics, draw, "test accuracy (fraction correct)", f"Test accuracy ({describe(metrics)})"
+    )
+    for axis in figure.axes:
+        if axis.get_visible() and axis.axison:
+            axis.axhline(1 / n_classes, color="black", linewidth=0.8, linestyle=":", label="chance")
+            axis.legend(fontsize=8)
+    save_figure(figure, path)
+
+
+def plot_pretraining(byol_metrics: pd.DataFrame, path: Path) -> None:
+    figure, (loss_axis, knn_axis) = new_figure()
+    trained = byol_metrics.dropna(subset=["loss"])
+    loss_axis.plot(trained["epoch"], trained["loss"], marker="o", color=INIT_COLOURS["byol"])
+    loss_axis.set_title("BYOL loss")
+    loss_axis.set_ylabel("loss, 2 views (2 − 2·cos, summed; range 0–8)")
+    knn = byol_metrics.dropna(subset=["knn_acc"])
+    knn_axis.plot(knn["epoch"], knn["knn_acc"], marker="o", color=INIT_COLOURS["byol"], label="k-NN accuracy")
+    if not knn.empty:
+        knn_axis.axhline(
+            knn["knn_acc"].iloc[0],
+            color=INIT_COLOURS["random"],
+            linestyle=":",
+            label="at random init (epoch 0)",
+        )
+    knn_axis.set_title("Representation quality during pretraining")
+    knn_axis.set_ylabel("k-NN test accuracy (k=20, labelled → test)")
+    knn_axis.legend(fontsize=8)
+    for axis in (loss_axis, knn_axis):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("pretraining epoch")
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def plot_label_efficiency(summary: pd.DataFrame, path: Path) -> None:
+    figure, axes = new_figure()
+    for axis, mode in zip(axes, MODE_TITLES):
+        for init, colour in INIT_COLOURS.items():
+            rows = summary[(summary["mode"] == mode) & (summary["init"] == init)].sort_values("n_labels")
+            if rows.empty:
+                continue
+            axis.errorbar(
+                rows["n_labels"],
+                rows["test_acc_mean"],
+                yerr=rows["test_acc_std"].fillna(0),
+                marker="o",
+                capsize=3,
+                color=colour,
+                label=INIT_NAMES[init],
+            )
+        axis.set_xscale("log")
+        axis.set_xticks(sorted(summary["n_labels"].unique()))
+        axis.set_xticklabels([str(n) for n in sorted(summary["n_labels"].unique())])
+        axis.set_title(MODE_TITLES[mode])
+        axis.set_xlabel("labelled images (log scale)")
+        axis.set_ylabel("final test accuracy (mean ± std over seeds)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle("Label efficiency")
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def summary_markdown(summary: pd.DataFrame, classifier_config: dict, byol_config: dict | None) -> str:
+    """The comparison table (and BYOL − random per mode and label count) with the settings behind it."""
+    lines = [
+        "# Random init vs BYOL init",
+        "",
+        "| labels | mode | init | test accuracy (mean ± std) | seeds | epochs |",
+        "|---:|---|---|---|---:|---:|",
+    ]
+    for row in summary.itertuples():
+        std = 0.0 if math.isnan(row.test_acc_std) else row.test_acc_std
+        lines.append(
+            f"| {row.n_labels} | {row.mode} | {row.init} | {row.test_acc_mean:.3f} ± {std:.3f} | "
+            f"{row.seeds} | {row.epochs} |"
+        )
+    differences = []
+    for (n_labels, mode), group in summary.groupby(["n_labels", "mode"], sort=False):
+        by_init = group.set_index("init")
+        if {"random", "byol"} <= set(by_init.index):
+            gain = by_init.loc["byol", "test_acc_mean"] - by_init.loc["random", "test_acc_mean"]
+            spread = math.hypot(
+                *(
+                    by_init.loc[i, "test_acc_std"] if by_init.loc[i, "seeds"] > 1 else 0.0
+                    for i in ("byol", "random")
+                )
+            )
+            differences.append(f"| {n_labels} | {mode} | {gain:+.3f} ± {spread:.3f} |")
+    if differences:
+        lines += [
+            "",
+            "BYOL − random (difference of means; ± combines the two stds):",
+            "",
+            "| labels | mode | BYOL − random test accuracy |",
+            "|---:|---|---|",
+            *differences,
+        ]
+    lines += ["", "## Settings", "", "Classifier (`classifier_config.json`):", "", "```"]
+    lines += [f"{key}: {value}" for key, value in classifier_config.items() if key != "byol_config"]
+    lines += ["```"]
+    if byol_config:
+        lines += ["", "BYOL pretraining (`byol_config.json`):", "", "```"]
+        lines += [f"{key}: {value}" for key, value in byol_config.items()]
+        lines += ["```"]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(
+    summary: pd.DataFrame, classifier_config: dict, byol_config: dict | None, path: Path
+) -> None:
+    write_text(path, summary_markdown(summary, classifier_config, byol_config))

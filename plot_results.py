@@ -1,0 +1,65 @@
+"""Stage 4: the report — side-by-side loss curves, accuracy, BYOL pretraining, label efficiency, summary.md.
+
+Reads only the CSV/JSON files the earlier stages wrote in --out-dir (nothing is retrained), so
+it regenerates every committed figure and table from committed files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from byol.cli import run_stage
+from byol.comparison import CONFIG_FILE, METRICS_FILE, summarize
+from byol.data import SPLIT_CONFIG_FILE
+from byol.errors import UserError
+from byol.plots import plot_accuracy, plot_label_efficiency, plot_loss_curves, plot_pretraining, write_summary
+from byol.pretrain import CONFIG_FILE as BYOL_CONFIG_FILE
+from byol.pretrain import METRICS_FILE as BYOL_METRICS_FILE
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out-dir", type=Path, default=Path("results"), help="reads the CSVs, writes PNGs here"
+    )
+    return parser
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def main() -> None:
+    out_dir = get_args_parser().parse_args().out_dir
+    metrics_path = out_dir / METRICS_FILE
+    if not metrics_path.is_file():
+        raise UserError(f"{metrics_path} not found: run train_classifier.py --out-dir {out_dir} first")
+    metrics = pd.read_csv(metrics_path)
+    if metrics.empty:
+        raise UserError(f"{metrics_path} has no rows: run train_classifier.py again")
+    summary = summarize(metrics)
+    n_classes = len(read_json(out_dir / SPLIT_CONFIG_FILE).get("classes", [0, 1]))
+    written = [out_dir / "loss_curves.png", out_dir / "accuracy.png"]
+    plot_loss_curves(metrics, written[0])
+    plot_accuracy(metrics, n_classes, written[1])
+    if (out_dir / BYOL_METRICS_FILE).is_file():
+        written.append(out_dir / "byol_pretraining.png")
+        plot_pretraining(pd.read_csv(out_dir / BYOL_METRICS_FILE), written[-1])
+    if summary["n_labels"].nunique() > 1:
+        written.append(out_dir / "label_efficiency.png")
+        plot_label_efficiency(summary, written[-1])
+    written.append(out_dir / "summary.md")
+    write_summary(
+        summary, read_json(out_dir / CONFIG_FILE), read_json(out_dir / BYOL_CONFIG_FILE), written[-1]
+    )
+    print("\n".join(f"wrote {path}" for path in written))
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,175 @@
+"""Stage 3 and 4 (byol/finetune.py, byol/comparison.py, byol/plots.py): fairness, frozen mode, the report."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib.image
+import pandas as pd
+import pytest
+import torch
+from conftest import run_script
+from torch import nn
+
+from byol.comparison import METRIC_COLUMNS
+from byol.data import read_split
+from byol.finetune import ClassifierConfig, balanced_subset, train_one_run
+from byol.model import resnet18_backbone
+
+FAST = ["--epochs", "2", "--batch-size", "8", "--image-size", "32", "--cache-size", "36", "--device", "cpu"]
+
+
+@pytest.fixture
+def pretrained(split_dir):
+    """A split with a (very briefly) pretrained byol.pt beside it."""
+    out = split_dir(per_class=24, n_labelled=12, n_test=12)
+    result = run_script(
+        "train_byol.py",
+        "--out-dir",
+        out,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--image-size",
+        "32",
+        "--cache-size",
+        "36",
+        "--max-images",
+        "16",
+        "--device",
+        "cpu",
+    )
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_four_conditions_same_images_and_columns(pretrained):
+    result = run_script("train_classifier.py", "--out-dir", pretrained, "--seeds", "2", *FAST)
+    assert result.returncode == 0, result.stderr
+    metrics = pd.read_csv(pretrained / "classifier_metrics.csv")
+    assert list(metrics.columns) == METRIC_COLUMNS
+    conditions = metrics.groupby(["init", "mode"]).size()
+    assert set(conditions.index) == {(i, m) for i in ("random", "byol") for m in ("finetune", "frozen")}
+    assert (conditions == 2 * 2).all()  # 2 seeds x 2 epochs each
+    assert metrics["test_acc"].between(0, 1).all() and (metrics["n_labels"] == 12).all()
+    summary = pd.read_csv(pretrained / "classifier_summary.csv")
+    assert {"init", "mode", "n_labels", "seeds", "test_acc_mean", "test_acc_std"} <= set(summary.columns)
+    assert len(summary) == 4 and (summary["seeds"] == 2).all()
+    assert "test_acc" in result.stdout and "byol" in result.stdout
+
+
+def test_same_labelled_images_for_every_init_and_mode(pretrained):
+    split = read_split(pretrained)
+    subsets = {seed: balanced_subset(split, 6, seed) for seed in (0, 1)}
+    assert subsets[0] == balanced_subset(split, 6, 0)  # the same draw whatever init or mode asks
+    assert subsets[0] != subsets[1]
+    labelled = set(split.indices("labelled"))
+    test = set(split.indices("test"))
+    for rows in subsets.values():
+        assert set(rows) <= labelled and not set(rows) & test
+        assert split.table.loc[rows, "label"].value_counts().tolist() == [3, 3]
+    assert balanced_subset(split, 0, 0) == sorted(labelled)
+
+
+def test_n_labels_subsets_are_balanced_with_a_remainder(pretrained):
+    split = read_split(pretrained)
+    counts = split.table.loc[balanced_subset(split, 7, 3), "label"].value_counts().sort_values().tolist()
+    assert counts == [3, 4]
+
+
+def test_frozen_mode_keeps_the_backbone_fixed(pretrained):
+    split = read_split(pretrained)
+    backbone = resnet18_backbone()
+    before = {name: value.clone() for name, value in backbone.state_dict().items()}
+    features = torch.randn(12, 512)
+    rows = train_one_run(
+        backbone,
+        features,
+        torch.tensor([0, 1] * 6),
+        features[:4],
+        torch.tensor([0, 1, 0, 1]),
+        "frozen",
+        0,
+        2,
+        ClassifierConfig(epochs=3, batch_size=4),
+        torch.device("cpu"),
+        "fp32",
+        _NoProgress(),
+    )
+    assert len(rows) == 3
+    after = backbone.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)  # weights and BN statistics
+    assert split  # the fixture's split exists
+
+
+def test_finetune_mode_changes_the_backbone(pretrained):
+    backbone = resnet18_backbone()
+    before = backbone.conv1.weight.detach().clone()
+    images = torch.randint(0, 256, (8, 3, 36, 36), dtype=torch.uint8)
+    labels = torch.tensor([0, 1] * 4)
+    train_one_run(
+        backbone,
+        images,
+        labels,
+        images,
+        labels,
+        "finetune",
+        0,
+        2,
+        ClassifierConfig(epochs=1, batch_size=4, image_size=32),
+        torch.device("cpu"),
+        "fp32",
+        _NoProgress(),
+    )
+    assert not torch.equal(before, backbone.conv1.weight.detach())
+
+
+class _NoProgress:
+    def set_postfix(self, **kwargs):
+        pass
+
+
+def test_label_sweep_and_resume_skip_finished_runs(pretrained):
+    args = ["--out-dir", pretrained, "--seeds", "1", "--modes", "frozen", "--n-labels", "4,12", *FAST]
+    assert run_script("train_classifier.py", *args).returncode == 0
+    metrics = pd.read_csv(pretrained / "classifier_metrics.csv")
+    assert sorted(metrics["n_labels"].unique()) == [4, 12]
+    again = run_script("train_classifier.py", *args, "--resume")
+    assert again.returncode == 0, again.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(pretrained / "classifier_metrics.csv"), metrics)
+
+
+@pytest.mark.parametrize(
+    "prepare, args, message",
+    [
+        (lambda out: (out / "byol.pt").unlink(), [], "byol.pt not found"),
+        (lambda out: torch.save({"backbone": nn.Linear(2, 2).state_dict()}, out / "byol.pt"), [], "resnet18"),
+        (lambda out: None, ["--inits", "random,imagenet"], "--inits"),
+        (lambda out: None, ["--n-labels", "500"], "--n-labels 500"),
+        (lambda out: None, ["--n-labels", "-3"], "--n-labels"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(pretrained, prepare, args, message):
+    prepare(pretrained)
+    result = run_script("train_classifier.py", "--out-dir", pretrained, *FAST, *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_plots_have_two_side_by_side_panels_and_summary(pretrained):
+    args = ["--out-dir", pretrained, "--seeds", "2", "--n-labels", "4,12", *FAST]
+    assert run_script("train_classifier.py", *args).returncode == 0
+    result = run_script("plot_results.py", "--out-dir", pretrained)
+    assert result.returncode == 0, result.stderr
+    for name in ("loss_curves.png", "accuracy.png", "byol_pretraining.png", "label_efficiency.png"):
+        height, width, _ = matplotlib.image.imread(pretrained / name).shape
+        assert width > 1.8 * height, name  # two panels side by side
+    summary = (pretrained / "summary.md").read_text()
+    assert "| 12 | finetune | byol |" in summary and "BYOL − random" in summary
+    assert json.loads((pretrained / "classifier_config.json").read_text())["epochs"] == 2
+
+
+def test_plot_results_without_metrics_is_a_clear_error(tmp_path):
+    result = run_script("plot_results.py", "--out-dir", tmp_path)
+    assert result.returncode == 2 and "train_classifier.py" in result.stderr

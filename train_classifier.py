@@ -1,0 +1,95 @@
+"""Stage 3: train classifiers on the labelled images, random init vs BYOL init, fine-tuned vs frozen.
+
+Reads --out-dir/splits.csv and --out-dir/byol.pt; writes classifier_metrics.csv (init, mode, seed,
+n_labels, epoch, train_loss, train_acc, test_loss, test_acc), classifier_summary.csv and
+classifier_config.json. Every condition gets the same head, labelled images, test split and budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from byol.cli import non_negative_int, positive_int, run_stage
+from byol.comparison import format_summary, run_classifiers
+from byol.device import PRECISIONS
+from byol.finetune import ClassifierConfig
+
+
+def comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def comma_ints(text: str) -> list[int]:
+    values = [non_negative_int(item) for item in comma_list(text)]
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one number")
+    return values
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    defaults = ClassifierConfig()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out-dir", type=Path, default=Path("results"), help="reads the split and byol.pt here"
+    )
+    parser.add_argument("--inits", type=comma_list, default=defaults.inits, help="random,byol")
+    parser.add_argument(
+        "--modes",
+        type=comma_list,
+        default=defaults.modes,
+        help="finetune (whole network) and/or frozen (backbone fixed, linear head)",
+    )
+    parser.add_argument(
+        "--seeds", type=positive_int, default=defaults.seeds, help="repeats of every condition"
+    )
+    parser.add_argument(
+        "--n-labels",
+        type=comma_ints,
+        default=defaults.n_labels,
+        help="train on a balanced subset of this many labelled images; a comma list sweeps "
+        "(e.g. 25,50,100,250); 0: all of them",
+    )
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
+    parser.add_argument(
+        "--lr", type=float, default=defaults.lr, help="AdamW learning rate of a fine-tuned backbone"
+    )
+    parser.add_argument(
+        "--head-lr", type=float, default=defaults.head_lr, help="AdamW learning rate of the head"
+    )
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument(
+        "--image-size",
+        type=non_negative_int,
+        default=defaults.image_size,
+        help="px; default: the image size byol.pt was pretrained at",
+    )
+    parser.add_argument("--cache-size", type=non_negative_int, default=defaults.cache_size)
+    parser.add_argument(
+        "--eval-every",
+        type=positive_int,
+        default=defaults.eval_every,
+        help="score the test split every N epochs (always at the last)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs already complete in classifier_metrics.csv and train the rest",
+    )
+    return parser
+
+
+def main() -> None:
+    args = get_args_parser().parse_args()
+    config = ClassifierConfig(**{name: getattr(args, name) for name in ClassifierConfig.__dataclass_fields__})
+    summary = run_classifiers(config, args.out_dir, args.device, args.precision, args.resume)
+    print(format_summary(summary))
+
+
+if __name__ == "__main__":
+    run_stage(main)
