@@ -82,17 +82,21 @@ def image_folder(tmp_path: Path):
     return make
 
 
+def write_split(folder: Path, out_dir: Path, n_labelled: int, n_test: int) -> Path:
+    """Split `folder` into `out_dir` as data_split.py does; returns out_dir."""
+    from byol.data import make_split, save_split
+
+    result = make_split(folder, n_labelled, n_test, seed=0, workers=1, min_size=8, max_pixels=10**8)
+    save_split(result, folder, out_dir, {"n_labelled": n_labelled, "n_test": n_test, "seed": 0})
+    return out_dir
+
+
 @pytest.fixture
 def split_dir(image_folder, tmp_path):
     """Factory: a generated folder already split, as data_split.py leaves it; returns the out dir."""
 
     def make(per_class: int = 24, n_labelled: int = 8, n_test: int = 16, size: int = 40) -> Path:
-        from byol.data import make_split, save_split
-
         folder = image_folder(per_class=per_class, size=size)
-        out_dir = tmp_path / "results"
-        result = make_split(folder, n_labelled, n_test, seed=0, workers=1, min_size=8, max_pixels=10**8)
-        save_split(result, folder, out_dir, {"n_labelled": n_labelled, "n_test": n_test, "seed": 0})
-        return out_dir
+        return write_split(folder, tmp_path / "results", n_labelled, n_test)
 
     return make

@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-import json
+import shutil
+from pathlib import Path
 
-import matplotlib.image
 import pandas as pd
 import pytest
 import torch
-from conftest import run_script
+from conftest import run_script, write_split
 from torch import nn
 
 from byol.comparison import METRIC_COLUMNS
 from byol.data import read_split
+from byol.demo_images import make_demo_images
 from byol.finetune import ClassifierConfig, balanced_subset, train_one_run
 from byol.model import resnet18_backbone
 
 FAST = ["--epochs", "2", "--batch-size", "8", "--image-size", "32", "--cache-size", "36", "--device", "cpu"]
 
 
-@pytest.fixture
-def pretrained(split_dir):
-    """A split with a (very briefly) pretrained byol.pt beside it."""
-    out = split_dir(per_class=24, n_labelled=12, n_test=12)
+@pytest.fixture(scope="module")
+def pretrained_once(tmp_path_factory):
+    """A split with a (very briefly) pretrained byol.pt beside it, made once for this module."""
+    root = tmp_path_factory.mktemp("pretrained")
+    out = write_split(make_demo_images(root / "images", per_class=24, size=40), root / "results", 12, 12)
     result = run_script(
         "train_byol.py",
         "--out-dir",
@@ -42,6 +44,12 @@ def pretrained(split_dir):
     )
     assert result.returncode == 0, result.stderr
     return out
+
+
+@pytest.fixture
+def pretrained(pretrained_once, tmp_path):
+    """A private copy of the pretrained results for one test (the images are shared, read-only)."""
+    return Path(shutil.copytree(pretrained_once, tmp_path / "results"))
 
 
 def test_four_conditions_same_images_and_columns(pretrained):
@@ -155,19 +163,6 @@ def test_bad_input_is_one_line_exit_2(pretrained, prepare, args, message):
     result = run_script("train_classifier.py", "--out-dir", pretrained, *FAST, *args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
-
-
-def test_plots_have_two_side_by_side_panels_and_summary(pretrained):
-    args = ["--out-dir", pretrained, "--seeds", "2", "--n-labels", "4,12", *FAST]
-    assert run_script("train_classifier.py", *args).returncode == 0
-    result = run_script("plot_results.py", "--out-dir", pretrained)
-    assert result.returncode == 0, result.stderr
-    for name in ("loss_curves.png", "accuracy.png", "byol_pretraining.png", "label_efficiency.png"):
-        height, width, _ = matplotlib.image.imread(pretrained / name).shape
-        assert width > 1.8 * height, name  # two panels side by side
-    summary = (pretrained / "summary.md").read_text()
-    assert "| 12 | finetune | byol |" in summary and "BYOL − random" in summary
-    assert json.loads((pretrained / "classifier_config.json").read_text())["epochs"] == 2
 
 
 def test_plot_results_without_metrics_is_a_clear_error(tmp_path):

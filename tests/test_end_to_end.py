@@ -1,0 +1,57 @@
+"""The four stages, run as a user runs them, on a small generated image set."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib.image
+import pandas as pd
+import pytest
+from conftest import run_script
+
+from byol.demo_images import make_demo_images
+
+
+@pytest.mark.slow
+def test_four_stages_end_to_end(tmp_path):
+    images = make_demo_images(tmp_path / "images", per_class=24, size=40)
+    out = tmp_path / "results"
+    size = ["--image-size", "32", "--cache-size", "36", "--device", "cpu"]
+    stages = [
+        ("data_split.py", "--data-dir", images, "--n-labelled", "12", "--n-test", "12"),
+        ("train_byol.py", "--epochs", "2", "--batch-size", "8", "--max-images", "16", *size),
+        (
+            "train_classifier.py",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--seeds",
+            "2",
+            "--n-labels",
+            "4,12",
+            *size,
+        ),
+        ("plot_results.py",),
+    ]
+    for script, *args in stages:
+        result = run_script(script, "--out-dir", out, *args)
+        assert result.returncode == 0, (script, result.stderr)
+
+    for name in (
+        "splits.csv",
+        "rejected.csv",
+        "byol_metrics.csv",
+        "classifier_metrics.csv",
+        "classifier_summary.csv",
+    ):
+        pd.read_csv(out / name)
+    for name in ("split_config.json", "byol_config.json", "classifier_config.json"):
+        json.loads((out / name).read_text())
+    assert (out / "byol.pt").is_file()
+    for name in ("loss_curves.png", "accuracy.png", "byol_pretraining.png", "label_efficiency.png"):
+        height, width, _ = matplotlib.image.imread(out / name).shape
+        assert width > 1.8 * height, name  # two panels side by side
+    summary = (out / "summary.md").read_text()
+    assert "| 12 | finetune | byol |" in summary and "| 4 | frozen | random |" in summary
+    assert "BYOL − random" in summary and "image_size: 32" in summary
