@@ -3,6 +3,10 @@
 Reads --out-dir/splits.csv (from data_split.py), trains on the unlabelled and labelled images
 (labels ignored; the test split is never seen) and writes --out-dir/byol.pt, whose "backbone"
 loads strictly into torchvision.models.resnet18() with fc = nn.Identity().
+
+Several GPUs (or CPU processes): torchrun --nproc-per-node N train_byol.py ...
+Each process then takes --batch-size images per step, so the global batch is N x --batch-size
+(the default learning rate scales with it); only the first process writes files.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
     parser.add_argument(
-        "--batch-size", type=positive_int, default=defaults.batch_size, help="images per step"
+        "--batch-size",
+        type=positive_int,
+        default=defaults.batch_size,
+        help="images per step and per process (global batch: this x the number of processes)",
     )
     parser.add_argument(
         "--image-size", type=positive_int, default=defaults.image_size, help="side of each view, px"
@@ -74,6 +81,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=non_negative_int,
         default=defaults.max_images,
         help="pretrain on a random subset of this many images (0: all)",
+    )
+    parser.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun: BatchNorm statistics over the global batch instead of each process's",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument(

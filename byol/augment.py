@@ -215,6 +215,9 @@ class ViewParams:
     blur_sigma: torch.Tensor  # (B,) pixels
     solarize: torch.Tensor  # (B,) bool
 
+    def rows(self, start: int, stop: int) -> ViewParams:
+        return ViewParams(**{name: getattr(self, name)[start:stop] for name in self.__dataclass_fields__})
+
 
 def sample_view_params(
     n: int, source_size: int, config: ViewConfig, generator: torch.Generator
@@ -260,11 +263,20 @@ def make_view(
     out_size: int,
     generator: torch.Generator,
     normalize: bool = True,
+    global_batch: int = 0,
+    offset: int = 0,
 ) -> torch.Tensor:
-    """One augmented view of a batch: (B, 3, S, S) uint8 or float in [0, 1] -> (B, 3, out, out) float."""
+    """One augmented view of a batch: (B, 3, S, S) uint8 or float in [0, 1] -> (B, 3, out, out) float.
+
+    Under data parallelism, `images` are rows offset..offset+B of a global batch of `global_batch`:
+    every rank draws the global batch's parameters (with identically seeded generators) and uses its
+    own rows, so the views do not depend on how many processes share the batch.
+    """
     if images.dtype == torch.uint8:
         images = images.float() / 255
-    params = sample_view_params(len(images), images.shape[-1], config, generator)
+    params = sample_view_params(global_batch or len(images), images.shape[-1], config, generator)
+    if global_batch:
+        params = params.rows(offset, offset + len(images))
     views = apply_view(images, params, out_size)
     return normalize_imagenet(views) if normalize else views
 
@@ -295,9 +307,14 @@ class BYOLViews:
         self.view_2 = view_2
 
     def __call__(
-        self, images: torch.Tensor, generator: torch.Generator, normalize: bool = True
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator,
+        normalize: bool = True,
+        global_batch: int = 0,
+        offset: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return (
-            make_view(images, self.view_1, self.image_size, generator, normalize),
-            make_view(images, self.view_2, self.image_size, generator, normalize),
+            make_view(images, self.view_1, self.image_size, generator, normalize, global_batch, offset),
+            make_view(images, self.view_2, self.image_size, generator, normalize, global_batch, offset),
         )

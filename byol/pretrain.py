@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import signal
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -24,13 +23,16 @@ from tqdm import tqdm
 from byol.augment import BYOLViews
 from byol.cache import default_cache_size, load_cache
 from byol.data import Split, read_split
-from byol.device import autocast, memory_format, resolve_device, resolve_precision
+from byol.device import memory_format, resolve_precision
+from byol.distributed import Ranks, average_buffers, process_group, sync_batchnorm, wrap
 from byol.errors import Stopped, UserError
 from byol.evaluate import extract_features, knn_accuracy
 from byol.files import load_torch, save_torch, write_csv, write_json
 from byol.model import BYOL, RESNET18_FEATURES, resnet18_backbone
 from byol.optim import OPTIMIZERS, default_lr, make_optimizer
+from byol.resume import StopRequest, check_resume_config
 from byol.schedules import lr_at, tau_at
+from byol.step import seeded_generator, step_views, train_step
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ class PretrainConfig:
     """Everything that determines the result of a pretraining run (saved, and checked on --resume)."""
 
     epochs: int = 100
-    batch_size: int = 256
+    batch_size: int = 256  # per process; the global batch is batch_size x world size
     image_size: int = 150
     cache_size: int = 0  # 0: default_cache_size(image_size)
     optimizer: str = "lars"
@@ -58,9 +60,10 @@ class PretrainConfig:
     seed: int = 0
     knn_every: int = 1
     max_images: int = 0  # 0: all non-test images
+    sync_bn: bool = False  # BatchNorm statistics over the global batch when several processes train
 
-    def resolved(self) -> PretrainConfig:
-        """Fill in the sizes and rates left at 0 and check the rest."""
+    def resolved(self, world_size: int = 1) -> PretrainConfig:
+        """Fill in the sizes and rates left at 0 (the rate from the global batch) and check the rest."""
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"--optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
         if not 0 < self.crop_min_scale <= 1:
@@ -73,32 +76,8 @@ class PretrainConfig:
                 f"--image-size {self.image_size} is larger than --cache-size {cache_size}; "
                 "raise --cache-size or lower --image-size"
             )
-        lr = self.lr or default_lr(self.optimizer, self.batch_size)
+        lr = self.lr or default_lr(self.optimizer, self.batch_size * world_size)
         return PretrainConfig(**{**asdict(self), "cache_size": cache_size, "lr": lr})
-
-
-class StopRequest:
-    """Set by SIGINT/SIGTERM; the loop checks it after each step, saves, and exits cleanly."""
-
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self.exit_code = 0
-
-    def __call__(self, signum, frame) -> None:
-        self.signal_name = signal.Signals(signum).name
-        self.exit_code = 128 + signum  # the shell's convention for "killed by signal N"
-
-    def __enter__(self) -> StopRequest:
-        self.previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
-def seeded_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
 
 
 def pretraining_indices(split: Split, max_images: int, seed: int) -> list[int]:
@@ -137,20 +116,6 @@ def knn_monitor(
     return accuracy, spread
 
 
-def check_resume_config(saved: dict, given: PretrainConfig) -> PretrainConfig:
-    """On --resume the saved config wins; a flag that was changed from its default must agree."""
-    defaults = PretrainConfig()
-    resolved_defaults = asdict(defaults)
-    for field in fields(PretrainConfig):
-        value, default = getattr(given, field.name), resolved_defaults[field.name]
-        if value != default and value != saved[field.name]:
-            raise UserError(
-                f"--{field.name.replace('_', '-')} {value} differs from the checkpoint's "
-                f"{saved[field.name]}; drop the flag to resume, or start over without --resume"
-            )
-    return PretrainConfig(**saved)
-
-
 def pretrain(
     config: PretrainConfig,
     out_dir: Path,
@@ -158,9 +123,24 @@ def pretrain(
     precision_name: str = "auto",
     resume: bool = False,
     stop_after_epochs: int = 0,
-) -> dict:
-    """Run (or resume) BYOL pretraining; returns the metrics summary also stored in byol.pt."""
-    out_dir = Path(out_dir)
+) -> BYOL:
+    """Run (or resume) BYOL pretraining and return the trained model.
+
+    Under torchrun each process calls this; they train one model together (see byol.distributed).
+    """
+    with process_group(device_name) as (ranks, device):
+        return _pretrain(config, Path(out_dir), ranks, device, precision_name, resume, stop_after_epochs)
+
+
+def _pretrain(
+    config: PretrainConfig,
+    out_dir: Path,
+    ranks: Ranks,
+    device: torch.device,
+    precision_name: str,
+    resume: bool,
+    stop_after_epochs: int,
+) -> BYOL:
     checkpoint_path = out_dir / CHECKPOINT_FILE
     checkpoint = None
     if resume:
@@ -168,26 +148,38 @@ def pretrain(
             raise UserError(f"--resume: no checkpoint {checkpoint_path}; run without --resume to start")
         checkpoint = load_torch(checkpoint_path)
         config = check_resume_config(checkpoint["config"], config)
-    config = config.resolved()
-    device = resolve_device(device_name)
+        if checkpoint.get("world_size", 1) != ranks.world_size:
+            raise UserError(
+                f"--resume: the checkpoint was trained by {checkpoint.get('world_size', 1)} process(es), "
+                f"this run has {ranks.world_size}; resume with the same number"
+            )
+    config = config.resolved(ranks.world_size)
     precision = resolve_precision(precision_name, device)
     fmt = memory_format(device, precision)
 
     split = read_split(out_dir)
     train_indices = pretraining_indices(split, config.max_images, config.seed)
-    if config.batch_size > len(train_indices):
+    global_batch = config.batch_size * ranks.world_size
+    if global_batch > len(train_indices):
+        processes = f" x {ranks.world_size} processes" if ranks.distributed else ""
         raise UserError(
-            f"--batch-size {config.batch_size} is larger than the {len(train_indices)} "
+            f"--batch-size {config.batch_size}{processes} is larger than the {len(train_indices)} "
             "pretraining images; lower --batch-size"
         )
+    if ranks.is_main:  # one process builds the cache (when missing), the others then map it
+        load_cache(split, out_dir, config.cache_size, torch.device("cpu"))
+    ranks.barrier()
     images = load_cache(split, out_dir, config.cache_size, device)  # (N, 3, S, S) uint8
-    steps_per_epoch = len(train_indices) // config.batch_size  # the last partial batch is dropped
+    steps_per_epoch = len(train_indices) // global_batch  # the last partial batch is dropped
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = int(config.warmup_fraction * total_steps)
     views = BYOLViews(config.image_size, crop_scale=(config.crop_min_scale, 1.0))
 
     torch.manual_seed(config.seed)
-    model = BYOL(resnet18_backbone(), RESNET18_FEATURES).to(device, memory_format=fmt)
+    model = BYOL(resnet18_backbone(), RESNET18_FEATURES)
+    if config.sync_bn and ranks.distributed:
+        model = sync_batchnorm(model, device)
+    model = model.to(device, memory_format=fmt)
     optimizer = make_optimizer(config.optimizer, model, config.lr, config.weight_decay)
     epoch, batch_in_epoch, step, metrics = 0, 0, 0, []
     generator_state, loss_sum = None, 0.0
@@ -198,27 +190,35 @@ def pretrain(
         metrics, loss_sum = checkpoint["metrics"], checkpoint["loss_sum"]
         generator_state = checkpoint["generator_state"]
         log.info(f"resuming at epoch {epoch + 1}, batch {batch_in_epoch} of {steps_per_epoch}")
-    write_json(
-        out_dir / CONFIG_FILE,
-        {
-            **asdict(config),
-            "device": str(device),
-            "precision": precision,
-            "pretraining_images": len(train_indices),
-        },
-    )
+    train_model = wrap(model, ranks, device)
+    if ranks.is_main:
+        write_json(
+            out_dir / CONFIG_FILE,
+            {
+                **asdict(config),
+                "device": str(device),
+                "precision": precision,
+                "world_size": ranks.world_size,
+                "global_batch_size": global_batch,
+                "pretraining_images": len(train_indices),
+            },
+        )
     log.info(
         f"BYOL: {len(train_indices)} images, {steps_per_epoch} steps/epoch x {config.epochs} epochs, "
-        f"{config.optimizer} lr {config.lr:g}, device {device}, precision {precision}"
+        f"global batch {global_batch} ({ranks.world_size} process(es)), {config.optimizer} lr "
+        f"{config.lr:g}, device {device}, precision {precision}"
     )
 
     def save_checkpoint(next_batch: int, generator_state: torch.Tensor | None) -> None:
+        if not ranks.is_main:  # every rank holds the same state; one copy is enough
+            return
         save_torch(
             checkpoint_path,
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "config": asdict(config),
+                "world_size": ranks.world_size,
                 "epoch": epoch,
                 "batch_in_epoch": next_batch,
                 "step": step,
@@ -228,8 +228,16 @@ def pretrain(
             },
         )
 
+    def monitor() -> tuple[float, float]:
+        """k-NN on rank 0 only (the others wait): every rank's backbone is the same."""
+        result = (math.nan, math.nan)
+        if ranks.is_main:
+            result = knn_monitor(model, images, split, config, device, precision, fmt)
+        ranks.barrier()
+        return result
+
     if not metrics:  # epoch 0: the random-init baseline of the k-NN monitor
-        knn_acc, feature_std = knn_monitor(model, images, split, config, device, precision, fmt)
+        knn_acc, feature_std = monitor()
         metrics.append(
             {
                 "epoch": 0,
@@ -262,51 +270,59 @@ def pretrain(
                 desc=f"epoch {epoch + 1}/{config.epochs}",
                 unit="step",
                 leave=False,
+                disable=not ranks.is_main,
             )
             for batch_in_epoch in bar:
-                rows = epoch_rows[
-                    batch_in_epoch * config.batch_size : (batch_in_epoch + 1) * config.batch_size
-                ]
-                batch = images[rows].to(device, non_blocking=True)  # (B, 3, S, S) uint8
-                view_1, view_2 = views(batch, generator)
-                view_1, view_2 = view_1.contiguous(memory_format=fmt), view_2.contiguous(memory_format=fmt)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step, total_steps, warmup_steps, config.lr)
-                with autocast(device, precision):
-                    loss = model(view_1, view_2)
-                loss_value = loss.item()
+                global_rows = epoch_rows[batch_in_epoch * global_batch : (batch_in_epoch + 1) * global_batch]
+                view_1, view_2 = step_views(images, global_rows, views, generator, ranks, device, fmt)
+                loss = train_step(
+                    train_model,
+                    model,
+                    optimizer,
+                    view_1,
+                    view_2,
+                    lr_at(step, total_steps, warmup_steps, config.lr),
+                    tau_at(step, total_steps, config.tau_base),
+                    device,
+                    precision,
+                )
+                step += 1
+                # One small all-reduce per step: the mean loss over ranks, and whether any rank was
+                # asked to stop, so that every rank stops (or fails) at the same step.
+                shared = ranks.all_reduce_sum(
+                    torch.stack(
+                        [loss.float() / ranks.world_size, loss.new_tensor(float(bool(stop.signal_name)))]
+                    )
+                ).tolist()
+                loss_value, stop_asked = shared[0], shared[1] > 0
                 if not math.isfinite(loss_value):
                     raise UserError(
                         f"the loss became {loss_value} at epoch {epoch + 1}, step {step}; "
                         f"stopped, the last good checkpoint {checkpoint_path} is kept. "
                         "Lower --lr and start again"
                     )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                model.update_target(tau_at(step, total_steps, config.tau_base))
-                step += 1
                 loss_sum += loss_value
                 images_per_s = (
-                    (batch_in_epoch + 1 - first_batch) * config.batch_size / (time.perf_counter() - started)
+                    (batch_in_epoch + 1 - first_batch) * global_batch / (time.perf_counter() - started)
                 )
                 bar.set_postfix(loss=f"{loss_value:.3f}", images_per_s=f"{images_per_s:.1f}")
-                if stop.signal_name or time.perf_counter() - last_save > CHECKPOINT_EVERY_S:
+                if stop_asked or (ranks.is_main and time.perf_counter() - last_save > CHECKPOINT_EVERY_S):
                     save_checkpoint(batch_in_epoch + 1, generator.get_state())
                     last_save = time.perf_counter()
-                    if stop.signal_name:
+                    if stop_asked:
                         bar.close()
                         raise Stopped(
-                            f"stopped by {stop.signal_name}; checkpoint saved in {checkpoint_path}, "
-                            "continue with --resume",
-                            stop.exit_code,
+                            f"stopped by {stop.signal_name or 'a signal to another process'}; checkpoint "
+                            f"saved in {checkpoint_path}, continue with --resume",
+                            stop.exit_code or 143,
                         )
             bar.close()
             seconds = time.perf_counter() - started
+            average_buffers(model, ranks)
             epoch += 1
             knn_acc, feature_std = math.nan, math.nan
             if config.knn_every and (epoch % config.knn_every == 0 or epoch == config.epochs):
-                knn_acc, feature_std = knn_monitor(model, images, split, config, device, precision, fmt)
+                knn_acc, feature_std = monitor()
             metrics.append(
                 {
                     "epoch": epoch,
@@ -316,7 +332,7 @@ def pretrain(
                     "lr": lr_at(step - 1, total_steps, warmup_steps, config.lr),
                     "knn_acc": knn_acc,
                     "feature_std": feature_std,
-                    "images_per_s": (steps_per_epoch - first_batch) * config.batch_size / seconds,
+                    "images_per_s": (steps_per_epoch - first_batch) * global_batch / seconds,
                     "seconds": seconds,
                 }
             )
@@ -326,25 +342,27 @@ def pretrain(
             )
             batch_in_epoch, loss_sum = 0, 0.0
             save_checkpoint(0, None)
-            write_csv(out_dir / METRICS_FILE, pd.DataFrame(metrics))
+            if ranks.is_main:
+                write_csv(out_dir / METRICS_FILE, pd.DataFrame(metrics))
             if stop_after_epochs and epoch < config.epochs and epoch % stop_after_epochs == 0:
                 raise Stopped(
                     f"paused after epoch {epoch} as asked (--stop-after-epochs); continue with --resume", 0
                 )
 
-    summary = summarize(metrics)
-    save_torch(
-        out_dir / WEIGHTS_FILE,
-        {
-            "backbone": model.backbone.state_dict(),
-            "arch": "resnet18",
-            "feature_dim": RESNET18_FEATURES,
-            "config": asdict(config),
-            "metrics": summary,
-        },
-    )
-    log.info(f"wrote {out_dir / WEIGHTS_FILE}: {json.dumps(summary)}")
-    return summary
+    if ranks.is_main:
+        summary = summarize(metrics)
+        save_torch(
+            out_dir / WEIGHTS_FILE,
+            {
+                "backbone": model.backbone.state_dict(),
+                "arch": "resnet18",
+                "feature_dim": RESNET18_FEATURES,
+                "config": asdict(config),
+                "metrics": summary,
+            },
+        )
+        log.info(f"wrote {out_dir / WEIGHTS_FILE}: {json.dumps(summary)}")
+    return model
 
 
 def summarize(metrics: list[dict]) -> dict:

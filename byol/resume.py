@@ -1,0 +1,45 @@
+"""Stopping cleanly and resuming: signal handling, and checking a resumed run's flags."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import asdict, fields
+
+from byol.errors import UserError
+
+
+class StopRequest:
+    """Set by SIGINT/SIGTERM; the loop checks it after each step, saves, and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self.exit_code = 0
+
+    def __call__(self, signum, frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+        self.exit_code = 128 + signum  # the shell's convention for "killed by signal N"
+
+    def __enter__(self) -> StopRequest:
+        self.previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def check_resume_config(saved: dict, given):
+    """On --resume the saved config wins; a flag that was changed from its default must agree.
+
+    `given` is a dataclass instance whose defaults are the command line's defaults.
+    """
+    config_type = type(given)
+    defaults = asdict(config_type())
+    for field in fields(config_type):
+        value = getattr(given, field.name)
+        if value != defaults[field.name] and value != saved[field.name]:
+            raise UserError(
+                f"--{field.name.replace('_', '-')} {value} differs from the checkpoint's "
+                f"{saved[field.name]}; drop the flag to resume, or start over without --resume"
+            )
+    return config_type(**saved)

@@ -1,0 +1,63 @@
+"""One BYOL training step, from cached uint8 images to an updated model.
+
+`train_byol.py` and `benchmarks/bench_byol.py` both call these, so the benchmark measures exactly
+the code that trains.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from byol.augment import BYOLViews
+from byol.device import autocast
+from byol.distributed import Ranks
+from byol.model import BYOL
+
+
+def seeded_generator(seed: int, epoch: int, device: torch.device | str) -> torch.Generator:
+    """The augmentation/shuffle generator of one epoch: the same on every rank and on every resume."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+
+
+def step_views(
+    images: torch.Tensor,
+    global_rows: torch.Tensor,
+    views: BYOLViews,
+    generator: torch.Generator,
+    ranks: Ranks,
+    device: torch.device,
+    fmt: torch.memory_format,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's two views of its slice of the global batch `global_rows` of the cache `images`."""
+    start, stop = ranks.shard_bounds(len(global_rows))
+    batch = images[global_rows[start:stop]].to(device, non_blocking=True)  # (B, 3, S, S) uint8
+    view_1, view_2 = views(batch, generator, global_batch=len(global_rows), offset=start)
+    return view_1.contiguous(memory_format=fmt), view_2.contiguous(memory_format=fmt)
+
+
+def train_step(
+    train_model: nn.Module,
+    model: BYOL,
+    optimizer: torch.optim.Optimizer,
+    view_1: torch.Tensor,
+    view_2: torch.Tensor,
+    lr: float,
+    tau: float,
+    device: torch.device,
+    precision: str,
+) -> torch.Tensor:
+    """Loss, backward, optimiser step at `lr`, EMA of the target at `tau`; returns the detached loss.
+
+    `train_model` is `model` itself, or its DistributedDataParallel wrapper (which averages the
+    gradients across ranks during backward).
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast(device, precision):
+        loss = train_model(view_1, view_2)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    model.update_target(tau)
+    return loss.detach()

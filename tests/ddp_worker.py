@@ -1,0 +1,42 @@
+"""Run by test_distributed.py under torchrun: pretrain, then leave this rank's weights and batches.
+
+argv: out_dir, config as JSON, resume (0/1), stop_after_epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from byol import pretrain as pretrain_module
+from byol.errors import Stopped
+from byol.pretrain import PretrainConfig, pretrain
+
+out_dir, config, resume, stop_after_epochs = (
+    Path(sys.argv[1]),
+    PretrainConfig(**json.loads(sys.argv[2])),
+    sys.argv[3] == "1",
+    int(sys.argv[4]),
+)
+rank = int(os.environ["RANK"])
+rows_seen = []
+real_step_views = pretrain_module.step_views
+
+
+def recording_step_views(images, global_rows, views, generator, ranks, device, fmt):
+    start, stop = ranks.shard_bounds(len(global_rows))
+    rows_seen.append({"global": global_rows.tolist(), "mine": global_rows[start:stop].tolist()})
+    return real_step_views(images, global_rows, views, generator, ranks, device, fmt)
+
+
+pretrain_module.step_views = recording_step_views
+try:
+    model = pretrain(config, out_dir, device_name="cpu", resume=resume, stop_after_epochs=stop_after_epochs)
+    torch.save(model.state_dict(), out_dir / f"rank{rank}_model.pt")
+except Stopped as stopped:
+    print(stopped, file=sys.stderr)
+(out_dir / f"rank{rank}_rows.json").write_text(json.dumps(rows_seen))

@@ -1,0 +1,135 @@
+"""Data-parallel BYOL (byol/distributed.py): 2 CPU processes with gloo, against one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from byol.augment import BYOLViews
+from byol.distributed import CrossRankBatchNorm, Ranks, sync_batchnorm
+from byol.files import load_torch
+from byol.optim import default_lr
+from byol.pretrain import PretrainConfig, pretrain
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+# 32 images, 2 epochs of 2 steps; 2 processes x 8 images = a global batch of 16.
+PER_RANK = {"epochs": 2, "batch_size": 8, "image_size": 32, "cache_size": 36, "max_images": 32}
+
+
+def torchrun(out_dir: Path, config: dict, resume: bool = False, stop_after_epochs: int = 0) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += [str(WORKER), str(out_dir), json.dumps(config), str(int(resume)), str(stop_after_epochs)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def rank_models(out_dir: Path) -> list[dict]:
+    return [torch.load(out_dir / f"rank{rank}_model.pt") for rank in (0, 1)]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 5])
+def test_shards_are_disjoint_and_cover_the_batch(world_size):
+    rows = torch.arange(17)
+    shards = [Ranks(rank, world_size).shard(rows) for rank in range(world_size)]
+    assert torch.equal(torch.cat(shards), rows)
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_sharded_views_equal_the_whole_batch_views():
+    images = torch.randint(0, 256, (6, 3, 20, 20), dtype=torch.uint8)
+    views = BYOLViews(16)
+    whole = views(images, torch.Generator().manual_seed(3))
+    parts = [
+        views(images[start:stop], torch.Generator().manual_seed(3), global_batch=6, offset=start)
+        for start, stop in (Ranks(0, 2).shard_bounds(6), Ranks(1, 2).shard_bounds(6))
+    ]
+    for index in (0, 1):
+        torch.testing.assert_close(torch.cat([part[index] for part in parts]), whole[index])
+
+
+def test_cross_rank_batchnorm_matches_batchnorm(tmp_path):
+    # A world of one process exercises the all-reduce path; the statistics must be BatchNorm's.
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        reference = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.BatchNorm1d(144))
+        converted = sync_batchnorm(__import__("copy").deepcopy(reference), torch.device("cpu"))
+        assert isinstance(converted[1], CrossRankBatchNorm) and isinstance(converted[3], CrossRankBatchNorm)
+        inputs = torch.randn(5, 3, 8, 8)
+        for model in (reference, converted):
+            model(inputs).square().sum().backward()
+        torch.testing.assert_close(converted(inputs), reference(inputs), atol=1e-5, rtol=1e-4)
+        for (name, a), b in zip(reference.named_parameters(), converted.parameters()):
+            torch.testing.assert_close(b.grad, a.grad, atol=1e-4, rtol=1e-4, msg=name)
+        assert set(converted.state_dict()) == set(reference.state_dict())
+        for name, buffer in reference.named_buffers():
+            torch.testing.assert_close(converted.get_buffer(name), buffer, atol=1e-5, rtol=1e-4, msg=name)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(split_dir, tmp_path):
+    out = split_dir()
+    runs = {name: tmp_path / name for name in ("single", "synced", "plain", "resumed")}
+    for path in runs.values():
+        shutil.copytree(out, path)
+
+    single = pretrain(PretrainConfig(**{**PER_RANK, "batch_size": 16}), runs["single"], device_name="cpu")
+    torchrun(runs["synced"], {**PER_RANK, "sync_bn": True})
+    torchrun(runs["plain"], PER_RANK)
+    torchrun(runs["resumed"], PER_RANK, stop_after_epochs=1)
+    assert not (runs["resumed"] / "byol.pt").exists()
+    torchrun(runs["resumed"], PER_RANK, resume=True)
+
+    # Each rank trains on its own half of every global batch, and the halves cover it.
+    batches = [json.loads((runs["synced"] / f"rank{rank}_rows.json").read_text()) for rank in (0, 1)]
+    assert len(batches[0]) == len(batches[1]) == 4  # 2 epochs x 32 images / 16 per step
+    for mine_0, mine_1 in zip(batches[0], batches[1]):
+        assert mine_0["global"] == mine_1["global"] and len(mine_0["global"]) == 16
+        assert not set(mine_0["mine"]) & set(mine_1["mine"])
+        assert sorted(mine_0["mine"] + mine_1["mine"]) == sorted(mine_0["global"])
+
+    # DDP's averaged gradients keep the online network, and so the EMA target, identical everywhere.
+    for name in ("synced", "plain", "resumed"):
+        rank_0, rank_1 = rank_models(runs[name])
+        for key in rank_0:
+            assert torch.equal(rank_0[key], rank_1[key]), f"{name}: {key} differs across ranks"
+    # One set of files, written by rank 0.
+    assert sorted(p.name for p in runs["synced"].glob("byol*")) == [
+        "byol.pt",
+        "byol_checkpoint.pt",
+        "byol_config.json",
+        "byol_metrics.csv",
+    ]
+    assert json.loads((runs["synced"] / "byol_config.json").read_text())["global_batch_size"] == 16
+
+    # With --sync-bn the two processes compute what one process does with the same 16 images per step
+    # (same rows, same per-image views); only the order of floating-point sums differs, so the weights
+    # agree to float32 rounding amplified over 4 steps.
+    synced = rank_models(runs["synced"])[0]
+    for key, value in single.state_dict().items():
+        torch.testing.assert_close(synced[key], value, atol=2e-4, rtol=1e-3, msg=key)
+    # Without it each process normalises by its own 8 images: close to, but not exactly, one process.
+    plain = rank_models(runs["plain"])[0]
+    weight = "backbone.conv1.weight"
+    gap_plain = (plain[weight] - single.state_dict()[weight]).abs().max()
+    gap_synced = (synced[weight] - single.state_dict()[weight]).abs().max()
+    assert gap_synced < gap_plain
+
+    # Resume under DDP continues exactly where the straight run went.
+    resumed = load_torch(runs["resumed"] / "byol_checkpoint.pt")["model"]
+    straight = load_torch(runs["plain"] / "byol_checkpoint.pt")["model"]
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], atol=1e-5, rtol=0, msg=key)
+    # The default learning rate follows the global batch, not the per-process one.
+    assert load_torch(runs["plain"] / "byol.pt")["config"]["lr"] == default_lr("lars", 16)
