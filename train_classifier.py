@@ -3,11 +3,15 @@
 Reads --out-dir/splits.csv and --out-dir/byol.pt; writes classifier_metrics.csv (init, mode, seed,
 n_labels, epoch, train_loss, train_acc, test_loss, test_acc), classifier_summary.csv and
 classifier_config.json. Every condition gets the same head, labelled images, test split and budget.
+
+Several GPUs (or CPU processes): torchrun --nproc-per-node N train_classifier.py ... fine-tunes
+data-parallel, each process taking --batch-size images per step (global batch: N x --batch-size).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from byol.cli import non_negative_int, positive_int, run_stage
@@ -53,7 +57,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         "(e.g. 25,50,100,250); 0: all of them",
     )
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=defaults.batch_size,
+        help="images per step and per process (global batch: this x the number of processes)",
+    )
     parser.add_argument(
         "--lr", type=float, default=defaults.lr, help="AdamW learning rate of a fine-tuned backbone"
     )
@@ -74,6 +83,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=defaults.eval_every,
         help="score the test split every N epochs (always at the last)",
     )
+    parser.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun: fine-tuning BatchNorm statistics over the global batch",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     parser.add_argument(
@@ -88,7 +102,8 @@ def main() -> None:
     args = get_args_parser().parse_args()
     config = ClassifierConfig(**{name: getattr(args, name) for name in ClassifierConfig.__dataclass_fields__})
     summary = run_classifiers(config, args.out_dir, args.device, args.precision, args.resume)
-    print(format_summary(summary))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(format_summary(summary))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from byol.cache import default_cache_size, load_cache
 from byol.data import read_split
-from byol.device import memory_format, resolve_device, resolve_precision
+from byol.device import memory_format, resolve_precision
+from byol.distributed import Ranks, process_group
 from byol.errors import UserError
 from byol.evaluate import extract_features
 from byol.files import write_csv, write_json
@@ -102,10 +103,21 @@ def run_classifiers(
     """Train every condition, write classifier_metrics.csv and classifier_summary.csv, return the summary.
 
     With `resume`, conditions already complete in classifier_metrics.csv (same settings) are kept.
+    Under torchrun every process calls this; fine-tuning is data-parallel, rank 0 writes the files.
     """
-    out_dir = Path(out_dir)
     check_choices(config)
-    device = resolve_device(device_name)
+    with process_group(device_name) as (ranks, device):
+        return _run_classifiers(config, Path(out_dir), ranks, device, precision_name, resume)
+
+
+def _run_classifiers(
+    config: ClassifierConfig,
+    out_dir: Path,
+    ranks: Ranks,
+    device: torch.device,
+    precision_name: str,
+    resume: bool,
+) -> pd.DataFrame:
     precision = resolve_precision(precision_name, device)
     split = read_split(out_dir)
     byol_state, byol_config = None, {}
@@ -116,6 +128,9 @@ def run_classifiers(
     test_rows = split.indices("test")
     if not test_rows:
         raise UserError("the split has no test images; re-run data_split.py with --n-test above 0")
+    if ranks.is_main:  # one process builds the cache (when missing), the others then map it
+        load_cache(split, out_dir, config.cache_size, torch.device("cpu"))
+    ranks.barrier()
     images = load_cache(split, out_dir, config.cache_size, torch.device("cpu"))  # (N, 3, S, S) uint8
     labels = torch.tensor(split.table["label"].to_numpy())
     fmt = memory_format(device, precision)
@@ -125,6 +140,7 @@ def run_classifiers(
         for key, value in asdict(config).items()
         if key not in ("inits", "modes", "seeds", "n_labels")
     }
+    settings["world_size"] = ranks.world_size  # with batch_size, fixes the global batch
     metrics_path = out_dir / METRICS_FILE
     rows: list[dict] = []
     config_path = out_dir / CONFIG_FILE
@@ -132,10 +148,17 @@ def run_classifiers(
         previous = pd.read_json(config_path, typ="series").to_dict()
         if {key: previous.get(key) for key in settings} == settings:
             rows = pd.read_csv(metrics_path).to_dict("records")
-    write_json(
-        config_path,
-        {**asdict(config), "device": str(device), "precision": precision, "byol_config": byol_config},
-    )
+    if ranks.is_main:
+        write_json(
+            config_path,
+            {
+                **asdict(config),
+                "device": str(device),
+                "precision": precision,
+                "world_size": ranks.world_size,
+                "byol_config": byol_config,
+            },
+        )
     epochs_done: dict[tuple, int] = {}
     for row in rows:
         key = (row["init"], row["mode"], row["seed"], row["n_labels"])
@@ -150,7 +173,7 @@ def run_classifiers(
     ]
     frozen_features: dict[tuple, torch.Tensor] = {}
     feature_rows = split.indices("labelled") + test_rows
-    progress = tqdm(runs, desc="classifiers", unit="run")
+    progress = tqdm(runs, desc="classifiers", unit="run", disable=not ranks.is_main)
     for n_labels, seed, init, mode in progress:
         train_rows = balanced_subset(split, n_labels, seed)
         key = (init, mode, seed, len(train_rows))
@@ -191,15 +214,18 @@ def run_classifiers(
             device,
             precision,
             progress,
+            ranks,
         )
         rows.extend(
             {"init": init, "mode": mode, "seed": seed, "n_labels": len(train_rows), **row} for row in run_rows
         )
-        write_csv(metrics_path, pd.DataFrame(rows, columns=METRIC_COLUMNS))
+        if ranks.is_main:
+            write_csv(metrics_path, pd.DataFrame(rows, columns=METRIC_COLUMNS))
     progress.close()
     metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     summary = summarize(metrics)
-    write_csv(out_dir / SUMMARY_FILE, summary)
+    if ranks.is_main:
+        write_csv(out_dir / SUMMARY_FILE, summary)
     return summary
 
 

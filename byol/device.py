@@ -2,6 +2,7 @@
 
 bf16 autocast + channels-last doubles ResNet18's speed where the hardware has bf16 units (CUDA
 Ampere+, CPUs with avx512_bf16 or AMX); elsewhere bf16 is emulated and slower, so `auto` picks fp32.
+Channels-last pays in fp32 too, so it is always on.
 """
 
 from __future__ import annotations
@@ -61,7 +62,6 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def memory_format(device: torch.device, precision: str) -> torch.memory_format:
-    """channels-last where it pays: with bf16, and on CUDA (tensor cores want NHWC)."""
-    if precision == "bf16" or device.type == "cuda":
-        return torch.channels_last
-    return torch.contiguous_format
+    """channels-last everywhere: tensor cores want NHWC, and oneDNN's CPU convolutions run faster in it
+    (ResNet18 BYOL step at 64 px, batch 64, fp32 on the 2-core development CPU: 49 vs 42 images/s)."""
+    return torch.channels_last

@@ -59,6 +59,9 @@ class Ranks:
         return tensor
 
 
+SINGLE_PROCESS = Ranks()
+
+
 @contextlib.contextmanager
 def process_group(device_name: str) -> Iterator[tuple[Ranks, torch.device]]:
     """Join the torchrun job (WORLD_SIZE > 1), or run alone; yields this rank and its device.

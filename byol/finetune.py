@@ -20,6 +20,7 @@ from tqdm import tqdm
 from byol.augment import ViewConfig, make_view
 from byol.data import Split
 from byol.device import autocast, memory_format
+from byol.distributed import SINGLE_PROCESS, Ranks, average_buffers, sync_batchnorm, wrap
 from byol.errors import UserError
 from byol.evaluate import eval_view
 from byol.files import load_torch
@@ -42,13 +43,14 @@ class ClassifierConfig:
     seeds: int = 3
     n_labels: list[int] = field(default_factory=lambda: [0])  # 0: the whole labelled split
     epochs: int = 30
-    batch_size: int = 32
+    batch_size: int = 32  # per process; the global batch is batch_size x world size
     lr: float = 1e-3  # backbone, when fine-tuned (AdamW)
     head_lr: float = 1e-2  # the linear head, in both modes
     weight_decay: float = 1e-4
     image_size: int = 0  # 0: byol.pt's image size, or PretrainConfig's default without byol.pt
     cache_size: int = 0  # 0: default_cache_size(image_size)
     eval_every: int = 1  # test loss/accuracy every N epochs (and always at the last)
+    sync_bn: bool = False  # fine-tuning under torchrun: BatchNorm statistics over the global batch
 
 
 def balanced_subset(split: Split, n_labels: int, seed: int) -> list[int]:
@@ -105,12 +107,6 @@ def make_backbone(init: str, seed: int, byol_state: dict | None) -> nn.Module:
     return backbone
 
 
-def batch_loss_and_correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
-    return F.cross_entropy(logits.float(), labels, reduction="sum").item(), (
-        logits.argmax(1) == labels
-    ).sum().item()
-
-
 @torch.no_grad()
 def evaluate_head(
     backbone: nn.Module | None,
@@ -121,22 +117,28 @@ def evaluate_head(
     device: torch.device,
     precision: str,
     fmt: torch.memory_format,
+    ranks: Ranks = SINGLE_PROCESS,
     batch_size: int = 256,
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy; `inputs` are cached images, or features when backbone is None."""
+    """Mean cross-entropy and accuracy; `inputs` are cached images, or features when backbone is None.
+
+    Under torchrun each rank scores its own shard of `inputs` and the sums are added up.
+    """
     head.eval()
     if backbone is not None:
         backbone.eval()
-    loss_sum, correct = 0.0, 0
-    for start in range(0, len(inputs), batch_size):
-        batch = inputs[start : start + batch_size].to(device)
-        target = labels[start : start + batch_size].to(device)
+    start, stop = ranks.shard_bounds(len(inputs))
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct
+    for first in range(start, stop, batch_size):
+        last = min(first + batch_size, stop)
+        batch, target = inputs[first:last].to(device), labels[first:last].to(device)
         with autocast(device, precision):
             if backbone is not None:
                 batch = backbone(eval_view(batch, image_size).contiguous(memory_format=fmt))
             logits = head(batch)
-        batch_loss, batch_correct = batch_loss_and_correct(logits, target)
-        loss_sum, correct = loss_sum + batch_loss, correct + batch_correct
+        totals[0] += F.cross_entropy(logits.float(), target, reduction="sum")
+        totals[1] += (logits.argmax(1) == target).sum()
+    loss_sum, correct = ranks.all_reduce_sum(totals).tolist()
     return loss_sum / len(inputs), correct / len(inputs)
 
 
@@ -153,55 +155,75 @@ def train_one_run(
     device: torch.device,
     precision: str,
     progress: tqdm,
+    ranks: Ranks = SINGLE_PROCESS,
 ) -> list[dict]:
     """Train a linear head (and, in finetune mode, the backbone); one metrics dict per epoch.
 
-    In frozen mode `train_inputs`/`test_inputs` are precomputed features and `backbone` is unused.
+    In frozen mode `train_inputs`/`test_inputs` are precomputed features and `backbone` is unused;
+    every rank trains the same head (it takes seconds). Fine-tuning under torchrun splits each global
+    batch across ranks, with the views each image would get in a single process.
     """
     fmt = memory_format(device, precision)
     finetune = mode == "finetune"
     torch.manual_seed(seed + 1)
     head = nn.Linear(RESNET18_FEATURES, n_classes).to(device)
     groups = [{"params": head.parameters(), "lr": config.head_lr}]
+    model, shards = head, SINGLE_PROCESS  # frozen: the whole batch on every rank
     if finetune:
+        if config.sync_bn and ranks.distributed:
+            backbone = sync_batchnorm(backbone, device)
         backbone = backbone.to(device, memory_format=fmt)
         groups.append({"params": backbone.parameters(), "lr": config.lr})
+        model, shards = wrap(nn.Sequential(backbone, head), ranks, device), ranks
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     generator = torch.Generator(device=device).manual_seed(seed)
     order_generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = math.ceil(len(train_inputs) / config.batch_size)
+    global_batch = config.batch_size * ranks.world_size  # in frozen mode too: the same steps everywhere
+    steps_per_epoch = math.ceil(len(train_inputs) / global_batch)
     total_steps, step = config.epochs * steps_per_epoch, 0
     rows = []
     for epoch in range(1, config.epochs + 1):
-        head.train()
-        if finetune:
-            backbone.train()
-        loss_sum, correct = 0.0, 0
-        for batch_rows in torch.randperm(len(train_inputs), generator=order_generator).split(
-            config.batch_size
-        ):
-            batch, labels = train_inputs[batch_rows].to(device), train_labels[batch_rows].to(device)
+        model.train()
+        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, images
+        for global_rows in torch.randperm(len(train_inputs), generator=order_generator).split(global_batch):
+            start, stop = shards.shard_bounds(len(global_rows))
+            if len(global_rows) < shards.world_size:  # a last batch too small to give every rank an image
+                continue
+            rows_here = global_rows[start:stop]
+            batch, labels = train_inputs[rows_here].to(device), train_labels[rows_here].to(device)
             for group, base_lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = lr_at(step, total_steps, 0, base_lr)
             with autocast(device, precision):
                 if finetune:
-                    view = make_view(batch, LIGHT_VIEW, config.image_size, generator).contiguous(
-                        memory_format=fmt
-                    )
-                    batch = backbone(view)
-                logits = head(batch)
+                    batch = make_view(
+                        batch,
+                        LIGHT_VIEW,
+                        config.image_size,
+                        generator,
+                        global_batch=len(global_rows),
+                        offset=start,
+                    ).contiguous(memory_format=fmt)
+                logits = model(batch)
             loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            loss_sum += loss.item() * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
+            totals += torch.stack(
+                [
+                    loss.detach().double() * len(labels),
+                    (logits.argmax(1) == labels).sum().double(),
+                    totals.new_tensor(len(labels)),
+                ]
+            )
+        if finetune:
+            average_buffers(backbone, ranks)
+        loss_sum, correct, seen = shards.all_reduce_sum(totals).tolist()
         row = {
             "epoch": epoch,
-            "train_loss": loss_sum / len(train_inputs),
-            "train_acc": correct / len(train_inputs),
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
             "test_loss": math.nan,
             "test_acc": math.nan,
         }
@@ -215,6 +237,7 @@ def train_one_run(
                 device,
                 precision,
                 fmt,
+                shards,
             )
         rows.append(row)
         progress.set_postfix(

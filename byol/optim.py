@@ -38,20 +38,33 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        # Multi-tensor (_foreach) ops: one kernel launch per operation for the whole group instead of
+        # one per tensor, which matters on CPU where a per-tensor Python loop cost ~10 % of a step.
         for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                grad = param.grad.add(param, alpha=group["weight_decay"])
-                if group["lars"]:
-                    param_norm, grad_norm = torch.linalg.norm(param), torch.linalg.norm(grad)
-                    trust = group["trust_coefficient"] * param_norm / grad_norm
-                    grad = grad.mul(torch.where((param_norm > 0) & (grad_norm > 0), trust, 1.0))
+            params = [param for param in group["params"] if param.grad is not None]
+            if not params:
+                continue
+            grads = [param.grad for param in params]
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            if group["lars"]:
+                param_norms = torch.stack(torch._foreach_norm(params))
+                grad_norms = torch.stack(torch._foreach_norm(grads))
+                trust = torch.where(
+                    (param_norms > 0) & (grad_norms > 0),
+                    group["trust_coefficient"] * param_norms / grad_norms,
+                    torch.ones_like(param_norms),
+                )
+                grads = torch._foreach_mul(grads, list(trust.unbind()))
+            buffers = []
+            for param in params:
                 state = self.state[param]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(param)
-                buffer = state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
-                param.add_(buffer, alpha=-group["lr"])
+                buffers.append(state["momentum_buffer"])
+            torch._foreach_mul_(buffers, group["momentum"])
+            torch._foreach_add_(buffers, grads)
+            torch._foreach_add_(params, buffers, alpha=-group["lr"])
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -208,3 +208,29 @@ def write_summary(
     summary: pd.DataFrame, classifier_config: dict, byol_config: dict | None, path: Path
 ) -> None:
     write_text(path, summary_markdown(summary, classifier_config, byol_config))
+
+
+def plot_views(images, views, generator, path: Path, n_images: int = 6) -> None:
+    """byol_views.png: a few cached images beside their two augmented views, as pretraining sees them.
+
+    `images` (N, 3, S, S) uint8; `views` a BYOLViews. Views are drawn without normalisation, which is
+    the same as denormalising them.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    batch = images[:n_images]
+    view_1, view_2 = views(batch, generator, normalize=False)
+    originals = F.interpolate(batch.float() / 255, size=view_1.shape[-2:], mode="bilinear", antialias=True)
+    figure = Figure(figsize=(6, 2 * len(batch)))
+    axes = figure.subplots(len(batch), 3, squeeze=False)
+    for row, panels in enumerate(zip(originals, view_1, view_2)):
+        for column, (image, title) in enumerate(zip(panels, ("cached image", "view 1", "view 2"))):
+            axis = axes[row][column]
+            axis.imshow(torch.clamp(image, 0, 1).permute(1, 2, 0).cpu().numpy())
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(title)
+    figure.suptitle(f"BYOL views at {view_1.shape[-1]} px (each image draws its own parameters)")
+    save_figure(figure, path)

@@ -30,6 +30,7 @@ from byol.evaluate import extract_features, knn_accuracy
 from byol.files import load_torch, save_torch, write_csv, write_json
 from byol.model import BYOL, RESNET18_FEATURES, resnet18_backbone
 from byol.optim import OPTIMIZERS, default_lr, make_optimizer
+from byol.plots import plot_views
 from byol.resume import StopRequest, check_resume_config
 from byol.schedules import lr_at, tau_at
 from byol.step import seeded_generator, step_views, train_step
@@ -40,6 +41,7 @@ WEIGHTS_FILE = "byol.pt"
 CHECKPOINT_FILE = "byol_checkpoint.pt"
 METRICS_FILE = "byol_metrics.csv"
 CONFIG_FILE = "byol_config.json"
+VIEWS_FIGURE = "byol_views.png"
 CHECKPOINT_EVERY_S = 600  # also save mid-epoch, so a killed session loses at most 10 minutes
 
 
@@ -236,6 +238,13 @@ def _pretrain(
         ranks.barrier()
         return result
 
+    if ranks.is_main and not resume:  # what the network is about to see, to check the views by eye
+        plot_views(
+            images[train_indices[:6]],
+            views,
+            torch.Generator().manual_seed(config.seed),
+            out_dir / VIEWS_FIGURE,
+        )
     if not metrics:  # epoch 0: the random-init baseline of the k-NN monitor
         knn_acc, feature_std = monitor()
         metrics.append(

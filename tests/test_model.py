@@ -94,3 +94,27 @@ def test_a_users_own_backbone_learns_with_the_public_api():
         model.update_target(tau_at(step, 40, 0.99))
         losses.append(loss.item())
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+
+
+def test_lars_matches_the_papers_update_rule():
+    from byol.optim import make_optimizer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
+    optimizer = make_optimizer("lars", model, lr=0.1, weight_decay=0.01)
+    expected = {name: param.detach().clone() for name, param in model.named_parameters()}
+    momentum = {name: torch.zeros_like(param) for name, param in expected.items()}
+    for _ in range(3):
+        grads = {name: torch.randn_like(param) for name, param in model.named_parameters()}
+        for name, param in model.named_parameters():
+            param.grad = grads[name].clone()
+            if param.ndim > 1:  # weights: decay and the trust ratio eta * |w| / |g + wd w|
+                update = grads[name] + 0.01 * expected[name]
+                update = update * 1e-3 * expected[name].norm() / update.norm()
+            else:  # biases and BatchNorm: plain momentum SGD, no decay
+                update = grads[name]
+            momentum[name] = 0.9 * momentum[name] + update
+            expected[name] = expected[name] - 0.1 * momentum[name]
+        optimizer.step()
+        for name, param in model.named_parameters():
+            torch.testing.assert_close(param.detach(), expected[name], msg=name)

@@ -1,0 +1,342 @@
+"""Is the model the only limit? BYOL training throughput, side by side, in one run.
+
+    python benchmarks/bench_byol.py [--device auto] [--image-size 64] [--batch-size 64] [--steps 8]
+                                    [--data-dir ../shared/data/PetImages] [--variants] [--compile]
+
+On the same images, model, batch and image size, it times (training images per second, each image
+counted once although BYOL makes two views of it):
+  model_only     our step (default precision and memory format) on views already on the device
+  pipeline       the image cache + batched on-device views + the same step: train_byol.py's own code
+  usual          a DataLoader (workers = cores) decoding the JPEGs with per-image PIL/torchvision
+                 transforms, feeding an fp32, contiguous step (the peers' default recipe)
+  loader_ours    the same DataLoader feeding our step (tells the data gain from the precision gain)
+and the data side alone (views per second, no model) for pipeline and usual, the pipeline at 1,000
+and at 20,000 cached images (nothing in the loop may grow with the data), the device's matmul peak in
+fp32 and bf16, the step's achieved GFLOP/s and utilisation of the peak of the precision used, peak
+memory and the cache's size on disk. --variants also times the model-only step in each precision and
+memory format (and with torch.compile when --compile is given). The last line is for scripts:
+RESULT pipeline_vs_model_only=... pipeline_vs_usual=... pipeline_images_per_s=... utilisation=... ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from byol.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW_1, VIEW_2, BYOLViews, ViewConfig
+from byol.cache import cache_paths, default_cache_size, load_cache
+from byol.data import make_split, read_split, save_split
+from byol.demo_images import make_demo_images
+from byol.device import memory_format, resolve_device, resolve_precision
+from byol.distributed import Ranks
+from byol.model import BYOL, RESNET18_FEATURES, resnet18_backbone
+from byol.optim import default_lr, make_optimizer
+from byol.step import seeded_generator, step_views, train_step
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = ROOT.parent / "shared" / "data" / "PetImages"
+SMALL, LARGE = 1_000, 20_000  # cached images the pipeline samples from, to show the loop does not grow
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:  # Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM)
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(run_step: Callable[[], None], steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per step, after `warmup` untimed steps."""
+    for _ in range(warmup):
+        run_step()
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        run_step()
+    synchronize(device)
+    return (time.perf_counter() - started) / steps
+
+
+def make_model(device: torch.device, fmt: torch.memory_format, batch_size: int, compile_model: bool = False):
+    torch.manual_seed(0)
+    model = BYOL(resnet18_backbone(), RESNET18_FEATURES).to(device, memory_format=fmt)
+    optimizer = make_optimizer("lars", model, default_lr("lars", batch_size), 1.5e-6)
+    train_model = torch.compile(model) if compile_model else model
+    return model, train_model, optimizer
+
+
+def step_runner(model, train_model, optimizer, device, precision, next_views):
+    def run_step() -> None:
+        view_1, view_2 = next_views()
+        loss = train_step(train_model, model, optimizer, view_1, view_2, 0.01, 0.996, device, precision)
+        loss.item()  # as the training loop does: one host sync per step
+
+    return run_step
+
+
+def pil_view(config: ViewConfig, size: int) -> transforms.Compose:
+    """One of the paper's views as per-image PIL transforms (lightly / byol-pytorch style)."""
+    kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
+    steps = [
+        transforms.RandomResizedCrop(size, scale=config.crop_scale, ratio=config.crop_ratio),
+        transforms.RandomHorizontalFlip(config.flip_p),
+        transforms.RandomApply(
+            [transforms.ColorJitter(config.brightness, config.contrast, config.saturation, config.hue)],
+            p=config.jitter_p,
+        ),
+        transforms.RandomGrayscale(config.grayscale_p),
+        transforms.RandomApply([transforms.GaussianBlur(kernel, config.blur_sigma)], p=config.blur_p),
+        transforms.RandomSolarize(128, p=config.solarize_p),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ]
+    return transforms.Compose(steps)
+
+
+class JpegPairs(torch.utils.data.Dataset):
+    """Decodes a JPEG per item and returns its two views: what the usual recipe does per image."""
+
+    def __init__(self, paths: list[Path], size: int) -> None:
+        self.paths = paths
+        self.view_1, self.view_2 = pil_view(VIEW_1, size), pil_view(VIEW_2, size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        with Image.open(self.paths[index]) as image:
+            image = image.convert("RGB")
+        return self.view_1(image), self.view_2(image)
+
+
+def endless(loader):
+    while True:
+        yield from loader
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype) -> float:
+    n = 4096 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    repeats = 20 if device.type == "cuda" else 5
+    seconds = timed(lambda: torch.mm(a, b), repeats, 1, device)
+    return 2 * n**3 / seconds / 1e9
+
+
+def step_flops(model, train_model, optimizer, device, precision, views) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        train_step(train_model, model, optimizer, *views, 0.0, 1.0, device, precision)
+    return counter.get_total_flops()
+
+
+def prepare_split(data_dir: Path | None, work_dir: Path, size: int) -> Path:
+    """A split of the benchmark images (all unlabelled) in work_dir, with their cache; reused when present."""
+    if (work_dir / "splits.csv").is_file():
+        return work_dir
+    if data_dir is None:
+        print(f"no --data-dir and no {REAL_DATA}: generating {LARGE} images", flush=True)
+        data_dir = make_demo_images(work_dir / "images", per_class=LARGE // 2, size=size)
+    result = make_split(data_dir, 2, 0, seed=0, workers=os.cpu_count() or 1, min_size=8, max_pixels=10**8)
+    save_split(result, data_dir, work_dir, {"n_labelled": 2, "n_test": 0, "seed": 0})
+    return work_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--cache-size", type=int, default=0, help="default: 1.15 x --image-size, as training")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers")
+    parser.add_argument("--data-dir", type=Path, default=REAL_DATA if REAL_DATA.is_dir() else None)
+    parser.add_argument("--work-dir", type=Path, help="keeps the split and cache between runs")
+    parser.add_argument("--variants", action="store_true", help="also time each precision/memory format")
+    parser.add_argument("--compile", action="store_true", help="with --variants: also torch.compile")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    fmt = memory_format(device, precision)
+    size, batch = args.image_size, args.batch_size
+    cache_size = args.cache_size or default_cache_size(size)
+    temporary = tempfile.TemporaryDirectory() if args.work_dir is None else None
+    work_dir = args.work_dir or Path(temporary.name)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    split = read_split(prepare_split(args.data_dir, work_dir, 80))
+    images = load_cache(split, work_dir, cache_size, device)
+    cache_mib = cache_paths(work_dir, cache_size)[0].stat().st_size / 2**20
+    n_images = len(split.table)
+    print(
+        f"device {device}, precision {precision}, {torch.get_num_threads()} threads, image {size}px "
+        f"(cache {cache_size}px, {n_images} images, {cache_mib:.0f} MiB on disk), batch {batch}",
+        flush=True,
+    )
+    rows: list[tuple[str, float, float, str]] = []  # name, images/s, peak MiB, note
+
+    def measure(name: str, run_step: Callable[[], None], note: str = "", per_step: int = batch) -> float:
+        reset_peak_memory(device)
+        seconds = timed(run_step, args.steps, args.warmup, device)
+        rows.append((name, per_step / seconds, peak_memory_mib(device), note))
+        print(f"  {name:<28} {per_step / seconds:8.1f} /s   {note}", flush=True)
+        return per_step / seconds
+
+    views = BYOLViews(size)
+    ranks = Ranks()
+
+    def pipeline_views(n_cached: int):
+        generator = seeded_generator(0, 0, device)
+        order = torch.Generator().manual_seed(0)
+
+        def next_views():
+            rows_ = torch.randint(0, n_cached, (batch,), generator=order)
+            return step_views(images, rows_, views, generator, ranks, device, fmt)
+
+        return next_views
+
+    print("data side alone (views/s, two per image):", flush=True)
+    small, large = min(SMALL, n_images), min(LARGE, n_images)
+    pipeline_data = measure("pipeline views", pipeline_views(large), per_step=2 * batch)
+    paths = [split.data_dir / path for path in split.table["path"]]
+    loader = torch.utils.data.DataLoader(
+        JpegPairs(paths, size),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=args.workers,
+        drop_last=True,
+        persistent_workers=args.workers > 0,
+        pin_memory=device.type == "cuda",
+    )
+    batches = endless(loader)
+    usual_data = measure("usual DataLoader views", lambda: next(batches), per_step=2 * batch)
+
+    print("training (images/s):", flush=True)
+    model, train_model, optimizer = make_model(device, fmt, batch)
+    resident = pipeline_views(large)()
+    model_only = measure(
+        "model_only", step_runner(model, train_model, optimizer, device, precision, lambda: resident)
+    )
+    flops = step_flops(model, train_model, optimizer, device, precision, resident)
+    pipeline_small = measure(
+        f"pipeline ({small} cached)",
+        step_runner(model, train_model, optimizer, device, precision, pipeline_views(small)),
+    )
+    pipeline = measure(
+        f"pipeline ({large} cached)",
+        step_runner(model, train_model, optimizer, device, precision, pipeline_views(large)),
+    )
+
+    def loader_views(step_fmt):
+        def next_views():
+            view_1, view_2 = next(batches)
+            return (
+                view_1.to(device, non_blocking=True).contiguous(memory_format=step_fmt),
+                view_2.to(device, non_blocking=True).contiguous(memory_format=step_fmt),
+            )
+
+        return next_views
+
+    usual_model, usual_train_model, usual_optimizer = make_model(device, torch.contiguous_format, batch)
+    usual = measure(
+        "usual (fp32, contiguous)",
+        step_runner(
+            usual_model,
+            usual_train_model,
+            usual_optimizer,
+            device,
+            "fp32",
+            loader_views(torch.contiguous_format),
+        ),
+    )
+    loader_ours = measure(
+        f"loader_ours ({precision})",
+        step_runner(model, train_model, optimizer, device, precision, loader_views(fmt)),
+    )
+
+    peaks = {"fp32": matmul_gflops(device, torch.float32), "bf16": matmul_gflops(device, torch.bfloat16)}
+    achieved = flops / 1e9 * model_only / batch
+    utilisation = achieved / peaks[precision]
+    print(
+        f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; "
+        f"step {flops / 1e9:.1f} GFLOP -> {achieved:.1f} GFLOP/s, utilisation {utilisation:.2f} "
+        f"of the {precision} peak",
+        flush=True,
+    )
+
+    if args.variants:
+        print("model-only variants (images/s):", flush=True)
+        options = [
+            ("fp32 contiguous", "fp32", torch.contiguous_format, False),
+            ("fp32 channels-last", "fp32", torch.channels_last, False),
+            ("bf16 channels-last", "bf16", torch.channels_last, False),
+        ]
+        if args.compile:
+            options.append((f"{precision} + torch.compile", precision, fmt, True))
+        baseline = None
+        for name, variant_precision, variant_fmt, compile_model in options:
+            variant = make_model(device, variant_fmt, batch, compile_model)
+            variant_views = tuple(v.contiguous(memory_format=variant_fmt) for v in resident)
+            speed = measure(
+                f"variant {name}",
+                step_runner(*variant, device, variant_precision, lambda v=variant_views: v),
+            )
+            baseline = baseline or speed
+            print(f"    ratio to fp32 contiguous: {speed / baseline:.2f}", flush=True)
+
+    print()
+    print(f"{'measurement':<30}{'per s':>10}{'peak MiB':>10}")
+    for name, speed, mib, _ in rows:
+        print(f"{name:<30}{speed:>10.1f}{mib:>10.0f}")
+    print(
+        f"data side: pipeline views {pipeline_data:.0f}/s vs usual DataLoader {usual_data:.0f}/s "
+        f"({pipeline_data / usual_data:.1f}x)"
+    )
+    print(
+        f"data-size check: {pipeline_small:.1f} images/s at {small} cached vs {pipeline:.1f} at {large} "
+        f"(ratio {pipeline / pipeline_small:.2f})"
+    )
+    print(f"loader_ours vs usual: {loader_ours / usual:.2f} (the gain from our step alone)")
+    print(
+        f"RESULT pipeline_vs_model_only={pipeline / model_only:.2f} pipeline_vs_usual={pipeline / usual:.2f} "
+        f"pipeline_images_per_s={pipeline:.1f} utilisation={utilisation:.2f} device={device.type} "
+        f"precision={precision} image_size={size} batch_size={batch}"
+    )
+    if temporary is not None:
+        temporary.cleanup()
+
+
+if __name__ == "__main__":
+    main()
