@@ -36,8 +36,8 @@ from byol.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW_1, VIEW_2, BYOLViews,
 from byol.cache import cache_paths, default_cache_size, load_cache
 from byol.data import make_split, read_split, save_split
 from byol.demo_images import make_demo_images
-from byol.device import memory_format, resolve_device, resolve_precision
-from byol.distributed import Ranks
+from byol.device import MEMORY_FORMAT, resolve_device, resolve_precision
+from byol.distributed import SINGLE_PROCESS
 from byol.model import BYOL, RESNET18_FEATURES, resnet18_backbone
 from byol.optim import default_lr, make_optimizer
 from byol.step import seeded_generator, step_views, train_step
@@ -190,7 +190,7 @@ def main() -> None:
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    fmt = memory_format(device, precision)
+    fmt = MEMORY_FORMAT
     size, batch = args.image_size, args.batch_size
     cache_size = args.cache_size or default_cache_size(size)
     temporary = tempfile.TemporaryDirectory() if args.work_dir is None else None
@@ -215,7 +215,7 @@ def main() -> None:
         return per_step / seconds
 
     views = BYOLViews(size)
-    ranks = Ranks()
+    ranks = SINGLE_PROCESS
 
     def pipeline_views(n_cached: int):
         generator = seeded_generator(0, 0, device)

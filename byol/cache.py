@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from byol.data import Split
+from byol.distributed import SINGLE_PROCESS, Ranks
 from byol.files import atomic_path, write_json
 
 CACHE_DIR = "cache"
@@ -76,12 +77,17 @@ def build_cache(split: Split, out_dir: Path, size: int, workers: int | None = No
     return array_path
 
 
-def load_cache(split: Split, out_dir: Path, size: int, device: torch.device) -> torch.Tensor:
+def load_cache(
+    split: Split, out_dir: Path, size: int, device: torch.device, ranks: Ranks = SINGLE_PROCESS
+) -> torch.Tensor:
     """The cache as a (N, 3, S, S) uint8 tensor: memory-mapped on CPU, moved whole onto a GPU that fits it.
 
-    Built first when missing or stale.
+    Built first when missing or stale; under torchrun by rank 0 alone, while the others wait.
     """
-    array_path = build_cache(split, out_dir, size)
+    if ranks.is_main:
+        build_cache(split, out_dir, size)
+    ranks.barrier()
+    array_path, _ = cache_paths(out_dir, size)
     # "c": copy-on-write, so the tensor is writable for torch but the file is never modified.
     images = torch.from_numpy(np.load(array_path, mmap_mode="c"))
     if device.type == "cuda":

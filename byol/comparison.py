@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from byol.cache import default_cache_size, load_cache
 from byol.data import read_split
-from byol.device import memory_format, resolve_precision
+from byol.device import MEMORY_FORMAT, resolve_precision
 from byol.distributed import Ranks, process_group
 from byol.errors import UserError
 from byol.evaluate import extract_features
@@ -128,12 +128,9 @@ def _run_classifiers(
     test_rows = split.indices("test")
     if not test_rows:
         raise UserError("the split has no test images; re-run data_split.py with --n-test above 0")
-    if ranks.is_main:  # one process builds the cache (when missing), the others then map it
-        load_cache(split, out_dir, config.cache_size, torch.device("cpu"))
-    ranks.barrier()
-    images = load_cache(split, out_dir, config.cache_size, torch.device("cpu"))  # (N, 3, S, S) uint8
+    images = load_cache(split, out_dir, config.cache_size, torch.device("cpu"), ranks)  # (N, 3, S, S) uint8
     labels = torch.tensor(split.table["label"].to_numpy())
-    fmt = memory_format(device, precision)
+    fmt = MEMORY_FORMAT
 
     settings = {
         key: value

@@ -61,7 +61,6 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-def memory_format(device: torch.device, precision: str) -> torch.memory_format:
-    """channels-last everywhere: tensor cores want NHWC, and oneDNN's CPU convolutions run faster in it
-    (ResNet18 BYOL step at 64 px, batch 64, fp32 on the 2-core development CPU: 49 vs 42 images/s)."""
-    return torch.channels_last
+# channels-last everywhere: tensor cores want NHWC, and oneDNN's CPU convolutions run faster in it
+# (ResNet18 BYOL step at 64 px, batch 64, fp32 on the 2-core development CPU: 49 vs 42 images/s).
+MEMORY_FORMAT = torch.channels_last

@@ -72,7 +72,7 @@ def process_group(device_name: str) -> Iterator[tuple[Ranks, torch.device]]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_name)
     if world_size == 1 and not dist.is_initialized():
-        yield Ranks(), device
+        yield SINGLE_PROCESS, device
         return
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":

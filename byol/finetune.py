@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from byol.augment import ViewConfig, make_view
 from byol.data import Split
-from byol.device import autocast, memory_format
+from byol.device import MEMORY_FORMAT, autocast
 from byol.distributed import SINGLE_PROCESS, Ranks, average_buffers, sync_batchnorm, wrap
 from byol.errors import UserError
 from byol.evaluate import eval_view
@@ -163,7 +163,7 @@ def train_one_run(
     every rank trains the same head (it takes seconds). Fine-tuning under torchrun splits each global
     batch across ranks, with the views each image would get in a single process.
     """
-    fmt = memory_format(device, precision)
+    fmt = MEMORY_FORMAT
     finetune = mode == "finetune"
     torch.manual_seed(seed + 1)
     head = nn.Linear(RESNET18_FEATURES, n_classes).to(device)

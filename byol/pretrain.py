@@ -23,7 +23,7 @@ from tqdm import tqdm
 from byol.augment import BYOLViews
 from byol.cache import default_cache_size, load_cache
 from byol.data import Split, read_split
-from byol.device import memory_format, resolve_precision
+from byol.device import MEMORY_FORMAT, resolve_precision
 from byol.distributed import Ranks, average_buffers, process_group, sync_batchnorm, wrap
 from byol.errors import Stopped, UserError
 from byol.evaluate import extract_features, knn_accuracy
@@ -157,7 +157,7 @@ def _pretrain(
             )
     config = config.resolved(ranks.world_size)
     precision = resolve_precision(precision_name, device)
-    fmt = memory_format(device, precision)
+    fmt = MEMORY_FORMAT
 
     split = read_split(out_dir)
     train_indices = pretraining_indices(split, config.max_images, config.seed)
@@ -168,10 +168,7 @@ def _pretrain(
             f"--batch-size {config.batch_size}{processes} is larger than the {len(train_indices)} "
             "pretraining images; lower --batch-size"
         )
-    if ranks.is_main:  # one process builds the cache (when missing), the others then map it
-        load_cache(split, out_dir, config.cache_size, torch.device("cpu"))
-    ranks.barrier()
-    images = load_cache(split, out_dir, config.cache_size, device)  # (N, 3, S, S) uint8
+    images = load_cache(split, out_dir, config.cache_size, device, ranks)  # (N, 3, S, S) uint8
     steps_per_epoch = len(train_indices) // global_batch  # the last partial batch is dropped
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = int(config.warmup_fraction * total_steps)
