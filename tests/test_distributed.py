@@ -111,6 +111,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(split_dir, tmp_
         "byol_checkpoint.pt",
         "byol_config.json",
         "byol_metrics.csv",
+        "byol_views.png",
     ]
     assert json.loads((runs["synced"] / "byol_config.json").read_text())["global_batch_size"] == 16
 

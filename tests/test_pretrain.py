@@ -58,7 +58,8 @@ def test_train_byol_writes_weights_that_load_into_stock_resnet18(split_dir):
 
 def test_loss_falls_and_features_do_not_collapse(split_dir):
     out = split_dir(per_class=40)
-    pretrain(tiny_config(epochs=6, max_images=64, optimizer="adamw", lr=2e-3), out, device_name="cpu")
+    # At lr 2e-3 this tiny run plateaus after epoch 1 on some machines (1.88-1.90); at 1e-3 it keeps falling.
+    pretrain(tiny_config(epochs=6, max_images=64, optimizer="adamw", lr=1e-3), out, device_name="cpu")
     metrics = pd.read_csv(out / "byol_metrics.csv")
     losses = metrics["loss"].dropna().tolist()
     # Past the first epoch's fast drop (the predictor catching up), the loss still falls.
@@ -100,22 +101,21 @@ def test_sigterm_mid_epoch_saves_and_resume_is_exact(split_dir, tmp_path, monkey
     pretrain(tiny_config(), straight, device_name="cpu")
 
     calls = {"n": 0}
-    real_views = pretrain_module.BYOLViews
+    real_step_views = pretrain_module.step_views
 
-    class SignalOnSixthBatch(real_views):  # the signal arrives while batch 6 of 8 is training
-        def __call__(self, *args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == 6:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return super().__call__(*args, **kwargs)
+    def signal_on_sixth_batch(*args, **kwargs):  # the signal arrives while batch 6 of 8 is training
+        calls["n"] += 1
+        if calls["n"] == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step_views(*args, **kwargs)
 
-    monkeypatch.setattr(pretrain_module, "BYOLViews", SignalOnSixthBatch)
+    monkeypatch.setattr(pretrain_module, "step_views", signal_on_sixth_batch)
     with pytest.raises(Stopped) as stopped:
         pretrain(tiny_config(), out, device_name="cpu")
     assert stopped.value.exit_code == 128 + signal.SIGTERM
     checkpoint = load_torch(out / "byol_checkpoint.pt")
     assert (checkpoint["epoch"], checkpoint["batch_in_epoch"]) == (1, 2)
-    monkeypatch.setattr(pretrain_module, "BYOLViews", real_views)
+    monkeypatch.setattr(pretrain_module, "step_views", real_step_views)
     pretrain(tiny_config(), out, device_name="cpu", resume=True)
     assert_same_weights(straight, out)
 
