@@ -54,6 +54,20 @@ def get_args_parser() -> argparse.ArgumentParser:
         + " x batch-size / 256)",
     )
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    for end in ("min", "max"):
+        parser.add_argument(
+            f"--blur-sigma-{end}",
+            type=float,
+            default=getattr(defaults, f"blur_sigma_{end}"),
+            help=f"{end} Gaussian blur sigma, px of the view (paper: 0.1-2.0 at 224 px; "
+            "x image-size/224 keeps its relative strength)",
+        )
+    parser.add_argument(
+        "--lars-trust",
+        type=float,
+        default=defaults.lars_trust,
+        help="LARS trust coefficient eta: a step moves each weight tensor by about lr x eta x its norm",
+    )
     parser.add_argument(
         "--warmup-fraction",
         type=float,

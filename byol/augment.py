@@ -290,7 +290,8 @@ def normalize_imagenet(images: torch.Tensor) -> torch.Tensor:
 class BYOLViews:
     """The paper's two views of a batch: `view_1, view_2 = BYOLViews(96)(images_uint8, generator)`.
 
-    `crop_scale` changes both views' crop range (small images may want less aggressive crops).
+    `crop_scale` changes both views' crop range (small images may want less aggressive crops), and
+    `blur_sigma` both views' blur range in output pixels (the paper's 0.1–2.0 is for 224 px images).
     """
 
     def __init__(
@@ -299,9 +300,12 @@ class BYOLViews:
         view_1: ViewConfig = VIEW_1,
         view_2: ViewConfig = VIEW_2,
         crop_scale: tuple[float, float] | None = None,
+        blur_sigma: tuple[float, float] | None = None,
     ) -> None:
         if crop_scale is not None:
             view_1, view_2 = replace(view_1, crop_scale=crop_scale), replace(view_2, crop_scale=crop_scale)
+        if blur_sigma is not None:
+            view_1, view_2 = replace(view_1, blur_sigma=blur_sigma), replace(view_2, blur_sigma=blur_sigma)
         self.image_size = image_size
         self.view_1 = view_1
         self.view_2 = view_2

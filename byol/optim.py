@@ -83,11 +83,13 @@ def default_lr(optimizer: str, batch_size: int) -> float:
     return BASE_LR_PER_256[optimizer] * batch_size / 256
 
 
-def make_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str, model: nn.Module, lr: float, weight_decay: float, lars_trust: float = 1e-3
+) -> torch.optim.Optimizer:
     groups = parameter_groups(model, weight_decay)
     if name == "lars":
         groups[1]["lars"] = False
-        return LARS(groups, lr=lr)
+        return LARS(groups, lr=lr, trust_coefficient=lars_trust)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9)
     if name == "adamw":

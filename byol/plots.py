@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from byol.files import atomic_path, write_text
 
@@ -50,7 +50,7 @@ def main_setting(metrics: pd.DataFrame) -> pd.DataFrame:
     return metrics[metrics["n_labels"] == metrics["n_labels"].max()]
 
 
-def side_by_side(metrics: pd.DataFrame, draw, ylabel: str, title: str) -> Figure:
+def side_by_side(metrics: pd.DataFrame, draw, ylabel: str, title: str, log_y: bool = False) -> Figure:
     modes = [mode for mode in MODE_TITLES if mode in set(metrics["mode"])]
     figure, axes = new_figure()
     for axis, mode in zip(axes, modes + [None] * (2 - len(modes))):
@@ -63,7 +63,14 @@ def side_by_side(metrics: pd.DataFrame, draw, ylabel: str, title: str) -> Figure
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("epoch")
         axis.set_ylabel(ylabel)
-        axis.grid(alpha=0.3)
+        if log_y:
+            axis.set_yscale("log")
+            # Plain numbers (0.5, 2) instead of 5×10⁻¹, on the decades and at 2, 3 and 5 times them.
+            plain = FuncFormatter(lambda value, _: f"{value:g}")
+            axis.yaxis.set_minor_locator(LogLocator(subs=(2, 3, 5)))
+            axis.yaxis.set_major_formatter(plain)
+            axis.yaxis.set_minor_formatter(plain)
+        axis.grid(alpha=0.3, which="both")
         axis.legend(fontsize=8)
     figure.suptitle(title)
     figure.tight_layout()
@@ -83,9 +90,10 @@ def plot_loss_curves(metrics: pd.DataFrame, path: Path) -> None:
         mean_std_band(axis, frame, "train_loss", colour, "-", f"{name}: train loss")
         mean_std_band(axis, frame, "test_loss", colour, "--", f"{name}: test loss")
 
-    save_figure(
-        side_by_side(metrics, draw, "cross-entropy loss (nats)", f"Loss curves ({describe(metrics)})"), path
-    )
+    # Log scale: a pretrained init's first test losses (BatchNorm statistics from another task) can be
+    # ten times the rest and would flatten every other curve on a linear axis.
+    title = f"Loss curves ({describe(metrics)})"
+    save_figure(side_by_side(metrics, draw, "cross-entropy loss (nats, log scale)", title, log_y=True), path)
 
 
 def plot_accuracy(metrics: pd.DataFrame, n_classes: int, path: Path) -> None:

@@ -56,9 +56,12 @@ class PretrainConfig:
     optimizer: str = "lars"
     lr: float = 0.0  # 0: BASE_LR_PER_256[optimizer] * batch_size / 256
     weight_decay: float = 1.5e-6
+    lars_trust: float = 1e-3  # LARS's eta: each weight tensor moves by about lr x eta x its norm per step
     warmup_fraction: float = 0.1
     tau_base: float = 0.996
     crop_min_scale: float = 0.08
+    blur_sigma_min: float = 0.1  # Gaussian blur sigma range in pixels of the view (the paper's, at 224 px)
+    blur_sigma_max: float = 2.0
     seed: int = 0
     knn_every: int = 1
     max_images: int = 0  # 0: all non-test images
@@ -70,6 +73,13 @@ class PretrainConfig:
             raise UserError(f"--optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
         if not 0 < self.crop_min_scale <= 1:
             raise UserError(f"--crop-min-scale {self.crop_min_scale}: must be in (0, 1]")
+        if not 0 < self.blur_sigma_min <= self.blur_sigma_max:
+            raise UserError(
+                f"--blur-sigma-min {self.blur_sigma_min} / --blur-sigma-max {self.blur_sigma_max}: "
+                "need 0 < min <= max"
+            )
+        if self.lars_trust <= 0:
+            raise UserError(f"--lars-trust {self.lars_trust}: must be > 0")
         if not 0 <= self.tau_base <= 1:
             raise UserError(f"--tau-base {self.tau_base}: must be in [0, 1]")
         cache_size = self.cache_size or default_cache_size(self.image_size)
@@ -172,14 +182,18 @@ def _pretrain(
     steps_per_epoch = len(train_indices) // global_batch  # the last partial batch is dropped
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = int(config.warmup_fraction * total_steps)
-    views = BYOLViews(config.image_size, crop_scale=(config.crop_min_scale, 1.0))
+    views = BYOLViews(
+        config.image_size,
+        crop_scale=(config.crop_min_scale, 1.0),
+        blur_sigma=(config.blur_sigma_min, config.blur_sigma_max),
+    )
 
     torch.manual_seed(config.seed)
     model = BYOL(resnet18_backbone(), RESNET18_FEATURES)
     if config.sync_bn and ranks.distributed:
         model = sync_batchnorm(model, device)
     model = model.to(device, memory_format=fmt)
-    optimizer = make_optimizer(config.optimizer, model, config.lr, config.weight_decay)
+    optimizer = make_optimizer(config.optimizer, model, config.lr, config.weight_decay, config.lars_trust)
     epoch, batch_in_epoch, step, metrics = 0, 0, 0, []
     generator_state, loss_sum = None, 0.0
     if checkpoint is not None:

@@ -109,3 +109,10 @@ def test_solarize_only_where_drawn():
     out = augment.apply_view(images, params, 16)
     solarized = (out < 0.5).flatten(1).all(1)
     assert torch.equal(solarized, params.solarize)
+
+
+def test_blur_sigma_range_reaches_both_views():
+    views = BYOLViews(32, blur_sigma=(0.05, 0.5))
+    assert views.view_1.blur_sigma == views.view_2.blur_sigma == (0.05, 0.5)
+    params = sample_view_params(4096, 40, views.view_2, generator(3))
+    assert 0.05 <= params.blur_sigma.min() and params.blur_sigma.max() <= 0.5

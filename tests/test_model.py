@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 from torchvision.models import resnet18
@@ -96,12 +97,13 @@ def test_a_users_own_backbone_learns_with_the_public_api():
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
 
 
-def test_lars_matches_the_papers_update_rule():
+@pytest.mark.parametrize("trust", [1e-3, 0.02])
+def test_lars_matches_the_papers_update_rule(trust):
     from byol.optim import make_optimizer
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
-    optimizer = make_optimizer("lars", model, lr=0.1, weight_decay=0.01)
+    optimizer = make_optimizer("lars", model, lr=0.1, weight_decay=0.01, lars_trust=trust)
     expected = {name: param.detach().clone() for name, param in model.named_parameters()}
     momentum = {name: torch.zeros_like(param) for name, param in expected.items()}
     for _ in range(3):
@@ -110,7 +112,7 @@ def test_lars_matches_the_papers_update_rule():
             param.grad = grads[name].clone()
             if param.ndim > 1:  # weights: decay and the trust ratio eta * |w| / |g + wd w|
                 update = grads[name] + 0.01 * expected[name]
-                update = update * 1e-3 * expected[name].norm() / update.norm()
+                update = update * trust * expected[name].norm() / update.norm()
             else:  # biases and BatchNorm: plain momentum SGD, no decay
                 update = grads[name]
             momentum[name] = 0.9 * momentum[name] + update

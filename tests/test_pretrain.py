@@ -143,6 +143,8 @@ def test_cache_is_built_once_and_rebuilt_when_the_split_changes(split_dir):
         (["--device", "cuda:7"], "--device cuda:7"),
         (["--device", "tpu"], "--device"),
         (["--resume"], "no checkpoint"),
+        (["--blur-sigma-min", "2", "--blur-sigma-max", "1"], "--blur-sigma-min 2.0"),
+        (["--lars-trust", "0"], "--lars-trust 0.0"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(split_dir, args, message):
