@@ -6,7 +6,7 @@ DATA_DIR ?= data/PetImages
 OUT_DIR ?= results
 DEMO_DIR ?= demo
 
-.PHONY: setup test pipeline demo clean-demo
+.PHONY: setup test pipeline demo clean-demo study recipe-search
 
 $(BIN)/python: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,3 +45,40 @@ demo: setup
 	$(BIN)/python train_classifier.py --out-dir "$(DEMO_DIR)/results" --seeds 2 --epochs 8 --batch-size 16 \
 		--n-labels 10,40
 	$(BIN)/python plot_results.py --out-dir "$(DEMO_DIR)/results"
+
+# The reference study on the real images (README "Results"): resumable, so `make study` again after an
+# interruption continues where it stopped. The recipe is the one recipe-search chose (see README).
+STUDY_DATA_DIR ?= ../shared/data/PetImages
+STUDY_BYOL_ARGS ?= --epochs 14 --batch-size 64 --image-size 64 --cache-size 128 --optimizer lars --lr 0.25 \
+	--lars-trust 0.02 --weight-decay 1e-5 --tau-base 0.99 --crop-min-scale 0.2 --blur-sigma-min 0.029 \
+	--blur-sigma-max 0.571
+STUDY_CLASSIFIER_ARGS ?= --seeds 5 --n-labels 25,50,100,250 --epochs 30 --batch-size 32 --eval-every 3
+resume_flag = $(if $(wildcard $(1)),--resume,)
+study: setup
+	[ -f "$(OUT_DIR)/splits.csv" ] || $(BIN)/python data_split.py --data-dir "$(STUDY_DATA_DIR)" --out-dir "$(OUT_DIR)"
+	$(BIN)/python train_byol.py --out-dir "$(OUT_DIR)" $(STUDY_BYOL_ARGS) \
+		$(call resume_flag,$(OUT_DIR)/byol_checkpoint.pt)
+	$(BIN)/python train_classifier.py --out-dir "$(OUT_DIR)" $(STUDY_CLASSIFIER_ARGS) \
+		$(call resume_flag,$(OUT_DIR)/classifier_metrics.csv)
+	$(BIN)/python plot_results.py --out-dir "$(OUT_DIR)"
+
+# Short pretraining trials (5 epochs, 6,400 images, 64 px) that chose the study's recipe, each in
+# $(OUT_DIR)/recipe_search/NAME, then one table with k-NN and linear-probe accuracy per trial.
+TRIAL_BASE := --epochs 5 --batch-size 64 --image-size 64 --max-images 6400 --tau-base 0.99 --crop-min-scale 0.2
+TRIALS := adamw lars_cache80 lars_paper lars_eta002
+TRIAL_adamw := --cache-size 80 --optimizer adamw --lr 1e-3 --weight-decay 1e-4
+TRIAL_lars_cache80 := --cache-size 80 --optimizer lars --lr 0.25 --weight-decay 1e-5
+TRIAL_lars_paper := --cache-size 128 --optimizer lars --lr 0.25 --weight-decay 1e-5
+TRIAL_lars_eta002 := --cache-size 128 --optimizer lars --lr 0.25 --weight-decay 1e-5 --lars-trust 0.02 \
+	--blur-sigma-min 0.029 --blur-sigma-max 0.571
+# One trial: its own folder sharing the study's split and image cache; skipped once it has byol.pt.
+trial_dir = $(OUT_DIR)/recipe_search/$(1)
+run_trial = (mkdir -p "$(trial_dir)" && cp "$(OUT_DIR)/splits.csv" "$(OUT_DIR)/split_config.json" "$(trial_dir)/" \
+	&& ln -sfn ../../cache "$(trial_dir)/cache" && ([ -f "$(trial_dir)/byol.pt" ] || $(BIN)/python train_byol.py \
+	--out-dir "$(trial_dir)" $(TRIAL_BASE) $(TRIAL_$(1)) $(call resume_flag,$(trial_dir)/byol_checkpoint.pt)))
+recipe-search: setup
+	[ -f "$(OUT_DIR)/splits.csv" ] || $(BIN)/python data_split.py --data-dir "$(STUDY_DATA_DIR)" --out-dir "$(OUT_DIR)"
+	mkdir -p "$(OUT_DIR)/cache"
+	$(foreach trial,$(TRIALS),$(call run_trial,$(trial)) && ) true
+	$(BIN)/python -m byol.recipe_search $(foreach trial,$(TRIALS),$(call trial_dir,$(trial))) \
+		--out "$(OUT_DIR)/recipe_search.csv"

@@ -227,10 +227,11 @@ def plot_views(images, views, generator, path: Path, n_images: int = 6) -> None:
     import torch
     import torch.nn.functional as F
 
-    batch = images[:n_images]
+    # Spread over the whole array: cache rows follow the split's order, so the first few are one class.
+    batch = images[torch.linspace(0, len(images) - 1, min(n_images, len(images))).long()]
     view_1, view_2 = views(batch, generator, normalize=False)
     originals = F.interpolate(batch.float() / 255, size=view_1.shape[-2:], mode="bilinear", antialias=True)
-    figure = Figure(figsize=(6, 2 * len(batch)))
+    figure = Figure(figsize=(6, 2 * len(batch)), layout="constrained")
     axes = figure.subplots(len(batch), 3, squeeze=False)
     for row, panels in enumerate(zip(originals, view_1, view_2)):
         for column, (image, title) in enumerate(zip(panels, ("cached image", "view 1", "view 2"))):

@@ -1,0 +1,89 @@
+"""One table of BYOL recipe trials: the settings each run used, its k-NN curve and a linear probe.
+
+Each trial is a `train_byol.py --out-dir RUN ...` folder. For each one this scores a frozen-backbone
+linear head (random init vs the run's byol.pt, same seeds, via the classifier stage) unless the run
+already holds one, and writes one row per run to a CSV, so the pretraining default can be chosen
+from evidence rather than from a single noisy k-NN number.
+
+    python -m byol.recipe_search RUN_DIR [RUN_DIR ...] [--out results/recipe_search.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from byol.cli import run_stage
+from byol.comparison import METRICS_FILE as CLASSIFIER_METRICS_FILE
+from byol.comparison import run_classifiers, summarize
+from byol.errors import UserError
+from byol.files import write_csv
+from byol.finetune import ClassifierConfig
+from byol.pretrain import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, PretrainConfig
+
+RECIPE_FIELDS = [name for name in PretrainConfig.__dataclass_fields__ if name not in ("knn_every", "sync_bn")]
+PROBE = ClassifierConfig(modes=["frozen"], seeds=3, epochs=30)
+
+
+def linear_probe(run_dir: Path, device_name: str) -> pd.DataFrame:
+    """Frozen-backbone test accuracy per init (mean, std over seeds), trained once and then reused."""
+    metrics_path = run_dir / CLASSIFIER_METRICS_FILE
+    if metrics_path.is_file():
+        metrics = pd.read_csv(metrics_path)
+        if {"random", "byol"} <= set(metrics[metrics["mode"] == "frozen"]["init"]):
+            return summarize(metrics[metrics["mode"] == "frozen"])
+    return run_classifiers(PROBE, run_dir, device_name=device_name)
+
+
+def trial_row(run_dir: Path, device_name: str) -> dict:
+    for needed in (CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE):
+        if not (run_dir / needed).is_file():
+            raise UserError(
+                f"{run_dir / needed} not found: finish that train_byol.py run first, or leave it out"
+            )
+    config = json.loads((run_dir / CONFIG_FILE).read_text())
+    curve = pd.read_csv(run_dir / METRICS_FILE)
+    knn = curve.dropna(subset=["knn_acc"])
+    probe = linear_probe(run_dir, device_name).set_index("init")
+    defaults = PretrainConfig()
+    return {
+        "run": run_dir.name,
+        **{name: config.get(name, getattr(defaults, name)) for name in RECIPE_FIELDS},
+        "pretraining_images": config.get("pretraining_images"),
+        "steps": int(curve["step"].max()),
+        "loss_first_epoch": curve["loss"].dropna().iloc[0],
+        "loss_last_epoch": curve["loss"].dropna().iloc[-1],
+        "knn_random_init": knn["knn_acc"].iloc[0],
+        "knn_last": knn["knn_acc"].iloc[-1],
+        "knn_best": knn["knn_acc"].max(),
+        "knn_curve": " ".join(f"{value:.4f}" for value in knn["knn_acc"]),
+        "probe_random": probe.loc["random", "test_acc_mean"],
+        "probe_byol": probe.loc["byol", "test_acc_mean"],
+        "probe_byol_std": probe.loc["byol", "test_acc_std"],
+        "probe_seeds": int(probe.loc["byol", "seeds"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("run_dirs", type=Path, nargs="+", help="train_byol.py output folders")
+    parser.add_argument("--out", type=Path, default=Path("results/recipe_search.csv"))
+    parser.add_argument("--device", default="auto", help="for the linear probes: auto, cpu, cuda")
+    args = parser.parse_args()
+    table = pd.DataFrame([trial_row(run_dir, args.device) for run_dir in args.run_dirs])
+    write_csv(args.out, table)
+    print(
+        table[
+            ["run", "steps", "loss_last_epoch", "knn_random_init", "knn_last", "probe_random", "probe_byol"]
+        ]
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
