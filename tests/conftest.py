@@ -16,12 +16,26 @@ from byol.demo_images import make_demo_images
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data" / "PetImages"
+# train_byol.py flags for a pretraining run of a few seconds on the generated images
+TINY_BYOL = [
+    "--batch-size",
+    "8",
+    "--image-size",
+    "32",
+    "--cache-size",
+    "36",
+    "--max-images",
+    "32",
+    "--device",
+    "cpu",
+]
 
 
 def run_script(script: str, *args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run a stage script the way a user does, capturing its output."""
+    """Run a stage script (`train_byol.py`) or a module (`byol.recipe_search`) the way a user does."""
+    target = [str(ROOT / script)] if script.endswith(".py") else ["-m", script]
     return subprocess.run(
-        [sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT
+        [sys.executable, *target, *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT
     )
 
 

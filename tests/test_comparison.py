@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import run_script, write_split
+from conftest import TINY_BYOL, run_script, write_split
 from torch import nn
 
 from byol.comparison import METRIC_COLUMNS
@@ -25,23 +25,7 @@ def pretrained_once(tmp_path_factory):
     """A split with a (very briefly) pretrained byol.pt beside it, made once for this module."""
     root = tmp_path_factory.mktemp("pretrained")
     out = write_split(make_demo_images(root / "images", per_class=24, size=40), root / "results", 12, 12)
-    result = run_script(
-        "train_byol.py",
-        "--out-dir",
-        out,
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--image-size",
-        "32",
-        "--cache-size",
-        "36",
-        "--max-images",
-        "16",
-        "--device",
-        "cpu",
-    )
+    result = run_script("train_byol.py", "--out-dir", out, "--epochs", "1", *TINY_BYOL)
     assert result.returncode == 0, result.stderr
     return out
 

@@ -9,7 +9,7 @@ import signal
 import pandas as pd
 import pytest
 import torch
-from conftest import run_script
+from conftest import TINY_BYOL, run_script
 from torch import nn
 from torchvision.models import resnet18
 
@@ -20,19 +20,6 @@ from byol.errors import Stopped
 from byol.files import load_torch
 from byol.pretrain import PretrainConfig, pretrain
 
-TINY = [
-    "--batch-size",
-    "8",
-    "--image-size",
-    "32",
-    "--cache-size",
-    "36",
-    "--max-images",
-    "32",
-    "--device",
-    "cpu",
-]
-
 
 def tiny_config(**overrides) -> PretrainConfig:
     settings = {"epochs": 2, "batch_size": 8, "image_size": 32, "cache_size": 36, "max_images": 32}
@@ -41,7 +28,7 @@ def tiny_config(**overrides) -> PretrainConfig:
 
 def test_train_byol_writes_weights_that_load_into_stock_resnet18(split_dir):
     out = split_dir()
-    result = run_script("train_byol.py", "--out-dir", out, "--epochs", "2", *TINY)
+    result = run_script("train_byol.py", "--out-dir", out, "--epochs", "2", *TINY_BYOL)
     assert result.returncode == 0, result.stderr
     weights = load_torch(out / "byol.pt")
     stock = resnet18()
@@ -149,7 +136,7 @@ def test_cache_is_built_once_and_rebuilt_when_the_split_changes(split_dir):
 )
 def test_bad_input_is_one_line_and_exit_2(split_dir, args, message):
     out = split_dir()
-    result = run_script("train_byol.py", "--out-dir", out, "--epochs", "1", *TINY[:6], *args)
+    result = run_script("train_byol.py", "--out-dir", out, "--epochs", "1", *TINY_BYOL[:6], *args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (out / "byol.pt").exists()
@@ -160,18 +147,18 @@ def test_missing_or_stale_split_is_a_clear_error(split_dir, tmp_path):
     assert result.returncode == 2 and "data_split.py" in result.stderr
     out = split_dir()
     (out / "splits.csv").write_text((out / "splits.csv").read_text() + "\n")
-    result = run_script("train_byol.py", "--out-dir", out, "--epochs", "1", *TINY)
+    result = run_script("train_byol.py", "--out-dir", out, "--epochs", "1", *TINY_BYOL)
     assert result.returncode == 2 and "re-run data_split.py" in result.stderr
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_files(split_dir):
     out = split_dir()
-    assert run_script("train_byol.py", "--out-dir", out, "--epochs", "1", *TINY).returncode == 0
+    assert run_script("train_byol.py", "--out-dir", out, "--epochs", "1", *TINY_BYOL).returncode == 0
     before = {
         name: (out / name).read_bytes() for name in ("byol.pt", "byol_checkpoint.pt", "byol_metrics.csv")
     }
     result = run_script(
-        "train_byol.py", "--out-dir", out, "--epochs", "1", "--optimizer", "sgd", "--lr", "1e30", *TINY
+        "train_byol.py", "--out-dir", out, "--epochs", "1", "--optimizer", "sgd", "--lr", "1e30", *TINY_BYOL
     )
     assert result.returncode == 2, result.stderr
     assert "loss became" in result.stderr and "Traceback" not in result.stderr

@@ -2,45 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pandas as pd
-from conftest import ROOT, run_script
-
-TINY = [
-    "--epochs",
-    "1",
-    "--batch-size",
-    "8",
-    "--image-size",
-    "32",
-    "--cache-size",
-    "36",
-    "--max-images",
-    "32",
-]
-
-
-def recipe_search(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "byol.recipe_search", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+from conftest import TINY_BYOL, run_script
 
 
 def test_one_row_per_run_with_settings_knn_and_probe(split_dir, tmp_path):
     runs = []
     for name, extra in [("paper", []), ("strong", ["--lars-trust", "0.02", "--blur-sigma-max", "0.5"])]:
         run_dir = split_dir().rename(tmp_path / name)
-        result = run_script("train_byol.py", "--out-dir", run_dir, *TINY, "--device", "cpu", *extra)
+        result = run_script("train_byol.py", "--out-dir", run_dir, "--epochs", "1", *TINY_BYOL, *extra)
         assert result.returncode == 0, result.stderr
         runs.append(run_dir)
     table_path = tmp_path / "recipe_search.csv"
-    result = recipe_search(*runs, "--out", table_path, "--device", "cpu")
+    result = run_script("byol.recipe_search", *runs, "--out", table_path, "--device", "cpu")
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(table_path)
     assert table["run"].tolist() == ["paper", "strong"]
@@ -51,12 +25,12 @@ def test_one_row_per_run_with_settings_knn_and_probe(split_dir, tmp_path):
     # The probe is kept in the run folder, so a second call reuses it instead of retraining.
     probe_file = runs[0] / "classifier_metrics.csv"
     modified = probe_file.stat().st_mtime_ns
-    assert recipe_search(runs[0], "--out", table_path, "--device", "cpu").returncode == 0
+    assert run_script("byol.recipe_search", runs[0], "--out", table_path, "--device", "cpu").returncode == 0
     assert probe_file.stat().st_mtime_ns == modified
 
 
 def test_a_run_without_weights_is_a_clear_error(split_dir):
     out = split_dir()
-    result = recipe_search(out, "--out", out / "table.csv")
+    result = run_script("byol.recipe_search", out, "--out", out / "table.csv")
     assert result.returncode == 2 and "byol_config.json not found" in result.stderr
     assert "Traceback" not in result.stderr and not (out / "table.csv").exists()
