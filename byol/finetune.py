@@ -142,6 +142,22 @@ def evaluate_head(
     return loss_sum / len(inputs), correct / len(inputs)
 
 
+def standardize(
+    train_features: torch.Tensor, test_features: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both feature sets shifted and scaled per dimension by the training features' mean and std.
+
+    The linear probe's usual first step (a StandardScaler; MAE's BatchNorm without affine): the raw
+    features of a random and a BYOL backbone differ in scale by orders of magnitude, which no single
+    head learning rate suits; unscaled, the head sat on one class for epochs or jumped around.
+    Dimensions constant over the training images (dead ReLUs) carry nothing to learn from: set to zero.
+    """
+    mean, std = train_features.mean(0), train_features.std(0, unbiased=False)
+    alive = std > 1e-6 * std.max().clamp_min(1e-12)
+    scale = torch.where(alive, 1 / std.where(alive, torch.ones_like(std)), torch.zeros_like(std))
+    return (train_features - mean) * scale, (test_features - mean) * scale
+
+
 def train_one_run(
     backbone: nn.Module,
     train_inputs: torch.Tensor,
@@ -159,12 +175,15 @@ def train_one_run(
 ) -> list[dict]:
     """Train a linear head (and, in finetune mode, the backbone); one metrics dict per epoch.
 
-    In frozen mode `train_inputs`/`test_inputs` are precomputed features and `backbone` is unused;
-    every rank trains the same head (it takes seconds). Fine-tuning under torchrun splits each global
-    batch across ranks, with the views each image would get in a single process.
+    In frozen mode `train_inputs`/`test_inputs` are precomputed features (standardised here by the
+    training features' statistics) and `backbone` is unused; every rank trains the same head (it
+    takes seconds). Fine-tuning under torchrun splits each global batch across ranks, with the views
+    each image would get in a single process.
     """
     fmt = MEMORY_FORMAT
     finetune = mode == "finetune"
+    if not finetune:
+        train_inputs, test_inputs = standardize(train_inputs, test_inputs)
     torch.manual_seed(seed + 1)
     head = nn.Linear(RESNET18_FEATURES, n_classes).to(device)
     groups = [{"params": head.parameters(), "lr": config.head_lr}]

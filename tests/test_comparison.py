@@ -14,7 +14,7 @@ from torch import nn
 from byol.comparison import METRIC_COLUMNS
 from byol.data import read_split
 from byol.demo_images import make_demo_images
-from byol.finetune import ClassifierConfig, balanced_subset, train_one_run
+from byol.finetune import ClassifierConfig, balanced_subset, standardize, train_one_run
 from byol.model import resnet18_backbone
 
 FAST = ["--epochs", "2", "--batch-size", "8", "--image-size", "32", "--cache-size", "36", "--device", "cpu"]
@@ -93,6 +93,30 @@ def test_frozen_mode_keeps_the_backbone_fixed(pretrained):
     after = backbone.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)  # weights and BN statistics
     assert split  # the fixture's split exists
+
+
+def test_frozen_probe_standardises_by_the_training_features_only():
+    generator = torch.Generator().manual_seed(0)
+    scales = torch.tensor([1e-3, 1.0, 50.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+    train = torch.rand(40, 6, generator=generator, dtype=torch.float64) * scales + 3
+    train[:, 5] = 0.25  # a dead dimension: constant over the training images
+    test = torch.rand(30, 6, generator=generator, dtype=torch.float64) + 3
+    train_scaled, test_scaled = standardize(train, test)
+    assert torch.allclose(train_scaled[:, :5].mean(0), torch.zeros(5, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(
+        train_scaled[:, :5].std(0, unbiased=False), torch.ones(5, dtype=torch.float64), atol=1e-6
+    )
+    # The dead dimension is dropped (zero) on both sides, however large its test values.
+    assert not train_scaled[:, 5].any() and not test_scaled[:, 5].any()
+    # The test features get the training statistics, not their own.
+    assert torch.allclose(
+        test_scaled[:, 1], (test[:, 1] - train[:, 1].mean()) / train[:, 1].std(unbiased=False)
+    )
+    # So the probe sees the same inputs whatever the backbone's feature scale.
+    big_train, big_test = standardize(train * 1000, test * 1000)
+    assert torch.allclose(big_train, train_scaled, atol=1e-3) and torch.allclose(
+        big_test, test_scaled, atol=1e-3
+    )
 
 
 def test_finetune_mode_changes_the_backbone(pretrained):

@@ -1,0 +1,98 @@
+"""Does bf16 cost quality? The same short BYOL run in fp32 and in bf16, k-NN curves side by side.
+
+    python benchmarks/bench_precision.py --split-dir results [--work-dir /tmp/precision]
+                                         [--epochs 3] [--max-images 6400] [-- TRAIN_BYOL_FLAGS...]
+
+Runs `train_byol.py` twice on the split in --split-dir (from data_split.py; its test split scores the
+k-NN), once with --precision fp32 and once with --precision bf16, with the same seed, images and
+flags (anything after `--` goes to both runs), each in --work-dir/PRECISION sharing one image cache.
+A run that already finished (byol.pt present) is reused, an interrupted one resumes. Prints the loss
+and k-NN accuracy of both per epoch, their images/s, and one line for scripts:
+RESULT knn_fp32=... knn_bf16=... knn_bf16_minus_fp32=... bf16_vs_fp32_images_per_s=... epochs=...
+On a device without bf16 units, bf16 is emulated and very slow: measure where it would be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+PRECISIONS = ("fp32", "bf16")
+
+
+def prepare_run(split_dir: Path, run_dir: Path, shared_cache: Path) -> None:
+    """run_dir holds a copy of the split and a link to the one cache both runs read."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("splits.csv", "split_config.json"):
+        if (split_dir / name).is_file():
+            shutil.copy2(split_dir / name, run_dir / name)
+    shared_cache.mkdir(parents=True, exist_ok=True)
+    link = run_dir / "cache"
+    if not link.exists():
+        link.symlink_to(shared_cache.resolve(), target_is_directory=True)
+
+
+def train(run_dir: Path, precision: str, args: argparse.Namespace) -> pd.DataFrame:
+    if not (run_dir / "byol.pt").is_file():
+        command = [
+            sys.executable,
+            str(ROOT / "train_byol.py"),
+            "--out-dir",
+            str(run_dir),
+            "--precision",
+            precision,
+            "--epochs",
+            str(args.epochs),
+            "--max-images",
+            str(args.max_images),
+            "--knn-every",
+            "1",
+            *args.train_flags,
+        ]
+        if (run_dir / "byol_checkpoint.pt").is_file():
+            command.append("--resume")
+        print("$", " ".join(command), flush=True)
+        subprocess.run(command, check=True, cwd=ROOT)
+    return pd.read_csv(run_dir / "byol_metrics.csv")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--split-dir", type=Path, default=ROOT / "results", help="holds splits.csv")
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/bench_precision"))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--max-images", type=int, default=6400)
+    parser.add_argument("train_flags", nargs="*", help="after --: more train_byol.py flags for both runs")
+    args = parser.parse_args()
+    if not (args.split_dir / "splits.csv").is_file():
+        parser.error(f"--split-dir {args.split_dir}: no splits.csv there; run data_split.py first")
+
+    curves = {}
+    for precision in PRECISIONS:
+        run_dir = args.work_dir / precision
+        prepare_run(args.split_dir, run_dir, args.work_dir / "cache")
+        curves[precision] = train(run_dir, precision, args).set_index("epoch")
+
+    table = pd.concat({p: curves[p][["loss", "knn_acc", "images_per_s"]] for p in PRECISIONS}, axis=1)
+    print(f"\n{os.cpu_count()} cores; epoch 0 is the random initialisation (no training yet)")
+    print(table.to_string(float_format=lambda value: f"{value:.4f}"))
+    last = {p: curves[p]["knn_acc"].dropna().iloc[-1] for p in PRECISIONS}
+    speed = {p: curves[p]["images_per_s"].dropna().loc[lambda s: s.index > 0].mean() for p in PRECISIONS}
+    print(
+        f"RESULT knn_fp32={last['fp32']:.4f} knn_bf16={last['bf16']:.4f} "
+        f"knn_bf16_minus_fp32={last['bf16'] - last['fp32']:+.4f} "
+        f"bf16_vs_fp32_images_per_s={speed['bf16'] / speed['fp32']:.2f} epochs={args.epochs}"
+    )
+
+
+if __name__ == "__main__":
+    main()
