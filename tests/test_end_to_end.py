@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import matplotlib.image
 import pandas as pd
 import pytest
-from conftest import run_script
+from conftest import ROOT, run_script
 
 from byol.demo_images import make_demo_images
 
@@ -55,3 +59,21 @@ def test_four_stages_end_to_end(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "| 12 | finetune | byol |" in summary and "| 4 | frozen | random |" in summary
     assert "BYOL − random" in summary and "image_size: 32" in summary
+
+    # What a fresh clone holds (CSVs, JSON, summary.md; no weights, cache or figures): `make study`
+    # redraws every figure and table from it without training anything.
+    clone = tmp_path / "clone"
+    shutil.copytree(out, clone, ignore=shutil.ignore_patterns("*.pt", "cache", "*.png"))
+    (clone / "summary.md").unlink()
+    bin_dir = Path(sys.executable).parent
+    result = subprocess.run(
+        ["make", "-C", ROOT, "-o", f"{bin_dir}/python", "study", f"BIN={bin_dir}", f"OUT_DIR={clone}"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (clone / "byol.pt").exists() and not (clone / "cache").exists()  # nothing retrained
+    assert (clone / "classifier_metrics.csv").read_bytes() == (out / "classifier_metrics.csv").read_bytes()
+    assert (clone / "summary.md").read_text() == summary
+    for name in ("loss_curves.png", "accuracy.png", "byol_pretraining.png", "label_efficiency.png"):
+        assert (clone / name).is_file(), name
