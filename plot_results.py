@@ -16,7 +16,14 @@ from byol.cli import run_stage
 from byol.comparison import CONFIG_FILE, METRICS_FILE, summarize
 from byol.data import SPLIT_CONFIG_FILE
 from byol.errors import UserError
-from byol.plots import plot_accuracy, plot_label_efficiency, plot_loss_curves, plot_pretraining, write_summary
+from byol.plots import (
+    plot_accuracy,
+    plot_label_efficiency,
+    plot_loss_curves,
+    plot_pretraining,
+    stage_seconds,
+    write_summary,
+)
 from byol.pretrain import CONFIG_FILE as BYOL_CONFIG_FILE
 from byol.pretrain import METRICS_FILE as BYOL_METRICS_FILE
 
@@ -48,15 +55,21 @@ def main() -> None:
     written = [out_dir / "loss_curves.png", out_dir / "accuracy.png"]
     plot_loss_curves(metrics, written[0])
     plot_accuracy(metrics, n_classes, written[1])
+    byol_metrics = None
     if (out_dir / BYOL_METRICS_FILE).is_file():
+        byol_metrics = pd.read_csv(out_dir / BYOL_METRICS_FILE)
         written.append(out_dir / "byol_pretraining.png")
-        plot_pretraining(pd.read_csv(out_dir / BYOL_METRICS_FILE), written[-1])
+        plot_pretraining(byol_metrics, written[-1])
     if summary["n_labels"].nunique() > 1:
         written.append(out_dir / "label_efficiency.png")
         plot_label_efficiency(summary, written[-1])
     written.append(out_dir / "summary.md")
     write_summary(
-        summary, read_json(out_dir / CONFIG_FILE), read_json(out_dir / BYOL_CONFIG_FILE), written[-1]
+        summary,
+        read_json(out_dir / CONFIG_FILE),
+        read_json(out_dir / BYOL_CONFIG_FILE),
+        written[-1],
+        stage_seconds(byol_metrics, metrics),
     )
     print("\n".join(f"wrote {path}" for path in written))
 

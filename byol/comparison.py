@@ -45,6 +45,7 @@ METRIC_COLUMNS = [
     "train_acc",
     "test_loss",
     "test_acc",
+    "seconds",
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,6 +204,7 @@ def train_one_run(
     total_steps, step = config.epochs * steps_per_epoch, 0
     rows = []
     for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
         model.train()
         totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, images
         for global_rows in torch.randperm(len(train_inputs), generator=order_generator).split(global_batch):
@@ -258,6 +260,7 @@ def train_one_run(
                 fmt,
                 shards,
             )
+        row["seconds"] = time.perf_counter() - started  # training and, when due, testing
         rows.append(row)
         progress.set_postfix(
             epoch=epoch, train_loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_acc']:.3f}"

@@ -167,8 +167,14 @@ def plot_label_efficiency(summary: pd.DataFrame, path: Path) -> None:
     save_figure(figure, path)
 
 
-def summary_markdown(summary: pd.DataFrame, classifier_config: dict, byol_config: dict | None) -> str:
-    """The comparison table (and BYOL − random per mode and label count) with the settings behind it."""
+def summary_markdown(
+    summary: pd.DataFrame,
+    classifier_config: dict,
+    byol_config: dict | None,
+    stage_seconds: dict[str, float] | None = None,
+) -> str:
+    """The comparison table (and BYOL − random per mode and label count), the settings behind it and
+    the wall-clock time of each stage (`stage_seconds`: stage name → seconds, from the metrics CSVs)."""
     lines = [
         "# Random init vs BYOL init",
         "",
@@ -202,6 +208,9 @@ def summary_markdown(summary: pd.DataFrame, classifier_config: dict, byol_config
             "|---:|---|---|",
             *differences,
         ]
+    if stage_seconds:
+        lines += ["", "## Wall-clock time", "", "| stage | minutes |", "|---|---:|"]
+        lines += [f"| {stage} | {seconds / 60:.1f} |" for stage, seconds in stage_seconds.items()]
     lines += ["", "## Settings", "", "Classifier (`classifier_config.json`):", "", "```"]
     lines += [f"{key}: {value}" for key, value in classifier_config.items() if key != "byol_config"]
     lines += ["```"]
@@ -212,10 +221,27 @@ def summary_markdown(summary: pd.DataFrame, classifier_config: dict, byol_config
     return "\n".join(lines) + "\n"
 
 
+def stage_seconds(byol_metrics: pd.DataFrame | None, classifier_metrics: pd.DataFrame) -> dict[str, float]:
+    """Seconds spent per stage, summed over the per-epoch `seconds` the training scripts record."""
+    stages = {
+        "BYOL pretraining (`byol_metrics.csv`)": byol_metrics,
+        "classifiers, all runs (`classifier_metrics.csv`)": classifier_metrics,
+    }
+    return {
+        stage: float(frame["seconds"].sum())
+        for stage, frame in stages.items()
+        if frame is not None and "seconds" in frame and frame["seconds"].notna().any()
+    }
+
+
 def write_summary(
-    summary: pd.DataFrame, classifier_config: dict, byol_config: dict | None, path: Path
+    summary: pd.DataFrame,
+    classifier_config: dict,
+    byol_config: dict | None,
+    path: Path,
+    seconds: dict[str, float] | None = None,
 ) -> None:
-    write_text(path, summary_markdown(summary, classifier_config, byol_config))
+    write_text(path, summary_markdown(summary, classifier_config, byol_config, seconds))
 
 
 def plot_views(images, views, generator, path: Path, n_images: int = 6) -> None:

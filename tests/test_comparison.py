@@ -45,6 +45,7 @@ def test_four_conditions_same_images_and_columns(pretrained):
     assert set(conditions.index) == {(i, m) for i in ("random", "byol") for m in ("finetune", "frozen")}
     assert (conditions == 2 * 2).all()  # 2 seeds x 2 epochs each
     assert metrics["test_acc"].between(0, 1).all() and (metrics["n_labels"] == 12).all()
+    assert (metrics["seconds"] > 0).all()  # wall time per epoch, for the report's stage times
     summary = pd.read_csv(pretrained / "classifier_summary.csv")
     assert {"init", "mode", "n_labels", "seeds", "test_acc_mean", "test_acc_std"} <= set(summary.columns)
     assert len(summary) == 4 and (summary["seeds"] == 2).all()

@@ -59,6 +59,9 @@ def test_four_stages_end_to_end(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "| 12 | finetune | byol |" in summary and "| 4 | frozen | random |" in summary
     assert "BYOL − random" in summary and "image_size: 32" in summary
+    pretraining_minutes = pd.read_csv(out / "byol_metrics.csv")["seconds"].sum() / 60
+    assert f"| BYOL pretraining (`byol_metrics.csv`) | {pretraining_minutes:.1f} |" in summary
+    assert "| classifiers, all runs (`classifier_metrics.csv`) |" in summary
 
     # What a fresh clone holds (CSVs, JSON, summary.md; no weights, cache or figures): `make study`
     # redraws every figure and table from it without training anything.
