@@ -14,8 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from byol.cli import non_negative_int, positive_int, run_stage
-from byol.device import PRECISIONS
+from byol.cli import add_batch_and_device_arguments, non_negative_int, positive_int, run_stage
 from byol.optim import BASE_LR_PER_256, OPTIMIZERS
 from byol.pretrain import PretrainConfig, pretrain
 
@@ -29,12 +28,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--out-dir", type=Path, default=Path("results"), help="reads splits.csv, writes byol.pt"
     )
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
-    parser.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=defaults.batch_size,
-        help="images per step and per process (global batch: this x the number of processes)",
-    )
+    add_batch_and_device_arguments(parser, defaults.batch_size)
     parser.add_argument(
         "--image-size", type=positive_int, default=defaults.image_size, help="side of each view, px"
     )
@@ -100,13 +94,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--sync-bn",
         action="store_true",
         help="under torchrun: BatchNorm statistics over the global batch instead of each process's",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="auto: bf16 autocast + channels-last where the device has bf16 units, else fp32",
     )
     parser.add_argument("--resume", action="store_true", help="continue from --out-dir/byol_checkpoint.pt")
     parser.add_argument(

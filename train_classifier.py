@@ -14,9 +14,8 @@ import argparse
 import os
 from pathlib import Path
 
-from byol.cli import non_negative_int, positive_int, run_stage
+from byol.cli import add_batch_and_device_arguments, non_negative_int, positive_int, run_stage
 from byol.comparison import format_summary, run_classifiers
-from byol.device import PRECISIONS
 from byol.finetune import ClassifierConfig
 
 
@@ -57,12 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "(e.g. 25,50,100,250); 0: all of them",
     )
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
-    parser.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=defaults.batch_size,
-        help="images per step and per process (global batch: this x the number of processes)",
-    )
+    add_batch_and_device_arguments(parser, defaults.batch_size)
     parser.add_argument(
         "--lr", type=float, default=defaults.lr, help="AdamW learning rate of a fine-tuned backbone"
     )
@@ -88,8 +82,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="under torchrun: fine-tuning BatchNorm statistics over the global batch",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     parser.add_argument(
         "--resume",
         action="store_true",

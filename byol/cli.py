@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 
+from byol.device import PRECISIONS
 from byol.errors import Stopped, UserError
 
 
@@ -36,3 +37,20 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+def add_batch_and_device_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    """--batch-size, --device and --precision, which the training stages share."""
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=batch_size,
+        help="images per step and per process (global batch: this x the number of processes)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 autocast + channels-last where the device has bf16 units, else fp32",
+    )
