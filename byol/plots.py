@@ -253,8 +253,7 @@ def plot_views(images, views, generator, path: Path, n_images: int = 6) -> None:
     import torch
     import torch.nn.functional as F
 
-    # Spread over the whole array: cache rows follow the split's order, so the first few are one class.
-    batch = images[torch.linspace(0, len(images) - 1, min(n_images, len(images))).long()]
+    batch = images[:n_images]
     view_1, view_2 = views(batch, generator, normalize=False)
     originals = F.interpolate(batch.float() / 255, size=view_1.shape[-2:], mode="bilinear", antialias=True)
     figure = Figure(figsize=(6, 2 * len(batch)), layout="constrained")

@@ -250,8 +250,10 @@ def _pretrain(
         return result
 
     if ranks.is_main and not resume:  # what the network is about to see, to check the views by eye
+        # Spread over the training rows: they follow the split's order, so the first few are one class.
+        shown = [train_indices[i] for i in torch.linspace(0, len(train_indices) - 1, 6).long().tolist()]
         plot_views(
-            images[train_indices[:6]],
+            images[shown],
             views,
             torch.Generator().manual_seed(config.seed),
             out_dir / VIEWS_FIGURE,
