@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from byol.files import atomic_path, write_text
 
@@ -157,6 +157,7 @@ def plot_label_efficiency(summary: pd.DataFrame, path: Path) -> None:
         axis.set_xscale("log")
         axis.set_xticks(sorted(summary["n_labels"].unique()))
         axis.set_xticklabels([str(n) for n in sorted(summary["n_labels"].unique())])
+        axis.xaxis.set_minor_formatter(NullFormatter())  # log axes label minor ticks (3×10¹...) too
         axis.set_title(MODE_TITLES[mode])
         axis.set_xlabel("labelled images (log scale)")
         axis.set_ylabel("final test accuracy (mean ± std over seeds)")
