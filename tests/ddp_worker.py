@@ -35,7 +35,16 @@ def recording_step_views(images, global_rows, views, generator, ranks, device, f
 
 pretrain_module.step_views = recording_step_views
 try:
-    model = pretrain(config, out_dir, device_name="cpu", resume=resume, stop_after_epochs=stop_after_epochs)
+    # fp32: the comparison with one process is to float32 rounding; bf16 (what "auto" picks on CPUs with
+    # bf16 units) rounds to 8 bits and would hide a real difference.
+    model = pretrain(
+        config,
+        out_dir,
+        device_name="cpu",
+        precision_name="fp32",
+        resume=resume,
+        stop_after_epochs=stop_after_epochs,
+    )
     torch.save(model.state_dict(), out_dir / f"rank{rank}_model.pt")
 except Stopped as stopped:
     print(stopped, file=sys.stderr)
