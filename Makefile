@@ -57,8 +57,10 @@ STUDY_BYOL_ARGS ?= --epochs 16 --batch-size 64 --image-size 64 --cache-size 128 
 	--blur-sigma-max 0.571
 STUDY_CLASSIFIER_ARGS ?= --seeds 5 --n-labels 25,50,100,250 --epochs 30 --batch-size 32 --eval-every 3
 resume_flag = $(if $(wildcard $(1)),--resume,)
+split_if_missing = [ -f "$(OUT_DIR)/splits.csv" ] || \
+	$(BIN)/python data_split.py --data-dir "$(STUDY_DATA_DIR)" --out-dir "$(OUT_DIR)"
 study: setup
-	[ -f "$(OUT_DIR)/splits.csv" ] || $(BIN)/python data_split.py --data-dir "$(STUDY_DATA_DIR)" --out-dir "$(OUT_DIR)"
+	$(split_if_missing)
 	[ -f "$(OUT_DIR)/byol.pt" ] || [ -f "$(OUT_DIR)/classifier_summary.csv" ] || \
 		$(BIN)/python train_byol.py --out-dir "$(OUT_DIR)" $(STUDY_BYOL_ARGS) \
 		$(call resume_flag,$(OUT_DIR)/byol_checkpoint.pt)
@@ -82,7 +84,7 @@ run_trial = (mkdir -p "$(trial_dir)" && cp "$(OUT_DIR)/splits.csv" "$(OUT_DIR)/s
 	&& ln -sfn ../../cache "$(trial_dir)/cache" && ([ -f "$(trial_dir)/byol.pt" ] || $(BIN)/python train_byol.py \
 	--out-dir "$(trial_dir)" $(TRIAL_BASE) $(TRIAL_$(1)) $(call resume_flag,$(trial_dir)/byol_checkpoint.pt)))
 recipe-search: setup
-	[ -f "$(OUT_DIR)/splits.csv" ] || $(BIN)/python data_split.py --data-dir "$(STUDY_DATA_DIR)" --out-dir "$(OUT_DIR)"
+	$(split_if_missing)
 	mkdir -p "$(OUT_DIR)/cache"
 	$(foreach trial,$(TRIALS),$(call run_trial,$(trial)) && ) true
 	$(BIN)/python -m byol.recipe_search $(foreach trial,$(TRIALS),$(call trial_dir,$(trial))) \

@@ -155,7 +155,7 @@ def standardize(
     """
     mean, std = train_features.mean(0), train_features.std(0, unbiased=False)
     alive = std > 1e-6 * std.max().clamp_min(1e-12)
-    scale = torch.where(alive, 1 / std.where(alive, torch.ones_like(std)), torch.zeros_like(std))
+    scale = torch.where(alive, std, torch.inf).reciprocal()  # 1 / inf = 0 for the dead dimensions
     return (train_features - mean) * scale, (test_features - mean) * scale
 
 

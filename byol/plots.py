@@ -245,7 +245,7 @@ def write_summary(
     write_text(path, summary_markdown(summary, classifier_config, byol_config, seconds))
 
 
-def plot_views(images, views, generator, path: Path, n_images: int = 6) -> None:
+def plot_views(images, views, generator, path: Path) -> None:
     """byol_views.png: a few cached images beside their two augmented views, as pretraining sees them.
 
     `images` (N, 3, S, S) uint8; `views` a BYOLViews. Views are drawn without normalisation, which is
@@ -254,7 +254,7 @@ def plot_views(images, views, generator, path: Path, n_images: int = 6) -> None:
     import torch
     import torch.nn.functional as F
 
-    batch = images[:n_images]
+    batch = images
     view_1, view_2 = views(batch, generator, normalize=False)
     originals = F.interpolate(batch.float() / 255, size=view_1.shape[-2:], mode="bilinear", antialias=True)
     figure = Figure(figsize=(6, 2 * len(batch)), layout="constrained")
