@@ -14,7 +14,11 @@ and the data side alone (views per second, no model) for pipeline and usual, the
 and at 20,000 cached images (nothing in the loop may grow with the data), the device's matmul peak in
 fp32 and bf16, the step's achieved GFLOP/s and utilisation of the peak of the precision used, peak
 memory and the cache's size on disk. --variants also times the model-only step in each precision and
-memory format (and with torch.compile when --compile is given). The last line is for scripts:
+memory format (and with torch.compile when --compile is given). Runs compared by a ratio (model_only
+and the two pipelines; the variants) are timed in interleaved turns of 2 steps and summarised by their
+median turn, so that this noisy machine's slow spells hit them alike; the DataLoader runs cannot be
+interleaved (their workers prepare batches in the background) and are timed one after the other.
+--steps is the number of timed steps per run. The last line is for scripts:
 RESULT pipeline_vs_model_only=... pipeline_vs_usual=... pipeline_images_per_s=... utilisation=... ...
 """
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -83,6 +88,30 @@ def timed(run_step: Callable[[], None], steps: int, warmup: int, device: torch.d
         run_step()
     synchronize(device)
     return (time.perf_counter() - started) / steps
+
+
+def interleaved(
+    run_steps: list[Callable[[], None]], rounds: int, steps_per_turn: int, warmup: int, device: torch.device
+) -> list[float]:
+    """Seconds per step of each runner, timed in turns: a few steps of each, round after round.
+
+    Each runner's figure is its median turn, so a slow spell of this noisy machine (the same step
+    measured 38-46 images/s a minute apart) falls on every runner alike instead of on whichever
+    happened to run then. Runners must do no work between their turns (no background workers).
+    """
+    for run_step in run_steps:
+        for _ in range(warmup):
+            run_step()
+    turns: list[list[float]] = [[] for _ in run_steps]
+    for _ in range(rounds):
+        for run_step, times in zip(run_steps, turns, strict=True):
+            synchronize(device)
+            started = time.perf_counter()
+            for _ in range(steps_per_turn):
+                run_step()
+            synchronize(device)
+            times.append((time.perf_counter() - started) / steps_per_turn)
+    return [statistics.median(times) for times in turns]
 
 
 def make_model(device: torch.device, fmt: torch.memory_format, batch_size: int, compile_model: bool = False):
@@ -214,6 +243,19 @@ def main() -> None:
         print(f"  {name:<28} {per_step / seconds:8.1f} /s   {note}", flush=True)
         return per_step / seconds
 
+    def measure_together(named_steps: list[tuple[str, Callable[[], None]]]) -> list[float]:
+        """Images/s of each, timed in interleaved turns of 2 steps (see `interleaved`)."""
+        reset_peak_memory(device)
+        seconds = interleaved(
+            [run_step for _, run_step in named_steps], max(1, args.steps // 2), 2, args.warmup, device
+        )
+        mib = peak_memory_mib(device)  # the group's peak: the runners share one process
+        speeds = [batch / s for s in seconds]
+        for (name, _), speed in zip(named_steps, speeds, strict=True):
+            rows.append((name, speed, mib, "interleaved"))
+            print(f"  {name:<28} {speed:8.1f} /s   interleaved", flush=True)
+        return speeds
+
     views = BYOLViews(size)
     ranks = SINGLE_PROCESS
 
@@ -246,18 +288,22 @@ def main() -> None:
     print("training (images/s):", flush=True)
     model, train_model, optimizer = make_model(device, fmt, batch)
     resident = pipeline_views(large)()
-    model_only = measure(
-        "model_only", step_runner(model, train_model, optimizer, device, precision, lambda: resident)
-    )
     flops = step_flops(model, train_model, optimizer, device, precision, resident)
-    pipeline_small = measure(
-        f"pipeline ({small} cached)",
-        step_runner(model, train_model, optimizer, device, precision, pipeline_views(small)),
+    model_only, pipeline_small, pipeline = measure_together(
+        [
+            ("model_only", step_runner(model, train_model, optimizer, device, precision, lambda: resident)),
+            (
+                f"pipeline ({small} cached)",
+                step_runner(model, train_model, optimizer, device, precision, pipeline_views(small)),
+            ),
+            (
+                f"pipeline ({large} cached)",
+                step_runner(model, train_model, optimizer, device, precision, pipeline_views(large)),
+            ),
+        ]
     )
-    pipeline = measure(
-        f"pipeline ({large} cached)",
-        step_runner(model, train_model, optimizer, device, precision, pipeline_views(large)),
-    )
+    # The DataLoader's worker processes keep filling their queue in the background, so these two
+    # are timed one after the other, not interleaved with the runners above.
 
     def loader_views(step_fmt):
         def next_views():
@@ -305,16 +351,15 @@ def main() -> None:
         ]
         if args.compile:
             options.append((f"{precision} + torch.compile", precision, fmt, True))
-        baseline = None
+        variant_steps = []
         for name, variant_precision, variant_fmt, compile_model in options:
             variant = make_model(device, variant_fmt, batch, compile_model)
             variant_views = tuple(v.contiguous(memory_format=variant_fmt) for v in resident)
-            speed = measure(
-                f"variant {name}",
-                step_runner(*variant, device, variant_precision, lambda v=variant_views: v),
-            )
-            baseline = baseline or speed
-            print(f"    ratio to fp32 contiguous: {speed / baseline:.2f}", flush=True)
+            run_step = step_runner(*variant, device, variant_precision, lambda v=variant_views: v)
+            variant_steps.append((f"variant {name}", run_step))
+        speeds = measure_together(variant_steps)
+        for (name, _), speed in zip(variant_steps, speeds, strict=True):
+            print(f"    {name}: ratio to fp32 contiguous {speed / speeds[0]:.2f}", flush=True)
 
     print()
     print(f"{'measurement':<30}{'per s':>10}{'peak MiB':>10}")

@@ -1,0 +1,41 @@
+"""The benchmark scripts still run and still print the line scripts read (their figures are not checked)."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, run_script
+
+from byol.demo_images import make_demo_images
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_byol import interleaved  # noqa: E402
+
+
+def test_interleaved_times_every_runner_in_turns_after_warming_all_up():
+    calls = []
+    runners = [lambda name=name: calls.append(name) for name in "ab"]
+    seconds = interleaved(runners, rounds=2, steps_per_turn=2, warmup=1, device=torch.device("cpu"))
+    assert calls == list("ab" + "aabb" + "aabb")
+    assert len(seconds) == 2 and all(s >= 0 for s in seconds)
+
+
+@pytest.mark.slow
+def test_bench_byol_runs_end_to_end_and_prints_the_result_line(tmp_path):
+    images = make_demo_images(tmp_path / "images", per_class=24, size=24)
+    result = run_script(
+        "benchmarks/bench_byol.py",
+        *("--data-dir", images, "--work-dir", tmp_path / "work", "--device", "cpu", "--image-size", "16"),
+        *("--batch-size", "4", "--steps", "2", "--warmup", "1", "--workers", "0", "--variants"),
+    )
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"RESULT pipeline_vs_model_only=[\d.]+ pipeline_vs_usual=[\d.]+ pipeline_images_per_s=[\d.]+ "
+        r"utilisation=[\d.]+ device=cpu precision=(fp32|bf16) image_size=16 batch_size=4",
+        last,
+    ), last
+    assert "variant fp32 contiguous: ratio to fp32 contiguous 1.00" in result.stdout
