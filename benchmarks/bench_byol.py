@@ -78,18 +78,6 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timed(run_step: Callable[[], None], steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds per step, after `warmup` untimed steps."""
-    for _ in range(warmup):
-        run_step()
-    synchronize(device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        run_step()
-    synchronize(device)
-    return (time.perf_counter() - started) / steps
-
-
 def interleaved(
     run_steps: list[Callable[[], None]], rounds: int, steps_per_turn: int, warmup: int, device: torch.device
 ) -> list[float]:
@@ -112,6 +100,11 @@ def interleaved(
             synchronize(device)
             times.append((time.perf_counter() - started) / steps_per_turn)
     return [statistics.median(times) for times in turns]
+
+
+def timed(run_step: Callable[[], None], steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per step of one runner, after `warmup` untimed steps: one turn of `steps` steps."""
+    return interleaved([run_step], 1, steps, warmup, device)[0]
 
 
 def make_model(device: torch.device, fmt: torch.memory_format, batch_size: int, compile_model: bool = False):
