@@ -16,10 +16,17 @@ from PIL import Image, ImageDraw, ImageFilter
 CLASSES = ("circle", "square")
 
 
+def gaussian_noise(size: int, sigma: float, rng: random.Random) -> Image.Image:
+    # Not Image.effect_noise: it draws from the C library's rand(), so the images would depend on
+    # what else ran in the process and on the platform, not on the seed alone.
+    pixels = bytes(min(255, max(0, round(rng.gauss(128, sigma)))) for _ in range(size * size))
+    return Image.frombytes("L", (size, size), pixels)
+
+
 def draw_image(class_name: str, size: int, rng: random.Random) -> Image.Image:
     background = tuple(rng.randrange(256) for _ in range(3))
     image = Image.new("RGB", (size, size), background)
-    noise = Image.effect_noise((size, size), rng.uniform(10, 40)).convert("RGB")
+    noise = gaussian_noise(size, rng.uniform(10, 40), rng).convert("RGB")
     image = Image.blend(image, noise, 0.3)
     draw = ImageDraw.Draw(image)
     for _ in range(rng.randint(1, 3)):

@@ -22,12 +22,8 @@ def test_interleaved_times_every_runner_in_turns_after_warming_all_up():
 
 
 @pytest.mark.slow
-def test_bench_byol_runs_end_to_end_and_prints_the_result_line(tmp_path):
-    # In a subprocess: PIL's noise draws from the C library's rand(), so generating images here would
-    # change the images every later test generates (make_demo_images is not reproducible by its seed alone).
-    images = tmp_path / "images"
-    made = run_script("byol.demo_images", images, "--per-class", "24", "--size", "24")
-    assert made.returncode == 0, made.stderr
+def test_bench_byol_runs_end_to_end_and_prints_the_result_line(image_folder, tmp_path):
+    images = image_folder(per_class=24, size=24)
     result = run_script(
         "benchmarks/bench_byol.py",
         *("--data-dir", images, "--work-dir", tmp_path / "work", "--device", "cpu", "--image-size", "16"),

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -177,8 +178,15 @@ def test_two_process_finetuning_matches_one_process(split_dir, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("test_acc") == 2  # one summary table (finetune, frozen), from rank 0
-    one = pd.read_csv(single / "classifier_metrics.csv").drop(columns="seconds")  # wall time differs
-    two = pd.read_csv(spread / "classifier_metrics.csv").drop(columns="seconds")
-    # Same rows, same views, global-batch BatchNorm: equal up to float rounding, which AdamW's
-    # sign-like first steps lift to ~2e-4 of the test loss; a wrong shard or view would move it by far more.
-    pd.testing.assert_frame_equal(one, two, atol=1e-3, rtol=1e-3)
+    one = pd.read_csv(single / "classifier_metrics.csv")
+    two = pd.read_csv(spread / "classifier_metrics.csv")
+    assert one[["mode", "epoch"]].equals(two[["mode", "epoch"]])
+    # Same rows, same views, global-batch BatchNorm: equal up to float rounding. Measured on three image
+    # sets (relative to one process): rounding moved the train loss by <= 5e-5 and, after AdamW's
+    # sign-like first step (+-lr on every weight, so a rounding-sized gradient can flip a sign), the
+    # test loss by <= 3e-3. Real mistakes moved them by far more: BatchNorm over the rank's half batch
+    # (no --sync-bn) by >= 4e-2 / 1.8e-2, gradients not averaged over ranks by >= 6.5e-2 / 1.8e-1.
+    for column, rtol in [("train_loss", 1e-3), ("test_loss", 1e-2)]:
+        assert np.allclose(one[column], two[column], rtol=rtol, atol=0), (column, one[column], two[column])
+    for column in ["train_acc", "test_acc"]:  # a near-tie may fall either way: one image at most
+        assert (one[column] - two[column]).abs().max() <= 1 / 16 + 1e-9, (column, one[column], two[column])
