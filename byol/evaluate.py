@@ -2,7 +2,8 @@
 
 The k-NN classifier (Wu et al. 2018, as used by solo-learn and lightly) labels each test image by the
 cosine-similarity-weighted vote of its k nearest labelled images; it needs no training, so it can
-track representation quality during pretraining.
+track representation quality during pretraining. The effective rank (RankMe) tracks how many
+directions the features use: dimensional collapse, which the k-NN accuracy alone can hide.
 """
 
 from __future__ import annotations
@@ -71,3 +72,16 @@ def knn_accuracy(
         votes.scatter_add_(1, train_labels[top_index], weights)
         correct += (votes.argmax(1) == test_labels[start : start + 1024]).sum().item()
     return correct / len(test_features)
+
+
+def effective_rank(features: torch.Tensor) -> float:
+    """RankMe (Garrido et al. 2023, arXiv 2210.02885): exp(entropy of the normalised singular values).
+
+    About D for features spread evenly over D directions, k when they lie in k of them, 1 when one
+    direction carries everything. Computed on centred features: the mean of post-ReLU features is one
+    large direction shared by every image, which tells the images apart no better than a constant.
+    """
+    features = features.double()
+    singular_values = torch.linalg.svdvals(features - features.mean(0))
+    p = singular_values / singular_values.sum().clamp_min(1e-12) + 1e-12
+    return torch.exp(-(p * p.log()).sum()).item()

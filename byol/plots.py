@@ -129,7 +129,24 @@ def plot_pretraining(byol_metrics: pd.DataFrame, path: Path) -> None:
         )
     knn_axis.set_title("Representation quality during pretraining")
     knn_axis.set_ylabel("k-NN test accuracy (k=20, labelled → test)")
-    knn_axis.legend(fontsize=8)
+    handles, labels = knn_axis.get_legend_handles_labels()
+    # Runs from before the effective rank was recorded have no feature_rank column.
+    ranks = byol_metrics.dropna(subset=["feature_rank"]) if "feature_rank" in byol_metrics else knn.iloc[:0]
+    if not ranks.empty:
+        rank_axis = knn_axis.twinx()
+        rank_axis.plot(
+            ranks["epoch"],
+            ranks["feature_rank"],
+            marker="s",
+            color="grey",
+            linestyle="--",
+            label="feature rank",
+        )
+        rank_axis.set_ylabel("feature rank (RankMe; 512 at most)")
+        rank_axis.set_ylim(bottom=0)
+        handles += rank_axis.get_legend_handles_labels()[0]
+        labels += ["feature rank (right axis)"]
+    knn_axis.legend(handles, labels, fontsize=8)
     for axis in (loss_axis, knn_axis):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("pretraining epoch")

@@ -26,7 +26,7 @@ from byol.data import Split, read_split
 from byol.device import MEMORY_FORMAT, resolve_precision
 from byol.distributed import Ranks, average_buffers, process_group, sync_batchnorm, wrap
 from byol.errors import Stopped, UserError
-from byol.evaluate import extract_features, knn_accuracy
+from byol.evaluate import effective_rank, extract_features, knn_accuracy
 from byol.files import load_torch, save_torch, write_csv, write_json
 from byol.model import BYOL, RESNET18_FEATURES, resnet18_backbone
 from byol.optim import OPTIMIZERS, default_lr, make_optimizer
@@ -109,15 +109,16 @@ def knn_monitor(
     device: torch.device,
     precision: str,
     fmt: torch.memory_format,
-) -> tuple[float, float]:
-    """k-NN accuracy (labelled -> test) and the per-dimension std of the normalised features.
+) -> tuple[float, float, float]:
+    """k-NN accuracy (labelled -> test), per-dimension std of the normalised features, effective rank.
 
-    The std is a collapse alarm: near 0 when all images map to one point, about 1/sqrt(D) when
-    the features are spread.
+    Two collapse alarms. The std is near 0 when all images map to one point, about 1/sqrt(D) when
+    the features are spread. The effective rank falls when the features keep their spread but
+    squeeze into a few directions (dimensional collapse), which a linear probe then cannot undo.
     """
     labelled, test = split.indices("labelled"), split.indices("test")
     if not labelled or not test:
-        return math.nan, math.nan
+        return math.nan, math.nan, math.nan
     labels = torch.tensor(split.table["label"].to_numpy())
     features = extract_features(
         model.backbone, images, labelled + test, config.image_size, device, precision, memory_format=fmt
@@ -125,7 +126,7 @@ def knn_monitor(
     train, held_out = features[: len(labelled)], features[len(labelled) :]
     accuracy = knn_accuracy(train, labels[labelled], held_out, labels[test])
     spread = F.normalize(features, dim=1).std(dim=0).mean().item()
-    return accuracy, spread
+    return accuracy, spread, effective_rank(features)
 
 
 def pretrain(
@@ -241,9 +242,9 @@ def _pretrain(
             },
         )
 
-    def monitor() -> tuple[float, float]:
+    def monitor() -> tuple[float, float, float]:
         """k-NN on rank 0 only (the others wait): every rank's backbone is the same."""
-        result = (math.nan, math.nan)
+        result = (math.nan, math.nan, math.nan)
         if ranks.is_main:
             result = knn_monitor(model, images, split, config, device, precision, fmt)
         ranks.barrier()
@@ -259,7 +260,7 @@ def _pretrain(
             out_dir / VIEWS_FIGURE,
         )
     if not metrics:  # epoch 0: the random-init baseline of the k-NN monitor
-        knn_acc, feature_std = monitor()
+        knn_acc, feature_std, feature_rank = monitor()
         metrics.append(
             {
                 "epoch": 0,
@@ -269,11 +270,12 @@ def _pretrain(
                 "lr": 0.0,
                 "knn_acc": knn_acc,
                 "feature_std": feature_std,
+                "feature_rank": feature_rank,
                 "images_per_s": math.nan,
                 "seconds": 0.0,
             }
         )
-        log.info(f"epoch 0: knn_acc {knn_acc:.4f}")
+        log.info(f"epoch 0: knn_acc {knn_acc:.4f} feature_rank {feature_rank:.1f}")
 
     with StopRequest() as stop:
         while epoch < config.epochs:
@@ -342,9 +344,9 @@ def _pretrain(
             seconds = time.perf_counter() - started
             average_buffers(model, ranks)
             epoch += 1
-            knn_acc, feature_std = math.nan, math.nan
+            knn_acc, feature_std, feature_rank = math.nan, math.nan, math.nan
             if config.knn_every and (epoch % config.knn_every == 0 or epoch == config.epochs):
-                knn_acc, feature_std = monitor()
+                knn_acc, feature_std, feature_rank = monitor()
             metrics.append(
                 {
                     "epoch": epoch,
@@ -354,13 +356,14 @@ def _pretrain(
                     "lr": lr_at(step - 1, total_steps, warmup_steps, config.lr),
                     "knn_acc": knn_acc,
                     "feature_std": feature_std,
+                    "feature_rank": feature_rank,
                     "images_per_s": (steps_per_epoch - first_batch) * global_batch / seconds,
                     "seconds": seconds,
                 }
             )
             log.info(
                 f"epoch {epoch}: loss {metrics[-1]['loss']:.4f} knn_acc {knn_acc:.4f} "
-                f"{metrics[-1]['images_per_s']:.1f} images/s"
+                f"feature_rank {feature_rank:.1f} {metrics[-1]['images_per_s']:.1f} images/s"
             )
             batch_in_epoch, loss_sum = 0, 0.0
             save_checkpoint(0, None)

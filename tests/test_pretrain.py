@@ -36,10 +36,21 @@ def test_train_byol_writes_weights_that_load_into_stock_resnet18(split_dir):
     stock.load_state_dict(weights["backbone"], strict=True)
     assert weights["config"]["epochs"] == 2 and weights["arch"] == "resnet18"
     metrics = pd.read_csv(out / "byol_metrics.csv")
-    expected = {"epoch", "loss", "tau", "lr", "knn_acc", "images_per_s", "seconds", "feature_std"}
+    expected = {
+        "epoch",
+        "loss",
+        "tau",
+        "lr",
+        "knn_acc",
+        "images_per_s",
+        "seconds",
+        "feature_std",
+        "feature_rank",
+    }
     assert expected <= set(metrics.columns)
     assert metrics["epoch"].tolist() == [0, 1, 2]
     assert metrics["knn_acc"].notna().all()  # epoch 0 (random init) included
+    assert (metrics["feature_rank"] >= 1).all()
     assert (out / "byol_config.json").is_file() and (out / "byol_checkpoint.pt").is_file()
 
 
