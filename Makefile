@@ -72,12 +72,19 @@ study: setup
 # Short pretraining trials (5 epochs, 6,400 images, 64 px) that chose the study's recipe, each in
 # $(OUT_DIR)/recipe_search/NAME, then one table with k-NN and linear-probe accuracy per trial.
 TRIAL_BASE := --epochs 5 --batch-size 64 --image-size 64 --max-images 6400 --tau-base 0.99 --crop-min-scale 0.2
-TRIALS := adamw lars_cache80 lars_paper lars_eta002
+TRIALS := adamw lars_cache80 lars_paper lars_eta002 rank_eta002 rank_eta0001 rank_eta0005 rank_eta002_wd1e4
 TRIAL_adamw := --cache-size 80 --optimizer adamw --lr 1e-3 --weight-decay 1e-4
 TRIAL_lars_cache80 := --cache-size 80 --optimizer lars --lr 0.25 --weight-decay 1e-5
 TRIAL_lars_paper := --cache-size 128 --optimizer lars --lr 0.25 --weight-decay 1e-5
 TRIAL_lars_eta002 := --cache-size 128 --optimizer lars --lr 0.25 --weight-decay 1e-5 --lars-trust 0.02 \
 	--blur-sigma-min 0.029 --blur-sigma-max 0.571
+# Later trials, with the features' effective rank recorded (fp32: the CPU they ran on has no bf16).
+RANK_TRIAL := --cache-size 128 --optimizer lars --lr 0.25 --blur-sigma-min 0.029 --blur-sigma-max 0.571 \
+	--precision fp32
+TRIAL_rank_eta002 := $(RANK_TRIAL) --lars-trust 0.02 --weight-decay 1e-5
+TRIAL_rank_eta0001 := $(RANK_TRIAL) --lars-trust 0.001 --weight-decay 1e-5
+TRIAL_rank_eta0005 := $(RANK_TRIAL) --lars-trust 0.005 --weight-decay 1e-5
+TRIAL_rank_eta002_wd1e4 := $(RANK_TRIAL) --lars-trust 0.02 --weight-decay 1e-4
 # One trial: its own folder sharing the study's split and image cache; skipped once it has byol.pt.
 trial_dir = $(OUT_DIR)/recipe_search/$(1)
 run_trial = (mkdir -p "$(trial_dir)" && cp "$(OUT_DIR)/splits.csv" "$(OUT_DIR)/split_config.json" "$(trial_dir)/" \

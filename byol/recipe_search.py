@@ -2,8 +2,9 @@
 
 Each trial is a `train_byol.py --out-dir RUN ...` folder. For each one this scores a frozen-backbone
 linear head (random init vs the run's byol.pt, same seeds, via the classifier stage) unless the run
-already holds one, and writes one row per run to a CSV, so the pretraining default can be chosen
-from evidence rather than from a single noisy k-NN number.
+already holds one (then byol.pt is not needed, so the committed trials redraw the table without it),
+and writes one row per run to a CSV, so the pretraining default can be chosen from evidence rather
+than from a single noisy k-NN number.
 
     python -m byol.recipe_search RUN_DIR [RUN_DIR ...] [--out results/recipe_search.csv]
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -35,11 +37,25 @@ def linear_probe(run_dir: Path, device_name: str) -> pd.DataFrame:
         metrics = pd.read_csv(metrics_path)
         if {"random", "byol"} <= set(metrics[metrics["mode"] == "frozen"]["init"]):
             return summarize(metrics[metrics["mode"] == "frozen"])
+    if not (run_dir / WEIGHTS_FILE).is_file():
+        raise UserError(f"{run_dir / WEIGHTS_FILE} not found: the linear probe needs the run's weights")
     return run_classifiers(PROBE, run_dir, device_name=device_name)
 
 
+def rank_columns(curve: pd.DataFrame) -> dict:
+    """The features' effective rank at random init, at the end, and per epoch (runs that recorded it)."""
+    ranks = curve.dropna(subset=["feature_rank"]) if "feature_rank" in curve else curve.iloc[:0]
+    if ranks.empty:
+        return {"rank_random_init": math.nan, "rank_last": math.nan, "rank_curve": ""}
+    return {
+        "rank_random_init": ranks["feature_rank"].iloc[0],
+        "rank_last": ranks["feature_rank"].iloc[-1],
+        "rank_curve": " ".join(f"{value:.1f}" for value in ranks["feature_rank"]),
+    }
+
+
 def trial_row(run_dir: Path, device_name: str) -> dict:
-    for needed in (CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE):
+    for needed in (CONFIG_FILE, METRICS_FILE):
         if not (run_dir / needed).is_file():
             raise UserError(
                 f"{run_dir / needed} not found: finish that train_byol.py run first, or leave it out"
@@ -60,6 +76,7 @@ def trial_row(run_dir: Path, device_name: str) -> dict:
         "knn_last": knn["knn_acc"].iloc[-1],
         "knn_best": knn["knn_acc"].max(),
         "knn_curve": " ".join(f"{value:.4f}" for value in knn["knn_acc"]),
+        **rank_columns(curve),
         "probe_random": probe.loc["random", "test_acc_mean"],
         "probe_byol": probe.loc["byol", "test_acc_mean"],
         "probe_byol_std": probe.loc["byol", "test_acc_std"],
@@ -77,11 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     table = pd.DataFrame([trial_row(run_dir, args.device) for run_dir in args.run_dirs])
     write_csv(args.out, table)
-    print(
-        table[
-            ["run", "steps", "loss_last_epoch", "knn_random_init", "knn_last", "probe_random", "probe_byol"]
-        ]
-    )
+    print(table[["run", "steps", "loss_last_epoch", "knn_last", "rank_last", "probe_random", "probe_byol"]])
     print(f"wrote {args.out}")
 
 

@@ -22,15 +22,33 @@ def test_one_row_per_run_with_settings_knn_and_probe(split_dir, tmp_path):
     for column in ("knn_random_init", "knn_last", "probe_random", "probe_byol"):
         assert table[column].between(0, 1).all(), column
     assert (table["probe_seeds"] == 3).all() and (table["steps"] == 4).all()
-    # The probe is kept in the run folder, so a second call reuses it instead of retraining.
+    assert (table["rank_last"] >= 1).all() and (table["rank_curve"].str.split().str.len() == 2).all()
+    # A run from before the effective rank was recorded still gets its row, with the rank left empty.
+    metrics_path = runs[1] / "byol_metrics.csv"
+    pd.read_csv(metrics_path).drop(columns="feature_rank").to_csv(metrics_path, index=False)
+    assert run_script("byol.recipe_search", runs[1], "--out", table_path, "--device", "cpu").returncode == 0
+    old_run = pd.read_csv(table_path)
+    assert old_run["rank_last"].isna().all() and old_run["knn_last"].between(0, 1).all()
+    # The probe is kept in the run folder, so a second call reuses it instead of retraining, and no
+    # longer needs the weights (the committed trials have none).
     probe_file = runs[0] / "classifier_metrics.csv"
     modified = probe_file.stat().st_mtime_ns
+    (runs[0] / "byol.pt").unlink()
     assert run_script("byol.recipe_search", runs[0], "--out", table_path, "--device", "cpu").returncode == 0
     assert probe_file.stat().st_mtime_ns == modified
 
 
-def test_a_run_without_weights_is_a_clear_error(split_dir):
+def test_a_run_without_its_files_is_a_clear_error(split_dir):
     out = split_dir()
     result = run_script("byol.recipe_search", out, "--out", out / "table.csv")
     assert result.returncode == 2 and "byol_config.json not found" in result.stderr
+    assert "Traceback" not in result.stderr and not (out / "table.csv").exists()
+
+
+def test_a_run_without_weights_or_probe_is_a_clear_error(split_dir):
+    out = split_dir()
+    assert run_script("train_byol.py", "--out-dir", out, "--epochs", "1", *TINY_BYOL).returncode == 0
+    (out / "byol.pt").unlink()
+    result = run_script("byol.recipe_search", out, "--out", out / "table.csv")
+    assert result.returncode == 2 and "byol.pt not found" in result.stderr
     assert "Traceback" not in result.stderr and not (out / "table.csv").exists()
