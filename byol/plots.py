@@ -131,7 +131,11 @@ def plot_pretraining(byol_metrics: pd.DataFrame, path: Path) -> None:
     knn_axis.set_ylabel("k-NN test accuracy (k=20, labelled → test)")
     handles, labels = knn_axis.get_legend_handles_labels()
     # Runs from before the effective rank was recorded have no feature_rank column.
-    ranks = byol_metrics.dropna(subset=["feature_rank"]) if "feature_rank" in byol_metrics else knn.iloc[:0]
+    ranks = (
+        byol_metrics.dropna(subset=["feature_rank"])
+        if "feature_rank" in byol_metrics
+        else byol_metrics.iloc[:0]
+    )
     if not ranks.empty:
         rank_axis = knn_axis.twinx()
         rank_axis.plot(

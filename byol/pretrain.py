@@ -101,6 +101,10 @@ def pretraining_indices(split: Split, max_images: int, seed: int) -> list[int]:
     return indices
 
 
+# The monitor's columns of byol_metrics.csv, for an epoch it skips (--knn-every) or cannot score.
+NOT_MONITORED = {"knn_acc": math.nan, "feature_std": math.nan, "feature_rank": math.nan}
+
+
 def knn_monitor(
     model: BYOL,
     images: torch.Tensor,
@@ -109,7 +113,7 @@ def knn_monitor(
     device: torch.device,
     precision: str,
     fmt: torch.memory_format,
-) -> tuple[float, float, float]:
+) -> dict[str, float]:
     """k-NN accuracy (labelled -> test), per-dimension std of the normalised features, effective rank.
 
     Two collapse alarms. The std is near 0 when all images map to one point, about 1/sqrt(D) when
@@ -118,7 +122,7 @@ def knn_monitor(
     """
     labelled, test = split.indices("labelled"), split.indices("test")
     if not labelled or not test:
-        return math.nan, math.nan, math.nan
+        return NOT_MONITORED
     labels = torch.tensor(split.table["label"].to_numpy())
     features = extract_features(
         model.backbone, images, labelled + test, config.image_size, device, precision, memory_format=fmt
@@ -126,7 +130,7 @@ def knn_monitor(
     train, held_out = features[: len(labelled)], features[len(labelled) :]
     accuracy = knn_accuracy(train, labels[labelled], held_out, labels[test])
     spread = F.normalize(features, dim=1).std(dim=0).mean().item()
-    return accuracy, spread, effective_rank(features)
+    return {"knn_acc": accuracy, "feature_std": spread, "feature_rank": effective_rank(features)}
 
 
 def pretrain(
@@ -242,9 +246,9 @@ def _pretrain(
             },
         )
 
-    def monitor() -> tuple[float, float, float]:
+    def monitor() -> dict[str, float]:
         """k-NN on rank 0 only (the others wait): every rank's backbone is the same."""
-        result = (math.nan, math.nan, math.nan)
+        result = NOT_MONITORED
         if ranks.is_main:
             result = knn_monitor(model, images, split, config, device, precision, fmt)
         ranks.barrier()
@@ -260,7 +264,7 @@ def _pretrain(
             out_dir / VIEWS_FIGURE,
         )
     if not metrics:  # epoch 0: the random-init baseline of the k-NN monitor
-        knn_acc, feature_std, feature_rank = monitor()
+        monitored = monitor()
         metrics.append(
             {
                 "epoch": 0,
@@ -268,14 +272,12 @@ def _pretrain(
                 "loss": math.nan,
                 "tau": config.tau_base,
                 "lr": 0.0,
-                "knn_acc": knn_acc,
-                "feature_std": feature_std,
-                "feature_rank": feature_rank,
+                **monitored,
                 "images_per_s": math.nan,
                 "seconds": 0.0,
             }
         )
-        log.info(f"epoch 0: knn_acc {knn_acc:.4f} feature_rank {feature_rank:.1f}")
+        log.info(f"epoch 0: knn_acc {monitored['knn_acc']:.4f} feature_rank {monitored['feature_rank']:.1f}")
 
     with StopRequest() as stop:
         while epoch < config.epochs:
@@ -344,9 +346,9 @@ def _pretrain(
             seconds = time.perf_counter() - started
             average_buffers(model, ranks)
             epoch += 1
-            knn_acc, feature_std, feature_rank = math.nan, math.nan, math.nan
+            monitored = NOT_MONITORED
             if config.knn_every and (epoch % config.knn_every == 0 or epoch == config.epochs):
-                knn_acc, feature_std, feature_rank = monitor()
+                monitored = monitor()
             metrics.append(
                 {
                     "epoch": epoch,
@@ -354,16 +356,14 @@ def _pretrain(
                     "loss": loss_sum / steps_per_epoch,
                     "tau": tau_at(step, total_steps, config.tau_base),
                     "lr": lr_at(step - 1, total_steps, warmup_steps, config.lr),
-                    "knn_acc": knn_acc,
-                    "feature_std": feature_std,
-                    "feature_rank": feature_rank,
+                    **monitored,
                     "images_per_s": (steps_per_epoch - first_batch) * global_batch / seconds,
                     "seconds": seconds,
                 }
             )
             log.info(
-                f"epoch {epoch}: loss {metrics[-1]['loss']:.4f} knn_acc {knn_acc:.4f} "
-                f"feature_rank {feature_rank:.1f} {metrics[-1]['images_per_s']:.1f} images/s"
+                f"epoch {epoch}: loss {metrics[-1]['loss']:.4f} knn_acc {monitored['knn_acc']:.4f} "
+                f"feature_rank {monitored['feature_rank']:.1f} {metrics[-1]['images_per_s']:.1f} images/s"
             )
             batch_in_epoch, loss_sum = 0, 0.0
             save_checkpoint(0, None)
