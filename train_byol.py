@@ -14,7 +14,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from byol.cli import add_batch_and_device_arguments, non_negative_int, positive_int, run_stage
+from byol.cli import (
+    add_batch_and_device_arguments,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_stage,
+)
 from byol.optim import BASE_LR_PER_256, OPTIMIZERS
 from byol.pretrain import PretrainConfig, pretrain
 
@@ -41,30 +48,30 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
     parser.add_argument(
         "--lr",
-        type=float,
+        type=non_negative_float,
         default=defaults.lr,
         help="peak learning rate (default: "
         + ", ".join(f"{k} {v:g}" for k, v in BASE_LR_PER_256.items())
         + " x batch-size / 256)",
     )
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay)
     for end in ("min", "max"):
         parser.add_argument(
             f"--blur-sigma-{end}",
-            type=float,
+            type=positive_float,
             default=getattr(defaults, f"blur_sigma_{end}"),
             help=f"{end} Gaussian blur sigma, px of the view (paper: 0.1-2.0 at 224 px; "
             "x image-size/224 keeps its relative strength)",
         )
     parser.add_argument(
         "--lars-trust",
-        type=float,
+        type=positive_float,
         default=defaults.lars_trust,
         help="LARS trust coefficient eta: a step moves each weight tensor by about lr x eta x its norm",
     )
     parser.add_argument(
         "--warmup-fraction",
-        type=float,
+        type=non_negative_float,
         default=defaults.warmup_fraction,
         help="fraction of all steps spent warming the learning rate up",
     )

@@ -14,7 +14,14 @@ import argparse
 import os
 from pathlib import Path
 
-from byol.cli import add_batch_and_device_arguments, non_negative_int, positive_int, run_stage
+from byol.cli import (
+    add_batch_and_device_arguments,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_stage,
+)
 from byol.comparison import format_summary, run_classifiers
 from byol.finetune import ClassifierConfig
 
@@ -58,12 +65,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
     add_batch_and_device_arguments(parser, defaults.batch_size)
     parser.add_argument(
-        "--lr", type=float, default=defaults.lr, help="AdamW learning rate of a fine-tuned backbone"
+        "--lr", type=positive_float, default=defaults.lr, help="AdamW learning rate of a fine-tuned backbone"
     )
     parser.add_argument(
-        "--head-lr", type=float, default=defaults.head_lr, help="AdamW learning rate of the head"
+        "--head-lr", type=positive_float, default=defaults.head_lr, help="AdamW learning rate of the head"
     )
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay)
     parser.add_argument(
         "--image-size",
         type=non_negative_int,

@@ -80,6 +80,8 @@ class PretrainConfig:
             )
         if self.lars_trust <= 0:
             raise UserError(f"--lars-trust {self.lars_trust}: must be > 0")
+        if not 0 <= self.warmup_fraction < 1:
+            raise UserError(f"--warmup-fraction {self.warmup_fraction}: must be in [0, 1)")
         if not 0 <= self.tau_base <= 1:
             raise UserError(f"--tau-base {self.tau_base}: must be in [0, 1]")
         cache_size = self.cache_size or default_cache_size(self.image_size)

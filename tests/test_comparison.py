@@ -165,6 +165,8 @@ def test_label_sweep_and_resume_skip_finished_runs(pretrained):
         (lambda out: None, ["--inits", "random,imagenet"], "--inits"),
         (lambda out: None, ["--n-labels", "500"], "--n-labels 500"),
         (lambda out: None, ["--n-labels", "-3"], "--n-labels"),
+        (lambda out: None, ["--head-lr", "0"], "--head-lr: must be above 0"),
+        (lambda out: None, ["--lr", "inf"], "--lr: must be a finite number"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(pretrained, prepare, args, message):

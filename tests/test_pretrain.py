@@ -142,7 +142,10 @@ def test_cache_is_built_once_and_rebuilt_when_the_split_changes(split_dir):
         (["--device", "tpu"], "--device"),
         (["--resume"], "no checkpoint"),
         (["--blur-sigma-min", "2", "--blur-sigma-max", "1"], "--blur-sigma-min 2.0"),
-        (["--lars-trust", "0"], "--lars-trust 0.0"),
+        (["--lars-trust", "0"], "--lars-trust: must be above 0"),
+        (["--lr", "nan"], "--lr: must be a finite number"),
+        (["--weight-decay", "-0.0001"], "--weight-decay: must be a finite number >= 0"),
+        (["--warmup-fraction", "1"], "--warmup-fraction 1.0: must be in [0, 1)"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(split_dir, args, message):
