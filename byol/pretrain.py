@@ -78,7 +78,7 @@ class PretrainConfig:
                 f"--blur-sigma-min {self.blur_sigma_min} / --blur-sigma-max {self.blur_sigma_max}: "
                 "need 0 < min <= max"
             )
-        if self.lars_trust <= 0:
+        if not self.lars_trust > 0:  # written so that nan fails too
             raise UserError(f"--lars-trust {self.lars_trust}: must be > 0")
         if not 0 <= self.warmup_fraction < 1:
             raise UserError(f"--warmup-fraction {self.warmup_fraction}: must be in [0, 1)")

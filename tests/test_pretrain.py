@@ -16,7 +16,7 @@ from torchvision.models import resnet18
 from byol import pretrain as pretrain_module
 from byol.cache import build_cache, cache_paths
 from byol.data import read_split
-from byol.errors import Stopped
+from byol.errors import Stopped, UserError
 from byol.files import load_torch
 from byol.pretrain import PretrainConfig, pretrain
 
@@ -154,6 +154,21 @@ def test_bad_input_is_one_line_and_exit_2(split_dir, args, message):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (out / "byol.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"lars_trust": 0.0}, "--lars-trust 0.0"),
+        ({"lars_trust": float("nan")}, "--lars-trust nan"),
+        ({"warmup_fraction": 1.0}, "--warmup-fraction 1.0"),
+        ({"blur_sigma_min": float("nan")}, "--blur-sigma-min nan"),
+    ],
+)
+def test_library_config_checks_what_the_cli_checks(overrides, message):
+    # PretrainConfig used directly (no argparse types in front of it) still refuses these values.
+    with pytest.raises(UserError, match=message):
+        tiny_config(**overrides).resolved()
 
 
 def test_missing_or_stale_split_is_a_clear_error(split_dir, tmp_path):
