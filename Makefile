@@ -23,6 +23,7 @@ test: setup
 
 # The main job: the four stages on DATA_DIR (downloading the public archive when DATA_DIR is absent).
 # Extra flags per stage: make pipeline BYOL_ARGS="--epochs 10 --image-size 64" CLASSIFIER_ARGS="--seeds 5"
+# Run again, it continues an unfinished pretraining (with the same BYOL_ARGS) and trains the classifiers anew.
 BYOL_ARGS ?=
 CLASSIFIER_ARGS ?=
 pipeline: setup
@@ -31,8 +32,9 @@ pipeline: setup
 	else \
 		$(BIN)/python data_split.py --download --data-dir "$(dir $(DATA_DIR))" --out-dir "$(OUT_DIR)"; \
 	fi
-	$(BIN)/python train_byol.py --out-dir "$(OUT_DIR)" $(BYOL_ARGS)
-	$(BIN)/python train_classifier.py --out-dir "$(OUT_DIR)" $(CLASSIFIER_ARGS)
+	$(BIN)/python train_byol.py --out-dir "$(OUT_DIR)" $(BYOL_ARGS) \
+		$(call resume_flag,$(OUT_DIR)/byol_checkpoint.pt)
+	$(BIN)/python train_classifier.py --out-dir "$(OUT_DIR)" --overwrite $(CLASSIFIER_ARGS)
 	$(BIN)/python plot_results.py --out-dir "$(OUT_DIR)"
 
 # No data and no internet: all four stages on a small generated image set, in DEMO_DIR (a few minutes on a CPU).
@@ -41,17 +43,17 @@ demo: setup
 	$(BIN)/python data_split.py --data-dir "$(DEMO_DIR)/images" --out-dir "$(DEMO_DIR)/results" \
 		--n-labelled 40 --n-test 80
 	$(BIN)/python train_byol.py --out-dir "$(DEMO_DIR)/results" --epochs 4 --batch-size 32 --image-size 48 \
-		--cache-size 56 --optimizer adamw --lr 1e-3 --tau-base 0.99 --crop-min-scale 0.2
+		--cache-size 56 --optimizer adamw --lr 1e-3 --tau-base 0.99 --crop-min-scale 0.2 --overwrite
 	$(BIN)/python train_classifier.py --out-dir "$(DEMO_DIR)/results" --seeds 2 --epochs 8 --batch-size 16 \
-		--n-labels 10,40
+		--n-labels 10,40 --overwrite
 	$(BIN)/python plot_results.py --out-dir "$(DEMO_DIR)/results"
 
 # The reference study on the real images (README "Results"): resumable, so `make study` again after an
 # interruption continues where it stopped. These args produced the committed results (η 0.02); the longer
 # recipe-search trials now point to --lars-trust 0.005 for the next run (README "Recipe search").
 # A stage whose outputs are complete is skipped: on a fresh clone `make study` only redraws every figure
-# and table from the committed results/*.csv. To train again, delete $(OUT_DIR)/classifier_summary.csv
-# (the comparison) and $(OUT_DIR)/byol.pt (the pretraining).
+# and table from the committed results/*.csv. To train again, delete $(OUT_DIR)/classifier_summary.csv and
+# classifier_metrics.csv (the comparison) and $(OUT_DIR)/byol.pt and byol_checkpoint.pt (the pretraining).
 STUDY_DATA_DIR ?= ../shared/data/PetImages
 STUDY_BYOL_ARGS ?= --epochs 16 --batch-size 64 --image-size 64 --cache-size 128 --optimizer lars --lr 0.25 \
 	--lars-trust 0.02 --weight-decay 1e-5 --tau-base 0.99 --crop-min-scale 0.2 --blur-sigma-min 0.029 \

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from byol.cli import (
     add_batch_and_device_arguments,
+    add_resume_arguments,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -102,7 +103,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="under torchrun: BatchNorm statistics over the global batch instead of each process's",
     )
-    parser.add_argument("--resume", action="store_true", help="continue from --out-dir/byol_checkpoint.pt")
+    add_resume_arguments(parser, "continue from --out-dir/byol_checkpoint.pt")
     parser.add_argument(
         "--stop-after-epochs",
         type=non_negative_int,
@@ -122,6 +123,7 @@ def main() -> None:
         precision_name=args.precision,
         resume=args.resume,
         stop_after_epochs=args.stop_after_epochs,
+        overwrite=args.overwrite,
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from byol.cli import (
     add_batch_and_device_arguments,
+    add_resume_arguments,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -89,10 +90,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="under torchrun: fine-tuning BatchNorm statistics over the global batch",
     )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="keep the runs already complete in classifier_metrics.csv and train the rest",
+    add_resume_arguments(
+        parser, "keep the runs already complete in classifier_metrics.csv and train the rest"
     )
     return parser
 
@@ -100,7 +99,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = get_args_parser().parse_args()
     config = ClassifierConfig(**{name: getattr(args, name) for name in ClassifierConfig.__dataclass_fields__})
-    summary = run_classifiers(config, args.out_dir, args.device, args.precision, args.resume)
+    summary = run_classifiers(
+        config, args.out_dir, args.device, args.precision, resume=args.resume, overwrite=args.overwrite
+    )
     if int(os.environ.get("RANK", "0")) == 0:
         print(format_summary(summary))
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from byol.device import PRECISIONS
 from byol.errors import Stopped, UserError
+from byol.model import MIN_BATCH_SIZE, MIN_BATCH_SIZE_REASON
 
 
 def run_stage(main: Callable[[], None]) -> None:
@@ -55,11 +56,18 @@ def positive_float(text: str) -> float:
     return value
 
 
+def valid_batch_size(text: str) -> int:
+    value = int(text)
+    if value < MIN_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"{MIN_BATCH_SIZE_REASON}, got {value}")
+    return value
+
+
 def add_batch_and_device_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
     """--batch-size, --device and --precision, which the training stages share."""
     parser.add_argument(
         "--batch-size",
-        type=positive_int,
+        type=valid_batch_size,
         default=batch_size,
         help="images per step and per process (global batch: this x the number of processes)",
     )
@@ -69,4 +77,15 @@ def add_batch_and_device_arguments(parser: argparse.ArgumentParser, batch_size: 
         choices=PRECISIONS,
         default="auto",
         help="auto: bf16 autocast + channels-last where the device has bf16 units, else fp32",
+    )
+
+
+def add_resume_arguments(parser: argparse.ArgumentParser, resume_help: str) -> None:
+    """--resume or --overwrite: what to do with an earlier run in --out-dir (without either, refuse)."""
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--resume", action="store_true", help=resume_help)
+    choice.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over although --out-dir holds an earlier run (replacing its files as this run writes)",
     )

@@ -6,6 +6,7 @@ mean and std over seeds per condition) and classifier_config.json; resumes by sk
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -30,7 +31,9 @@ from byol.finetune import (
     make_backbone,
     train_one_run,
 )
+from byol.model import MIN_BATCH_SIZE, MIN_BATCH_SIZE_REASON
 from byol.pretrain import PretrainConfig
+from byol.resume import check_fresh_start
 
 METRICS_FILE = "classifier_metrics.csv"
 SUMMARY_FILE = "classifier_summary.csv"
@@ -67,7 +70,9 @@ def resolve_sizes(config: ClassifierConfig, byol_config: dict) -> ClassifierConf
     return ClassifierConfig(**{**asdict(config), "image_size": image_size, "cache_size": cache_size})
 
 
-def check_choices(config: ClassifierConfig) -> None:
+def check_config(config: ClassifierConfig) -> None:
+    if config.batch_size < MIN_BATCH_SIZE:
+        raise UserError(f"--batch-size {config.batch_size}: {MIN_BATCH_SIZE_REASON}")
     for flag, values, allowed in (("--inits", config.inits, INITS), ("--modes", config.modes, MODES)):
         unknown = [value for value in values if value not in allowed]
         if unknown or not values:
@@ -100,13 +105,16 @@ def run_classifiers(
     device_name: str = "auto",
     precision_name: str = "auto",
     resume: bool = False,
+    overwrite: bool = False,
 ) -> pd.DataFrame:
     """Train every condition, write classifier_metrics.csv and classifier_summary.csv, return the summary.
 
-    With `resume`, conditions already complete in classifier_metrics.csv (same settings) are kept.
+    With `resume`, conditions already complete in classifier_metrics.csv (same settings) are kept; an
+    earlier classifier_metrics.csv needs `resume` or `overwrite` (start over).
     Under torchrun every process calls this; fine-tuning is data-parallel, rank 0 writes the files.
     """
-    check_choices(config)
+    check_config(config)
+    check_fresh_start(Path(out_dir), (METRICS_FILE,), resume, overwrite)
     with process_group(device_name) as (ranks, device):
         return _run_classifiers(config, Path(out_dir), ranks, device, precision_name, resume)
 
@@ -143,9 +151,20 @@ def _run_classifiers(
     rows: list[dict] = []
     config_path = out_dir / CONFIG_FILE
     if resume and metrics_path.is_file() and config_path.is_file():
-        previous = pd.read_json(config_path, typ="series").to_dict()
-        if {key: previous.get(key) for key in settings} == settings:
-            rows = pd.read_csv(metrics_path).to_dict("records")
+        previous = json.loads(config_path.read_text())
+        if (previous.get("byol_config") or byol_config) != byol_config:  # {}: no BYOL runs before
+            raise UserError(
+                f"--resume: {metrics_path} was trained on another pretraining (byol.pt's settings differ); "
+                "start over with --overwrite"
+            )
+        for key, value in settings.items():
+            if previous.get(key) != value:
+                name = "processes" if key == "world_size" else "--" + key.replace("_", "-")
+                raise UserError(
+                    f"--resume: {metrics_path} was trained with {name} {previous.get(key)}, this run has "
+                    f"{value}; resume with the same settings, or start over with --overwrite"
+                )
+        rows = pd.read_csv(metrics_path).to_dict("records")
     if ranks.is_main:
         write_json(
             config_path,

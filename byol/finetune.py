@@ -25,7 +25,7 @@ from byol.distributed import SINGLE_PROCESS, Ranks, average_buffers, sync_batchn
 from byol.errors import UserError
 from byol.evaluate import eval_view
 from byol.files import load_torch
-from byol.model import RESNET18_FEATURES, resnet18_backbone
+from byol.model import MIN_BATCH_SIZE, RESNET18_FEATURES, resnet18_backbone
 from byol.pretrain import WEIGHTS_FILE
 from byol.schedules import lr_at
 
@@ -209,7 +209,8 @@ def train_one_run(
         totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, images
         for global_rows in torch.randperm(len(train_inputs), generator=order_generator).split(global_batch):
             start, stop = shards.shard_bounds(len(global_rows))
-            if len(global_rows) < shards.world_size:  # a last batch too small to give every rank an image
+            # Skip a last batch too small to give every rank an image (fine-tuning: the two BatchNorm needs).
+            if len(global_rows) < shards.world_size * (MIN_BATCH_SIZE if finetune else 1):
                 continue
             rows_here = global_rows[start:stop]
             batch, labels = train_inputs[rows_here].to(device), train_labels[rows_here].to(device)

@@ -15,6 +15,10 @@ from torch import nn
 from torchvision.models import resnet18
 
 RESNET18_FEATURES = 512
+# BatchNorm in training mode needs two values per channel; the heads' (and, at 32 px, the backbone's
+# last) BatchNorm sees one per image, so a step on one image per process fails.
+MIN_BATCH_SIZE = 2
+MIN_BATCH_SIZE_REASON = "must be 2 or more (BatchNorm needs two images per step and process)"
 
 
 def resnet18_backbone() -> nn.Module:

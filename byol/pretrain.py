@@ -28,10 +28,10 @@ from byol.distributed import Ranks, average_buffers, process_group, sync_batchno
 from byol.errors import Stopped, UserError
 from byol.evaluate import effective_rank, extract_features, knn_accuracy
 from byol.files import load_torch, save_torch, write_csv, write_json
-from byol.model import BYOL, RESNET18_FEATURES, resnet18_backbone
+from byol.model import BYOL, MIN_BATCH_SIZE, MIN_BATCH_SIZE_REASON, RESNET18_FEATURES, resnet18_backbone
 from byol.optim import OPTIMIZERS, default_lr, make_optimizer
 from byol.plots import plot_views
-from byol.resume import StopRequest, check_resume_config
+from byol.resume import StopRequest, check_fresh_start, check_resume_config
 from byol.schedules import lr_at, tau_at
 from byol.step import seeded_generator, step_views, train_step
 
@@ -71,6 +71,8 @@ class PretrainConfig:
         """Fill in the sizes and rates left at 0 (the rate from the global batch) and check the rest."""
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"--optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+        if self.batch_size < MIN_BATCH_SIZE:
+            raise UserError(f"--batch-size {self.batch_size}: {MIN_BATCH_SIZE_REASON}")
         if not 0 < self.crop_min_scale <= 1:
             raise UserError(f"--crop-min-scale {self.crop_min_scale}: must be in (0, 1]")
         if not 0 < self.blur_sigma_min <= self.blur_sigma_max:
@@ -142,11 +144,14 @@ def pretrain(
     precision_name: str = "auto",
     resume: bool = False,
     stop_after_epochs: int = 0,
+    overwrite: bool = False,
 ) -> BYOL:
     """Run (or resume) BYOL pretraining and return the trained model.
 
+    An earlier run in `out_dir` needs `resume` (continue it) or `overwrite` (start over).
     Under torchrun each process calls this; they train one model together (see byol.distributed).
     """
+    check_fresh_start(Path(out_dir), (CHECKPOINT_FILE, WEIGHTS_FILE), resume, overwrite)
     with process_group(device_name) as (ranks, device):
         return _pretrain(config, Path(out_dir), ranks, device, precision_name, resume, stop_after_epochs)
 

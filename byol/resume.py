@@ -1,9 +1,11 @@
-"""Stopping cleanly and resuming: signal handling, and checking a resumed run's flags."""
+"""Stopping cleanly and resuming: signal handling, checking a resumed run's flags, and refusing to
+start over silently on top of an earlier run."""
 
 from __future__ import annotations
 
 import signal
 from dataclasses import asdict, fields
+from pathlib import Path
 
 from byol.errors import UserError
 
@@ -40,6 +42,21 @@ def check_resume_config(saved: dict, given):
         if value != defaults[field.name] and value != saved[field.name]:
             raise UserError(
                 f"--{field.name.replace('_', '-')} {value} differs from the checkpoint's "
-                f"{saved[field.name]}; drop the flag to resume, or start over without --resume"
+                f"{saved[field.name]}; drop the flag to resume, or start over with --overwrite"
             )
     return config_type(**saved)
+
+
+def check_fresh_start(out_dir: Path, earlier_files: tuple[str, ...], resume: bool, overwrite: bool) -> None:
+    """Without --resume or --overwrite, refuse to write over an earlier run's files.
+
+    A forgotten --resume would otherwise replace hours of checkpointed training with a new run.
+    """
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite: pass one or the other")
+    found = [name for name in earlier_files if (out_dir / name).is_file()]
+    if found and not (resume or overwrite):
+        raise UserError(
+            f"{out_dir} already holds an earlier run ({', '.join(found)}): continue it with --resume, "
+            "start over with --overwrite, or choose another --out-dir"
+        )

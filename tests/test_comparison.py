@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -155,6 +156,27 @@ def test_label_sweep_and_resume_skip_finished_runs(pretrained):
     again = run_script("train_classifier.py", *args, "--resume")
     assert again.returncode == 0, again.stderr
     pd.testing.assert_frame_equal(pd.read_csv(pretrained / "classifier_metrics.csv"), metrics)
+    # Neither a forgotten --resume nor a resume with other settings may discard the finished runs.
+    refused = run_script("train_classifier.py", *args)
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr
+    changed = run_script("train_classifier.py", *args, "--resume", "--epochs", "3")
+    assert changed.returncode == 2 and "--epochs 2" in changed.stderr and "Traceback" not in changed.stderr
+    config_path = pretrained / "classifier_config.json"
+    config = json.loads(config_path.read_text())
+    config["byol_config"]["epochs"] += 1  # as if byol.pt had been retrained since
+    config_path.write_text(json.dumps(config))
+    retrained = run_script("train_classifier.py", *args, "--resume")
+    assert retrained.returncode == 2 and "another pretraining" in retrained.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(pretrained / "classifier_metrics.csv"), metrics)
+    assert run_script("train_classifier.py", *args, "--overwrite", "--epochs", "1").returncode == 0
+    assert pd.read_csv(pretrained / "classifier_metrics.csv")["epoch"].max() == 1
+
+
+def test_a_last_batch_of_one_image_does_not_break_batchnorm(pretrained):
+    # 9 labels in batches of 4 leave one image; at 32 px the backbone's last BatchNorm sees 1 value.
+    args = ["--inits", "random", "--modes", "finetune", "--seeds", "1", "--n-labels", "9"]
+    result = run_script("train_classifier.py", "--out-dir", pretrained, *FAST, *args, "--batch-size", "4")
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 @pytest.mark.parametrize(
@@ -167,6 +189,7 @@ def test_label_sweep_and_resume_skip_finished_runs(pretrained):
         (lambda out: None, ["--n-labels", "-3"], "--n-labels"),
         (lambda out: None, ["--head-lr", "0"], "--head-lr: must be above 0"),
         (lambda out: None, ["--lr", "inf"], "--lr: must be a finite number"),
+        (lambda out: None, ["--batch-size", "1"], "--batch-size: must be 2 or more"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(pretrained, prepare, args, message):

@@ -146,6 +146,7 @@ def test_cache_is_built_once_and_rebuilt_when_the_split_changes(split_dir):
         (["--lr", "nan"], "--lr: must be a finite number"),
         (["--weight-decay", "-0.0001"], "--weight-decay: must be a finite number >= 0"),
         (["--warmup-fraction", "1"], "--warmup-fraction 1.0: must be in [0, 1)"),
+        (["--batch-size", "1"], "--batch-size: must be 2 or more"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(split_dir, args, message):
@@ -163,6 +164,7 @@ def test_bad_input_is_one_line_and_exit_2(split_dir, args, message):
         ({"lars_trust": float("nan")}, "--lars-trust nan"),
         ({"warmup_fraction": 1.0}, "--warmup-fraction 1.0"),
         ({"blur_sigma_min": float("nan")}, "--blur-sigma-min nan"),
+        ({"batch_size": 1}, "--batch-size 1: must be 2 or more"),
     ],
 )
 def test_library_config_checks_what_the_cli_checks(overrides, message):
@@ -180,15 +182,32 @@ def test_missing_or_stale_split_is_a_clear_error(split_dir, tmp_path):
     assert result.returncode == 2 and "re-run data_split.py" in result.stderr
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_files(split_dir):
+def test_an_earlier_run_needs_resume_or_overwrite_and_a_nan_loss_keeps_its_files(split_dir):
     out = split_dir()
     assert run_script("train_byol.py", "--out-dir", out, "--epochs", "1", *TINY_BYOL).returncode == 0
-    before = {
-        name: (out / name).read_bytes() for name in ("byol.pt", "byol_checkpoint.pt", "byol_metrics.csv")
-    }
+    kept = ("byol.pt", "byol_checkpoint.pt", "byol_metrics.csv", "byol_config.json")
+    before = {name: (out / name).read_bytes() for name in kept}
+    # A forgotten --resume must not start a new run over the earlier one's checkpoint.
+    refused = run_script("train_byol.py", "--out-dir", out, "--epochs", "3", *TINY_BYOL)
+    assert refused.returncode == 2 and "--resume" in refused.stderr and "--overwrite" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    both = run_script("train_byol.py", "--out-dir", out, "--epochs", "1", "--resume", "--overwrite")
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+    assert {name: (out / name).read_bytes() for name in kept} == before
     result = run_script(
-        "train_byol.py", "--out-dir", out, "--epochs", "1", "--optimizer", "sgd", "--lr", "1e30", *TINY_BYOL
+        "train_byol.py",
+        "--out-dir",
+        out,
+        "--epochs",
+        "1",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e30",
+        "--overwrite",
+        *TINY_BYOL,
     )
     assert result.returncode == 2, result.stderr
     assert "loss became" in result.stderr and "Traceback" not in result.stderr
-    assert {name: (out / name).read_bytes() for name in before} == before
+    # Weights, checkpoint and metrics of the last good run survive a run that diverges.
+    assert {name: (out / name).read_bytes() for name in kept[:3]} == {name: before[name] for name in kept[:3]}
