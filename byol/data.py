@@ -54,14 +54,17 @@ def list_classes(data_dir: Path) -> list[str]:
 
 
 def list_files(data_dir: Path, classes: list[str]) -> list[str]:
-    """Every regular file under each class folder (recursively), relative to `data_dir`, sorted."""
+    """Every file under each class folder (recursively), relative to `data_dir`, sorted.
+
+    Broken links are listed too, so that rejected.csv says why they were left out.
+    """
     files = []
     for class_name in classes:
         for root, dirs, names in os.walk(data_dir / class_name):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             for name in names:
                 full = Path(root) / name
-                if full.is_file() and not name.startswith("."):
+                if not full.is_dir() and not name.startswith("."):
                     files.append(full.relative_to(data_dir).as_posix())
     return sorted(files)
 
@@ -69,7 +72,11 @@ def list_files(data_dir: Path, classes: list[str]) -> list[str]:
 def decode_image(data_dir: Path, rel_path: str, min_size: int, max_pixels: int) -> Decoded:
     """Fully decode one file and say why it is unusable, if it is."""
     full = data_dir / rel_path
-    if full.stat().st_size == 0:
+    try:
+        size = full.stat().st_size
+    except OSError as error:  # a broken link, or a file removed while the folder was scanned
+        return Decoded(rel_path, reason=f"unreadable: {error.strerror or error}")
+    if size == 0:
         return Decoded(rel_path, reason="empty file")
     try:
         with warnings.catch_warnings():
@@ -93,6 +100,8 @@ def decode_image(data_dir: Path, rel_path: str, min_size: int, max_pixels: int) 
         return Decoded(rel_path, reason="too large: over Pillow's decompression-bomb limit")
     except Image.UnidentifiedImageError:
         return Decoded(rel_path, reason="not an image")
+    except PermissionError as error:
+        return Decoded(rel_path, reason=f"unreadable: {error.strerror}")
     except (OSError, SyntaxError, ValueError) as error:
         return Decoded(rel_path, reason=f"broken image: {error}".replace("\n", " "))
     if min(width, height) < min_size:

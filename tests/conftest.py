@@ -69,6 +69,7 @@ def add_faults(folder: Path, class_name: str) -> dict[str, str]:
     (class_dir / "notes.jpg").write_text("this is text, not a JPEG")
     Image.new("RGB", (12, 40), (0, 0, 0)).save(class_dir / "tiny.jpg")
     (class_dir / "bomb.png").write_bytes(png_header_only(20000, 20000))
+    (class_dir / "moved.jpg").symlink_to(class_dir / "no_such_file.jpg")  # a broken link
     # Kept, converted to RGB: the colour modes and lying extensions of the real archive.
     Image.new("CMYK", (48, 48), (10, 200, 30, 0)).save(class_dir / "cmyk.jpg")
     Image.new("L", (48, 48), 128).save(class_dir / "grey.jpg")
@@ -83,6 +84,7 @@ def add_faults(folder: Path, class_name: str) -> dict[str, str]:
         prefix + "notes.jpg": "not an image",
         prefix + "tiny.jpg": "too small",
         prefix + "bomb.png": "too large",
+        prefix + "moved.jpg": "unreadable: No such file",
     }
 
 
