@@ -8,6 +8,7 @@ Channels-last pays in fp32 too, so it is always on.
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
 import torch
@@ -15,6 +16,8 @@ import torch
 from byol.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16")
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -43,15 +46,28 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cuda_has_bf16(device: torch.device) -> bool:
+    """Native bf16 on this GPU: Ampere (compute capability 8) and later, or ROCm.
+
+    torch.cuda.is_bf16_supported() also says True where bf16 is only emulated (the 8 GB Pascal and
+    Turing cards many users have), where it is slower than fp32.
+    """
+    return bool(torch.version.hip) or torch.cuda.get_device_properties(device).major >= 8
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
     """'auto' -> 'bf16' where the device computes bf16 natively, else 'fp32'."""
     if name not in PRECISIONS:
         raise UserError(f"--precision {name!r}: use one of {', '.join(PRECISIONS)}")
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_bf16() else "fp32"
+    native = cuda_has_bf16(device) if device.type == "cuda" else cpu_has_bf16()
+    if name == "auto":
+        return "bf16" if native else "fp32"
+    if name == "bf16" and not native:
+        log.warning(
+            f"--precision bf16: this {device.type.upper()} has no native bf16, so it is emulated and "
+            "slower than fp32 (--precision auto picks fp32 here)"
+        )
+    return name
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
