@@ -1,4 +1,5 @@
-"""What every stage script shares: turning a UserError into one line and exit status 2."""
+"""What every stage script shares: turning a UserError (or running out of memory) into one line and
+exit status 2, and the argparse types and flags the stages have in common."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import logging
 import math
 import sys
 from collections.abc import Callable
+
+import torch
 
 from byol.device import PRECISIONS
 from byol.errors import Stopped, UserError
@@ -24,6 +27,21 @@ def run_stage(main: Callable[[], None]) -> None:
     except Stopped as stopped:
         print(stopped, file=sys.stderr)
         sys.exit(stopped.exit_code)
+    except RuntimeError as error:  # torch.cuda.OutOfMemoryError is one
+        if not is_out_of_memory(error):
+            raise
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(
+            f"error: out of memory ({first_line[:160]}); lower --batch-size or --image-size, "
+            "or free the device (a training stage resumes from its last checkpoint with --resume)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+def is_out_of_memory(error: RuntimeError) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's "can't allocate memory"."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(error)
 
 
 def positive_int(text: str) -> int:
