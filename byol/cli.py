@@ -32,8 +32,8 @@ def run_stage(main: Callable[[], None]) -> None:
             raise
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(
-            f"error: out of memory ({first_line[:160]}); lower --batch-size or --image-size, "
-            "or free the device (a training stage resumes from its last checkpoint with --resume)",
+            f"error: out of memory ({first_line[:160]}); start again with a lower --batch-size or "
+            "--image-size (--overwrite), or free the device and continue with --resume",
             file=sys.stderr,
         )
         sys.exit(2)

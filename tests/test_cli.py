@@ -22,7 +22,7 @@ def raising(error: Exception):
         (UserError("--epochs 0: must be 1 or more"), "error: --epochs 0: must be 1 or more"),
         (
             torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail"),
-            "error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB); lower --batch-size",
+            "error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB); start again with a lower",
         ),
         (
             RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
