@@ -30,7 +30,8 @@ def run_stage(main: Callable[[], None]) -> None:
     except RuntimeError as error:  # torch.cuda.OutOfMemoryError is one
         if not is_out_of_memory(error):
             raise
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = str(error).strip()
+        first_line = text.splitlines()[0] if text else type(error).__name__
         print(
             f"error: out of memory ({first_line[:160]}); start again with a lower --batch-size or "
             "--image-size (--overwrite), or free the device and continue with --resume",

@@ -39,9 +39,8 @@ def linear_probe(run_dir: Path, device_name: str) -> pd.DataFrame:
             return summarize(metrics[metrics["mode"] == "frozen"])
     if not (run_dir / WEIGHTS_FILE).is_file():
         raise UserError(f"{run_dir / WEIGHTS_FILE} not found: the linear probe needs the run's weights")
-    return run_classifiers(
-        PROBE, run_dir, device_name=device_name, overwrite=True
-    )  # a probe cut short restarts
+    # A probe cut short (classifier_metrics.csv without both inits) starts over.
+    return run_classifiers(PROBE, run_dir, device_name=device_name, overwrite=True)
 
 
 def rank_columns(curve: pd.DataFrame) -> dict:
