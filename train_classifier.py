@@ -1,7 +1,7 @@
 """Stage 3: train classifiers on the labelled images, random init vs BYOL init, fine-tuned vs frozen.
 
 Reads --out-dir/splits.csv and --out-dir/byol.pt; writes classifier_metrics.csv (init, mode, seed,
-n_labels, epoch, train_loss, train_acc, test_loss, test_acc), classifier_summary.csv and
+n_labels, epoch, train_loss, train_acc, test_loss, test_acc, seconds, head_lr), classifier_summary.csv and
 classifier_config.json. Every condition gets the same head, labelled images, test split and budget.
 
 Several GPUs (or CPU processes): torchrun --nproc-per-node N train_classifier.py ... fine-tunes
@@ -24,7 +24,7 @@ from byol.cli import (
     run_stage,
 )
 from byol.comparison import format_summary, run_classifiers
-from byol.finetune import ClassifierConfig
+from byol.finetune import PROBE_FOLDS, ClassifierConfig
 
 
 def comma_list(text: str) -> list[str]:
@@ -33,6 +33,13 @@ def comma_list(text: str) -> list[str]:
 
 def comma_ints(text: str) -> list[int]:
     values = [non_negative_int(item) for item in comma_list(text)]
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one number")
+    return values
+
+
+def comma_floats(text: str) -> list[float]:
+    values = [positive_float(item) for item in comma_list(text)]
     if not values:
         raise argparse.ArgumentTypeError("give at least one number")
     return values
@@ -69,7 +76,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--lr", type=positive_float, default=defaults.lr, help="AdamW learning rate of a fine-tuned backbone"
     )
     parser.add_argument(
-        "--head-lr", type=positive_float, default=defaults.head_lr, help="AdamW learning rate of the head"
+        "--head-lr",
+        type=positive_float,
+        default=defaults.head_lr,
+        help="AdamW learning rate of the fine-tuned network's head",
+    )
+    parser.add_argument(
+        "--probe-lrs",
+        type=comma_floats,
+        default=defaults.probe_lrs,
+        help="frozen mode: AdamW learning rates for the linear probe; each run takes the one with the best "
+        f"{PROBE_FOLDS}-fold cross-validated accuracy on its own labelled images (default "
+        f"{','.join(f'{lr:g}' for lr in defaults.probe_lrs)}); one value: no choice. "
+        "--resume with other values retrains only the frozen runs",
     )
     parser.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay)
     parser.add_argument(

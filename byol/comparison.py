@@ -49,7 +49,10 @@ METRIC_COLUMNS = [
     "test_loss",
     "test_acc",
     "seconds",
+    "head_lr",
 ]
+# Settings only the frozen runs depend on: --resume with other values retrains those runs, keeps the rest.
+FROZEN_ONLY_SETTINGS = ("probe_lrs",)
 
 
 def resolve_sizes(config: ClassifierConfig, byol_config: dict) -> ClassifierConfig:
@@ -73,6 +76,8 @@ def resolve_sizes(config: ClassifierConfig, byol_config: dict) -> ClassifierConf
 def check_config(config: ClassifierConfig) -> None:
     if config.batch_size < MIN_BATCH_SIZE:
         raise UserError(f"--batch-size {config.batch_size}: {MIN_BATCH_SIZE_REASON}")
+    if not config.probe_lrs or not all(math.isfinite(lr) and lr > 0 for lr in config.probe_lrs):
+        raise UserError(f"--probe-lrs {config.probe_lrs}: give one or more learning rates above 0")
     for flag, values, allowed in (("--inits", config.inits, INITS), ("--modes", config.modes, MODES)):
         unknown = [value for value in values if value not in allowed]
         if unknown or not values:
@@ -157,14 +162,20 @@ def _run_classifiers(
                 f"--resume: {metrics_path} was trained on another pretraining (byol.pt's settings differ); "
                 "start over with --overwrite"
             )
-        for key, value in settings.items():
-            if previous.get(key) != value:
+        changed = [key for key, value in settings.items() if previous.get(key) != value]
+        for key in changed:
+            if key not in FROZEN_ONLY_SETTINGS:
                 name = "processes" if key == "world_size" else "--" + key.replace("_", "-")
                 raise UserError(
                     f"--resume: {metrics_path} was trained with {name} {previous.get(key)}, this run has "
-                    f"{value}; resume with the same settings, or start over with --overwrite"
+                    f"{settings[key]}; resume with the same settings, or start over with --overwrite"
                 )
         rows = pd.read_csv(metrics_path).to_dict("records")
+        if changed:  # only the linear probes' settings: keep the fine-tuning runs, retrain the probes
+            rows = [row for row in rows if row["mode"] != "frozen"]
+        for row in rows:  # runs from before head_lr was recorded: their settings were checked equal above
+            if row["mode"] == "finetune" and pd.isna(row.get("head_lr")):
+                row["head_lr"] = config.head_lr
     if ranks.is_main:
         write_json(
             config_path,

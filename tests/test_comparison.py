@@ -143,6 +143,31 @@ def test_finetune_mode_changes_the_backbone(pretrained):
     assert not torch.equal(before, backbone.conv1.weight.detach())
 
 
+def test_probe_lr_is_chosen_on_the_training_images_only():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0, 1] * 20)
+    features = torch.randn(40, 512, generator=generator)
+    features[:, :64] += 2 * labels[:, None]  # a clear direction between the classes
+    test_features = torch.randn(30, 512, generator=generator)
+    config = ClassifierConfig(epochs=5, batch_size=8, probe_lrs=[1e-9, 1e-1])
+
+    def head_lrs(test_labels, config=config, mode="frozen", inputs=features, test_inputs=test_features):
+        rows = train_one_run(
+            resnet18_backbone(), inputs, labels[: len(inputs)], test_inputs, test_labels, mode, 0, 2, config,
+            torch.device("cpu"), "fp32", _NoProgress(),
+        )  # fmt: skip
+        return {row["head_lr"] for row in rows}
+
+    # The held-out folds of the training images tell a probe that learns (1e-1) from one that cannot.
+    assert head_lrs(torch.zeros(30, dtype=torch.long)) == {1e-1}
+    # The test split plays no part in the choice: labels that punish 1e-1 there change nothing.
+    assert head_lrs(torch.ones(30, dtype=torch.long)) == {1e-1}
+    assert head_lrs(torch.zeros(30, dtype=torch.long), ClassifierConfig(epochs=2, probe_lrs=[0.05])) == {0.05}
+    images = torch.randint(0, 256, (4, 3, 36, 36), dtype=torch.uint8)
+    finetune = ClassifierConfig(epochs=1, batch_size=4, image_size=32, head_lr=0.02)
+    assert head_lrs(labels[:4], finetune, "finetune", images, images) == {0.02}  # fine-tuning keeps --head-lr
+
+
 class _NoProgress:
     def set_postfix(self, **kwargs):
         pass
@@ -172,6 +197,32 @@ def test_label_sweep_and_resume_skip_finished_runs(pretrained):
     assert pd.read_csv(pretrained / "classifier_metrics.csv")["epoch"].max() == 1
 
 
+def test_resume_with_other_probe_lrs_retrains_only_the_frozen_runs(pretrained):
+    args = ["--out-dir", pretrained, "--seeds", "1", "--n-labels", "12", *FAST]
+    assert run_script("train_classifier.py", *args).returncode == 0
+    metrics_path, config_path = pretrained / "classifier_metrics.csv", pretrained / "classifier_config.json"
+    first = pd.read_csv(metrics_path)
+    finetune = first[first["mode"] == "finetune"].reset_index(drop=True)
+    assert set(finetune["head_lr"]) == {ClassifierConfig().head_lr}
+    assert set(first.loc[first["mode"] == "frozen", "head_lr"]) <= set(ClassifierConfig().probe_lrs)
+    # Files from before the probe's rate was chosen: no head_lr column, no probe_lrs setting.
+    first.drop(columns="head_lr").to_csv(metrics_path, index=False)
+    config = json.loads(config_path.read_text())
+    del config["probe_lrs"]
+    config_path.write_text(json.dumps(config))
+    upgraded = run_script("train_classifier.py", *args, "--resume")
+    assert upgraded.returncode == 0, upgraded.stderr
+    again = pd.read_csv(metrics_path)
+    pd.testing.assert_frame_equal(again[again["mode"] == "finetune"].reset_index(drop=True), finetune)
+    assert (again["mode"] == "frozen").sum() == (first["mode"] == "frozen").sum()
+    changed = run_script("train_classifier.py", *args, "--resume", "--probe-lrs", "0.5")
+    assert changed.returncode == 0, changed.stderr
+    last = pd.read_csv(metrics_path)
+    pd.testing.assert_frame_equal(last[last["mode"] == "finetune"].reset_index(drop=True), finetune)
+    assert set(last.loc[last["mode"] == "frozen", "head_lr"]) == {0.5}
+    assert len(last) == len(first)
+
+
 def test_a_last_batch_of_one_image_does_not_break_batchnorm(pretrained):
     # 9 labels in batches of 4 leave one image; at 32 px the backbone's last BatchNorm sees 1 value.
     args = ["--inits", "random", "--modes", "finetune", "--seeds", "1", "--n-labels", "9"]
@@ -188,6 +239,7 @@ def test_a_last_batch_of_one_image_does_not_break_batchnorm(pretrained):
         (lambda out: None, ["--n-labels", "500"], "--n-labels 500"),
         (lambda out: None, ["--n-labels", "-3"], "--n-labels"),
         (lambda out: None, ["--head-lr", "0"], "--head-lr: must be above 0"),
+        (lambda out: None, ["--probe-lrs", "1e-3,0"], "--probe-lrs: must be above 0"),
         (lambda out: None, ["--lr", "inf"], "--lr: must be a finite number"),
         (lambda out: None, ["--batch-size", "1"], "--batch-size: must be 2 or more"),
     ],
