@@ -55,8 +55,8 @@ demo: setup
 # and table from the committed results/*.csv. To train again, delete $(OUT_DIR)/classifier_summary.csv and
 # classifier_metrics.csv (the comparison) and $(OUT_DIR)/byol.pt and byol_checkpoint.pt (the pretraining).
 STUDY_DATA_DIR ?= ../shared/data/PetImages
-STUDY_BYOL_ARGS ?= --epochs 16 --batch-size 64 --image-size 64 --cache-size 128 --optimizer lars --lr 0.25 \
-	--lars-trust 0.02 --weight-decay 1e-5 --tau-base 0.99 --crop-min-scale 0.2 --blur-sigma-min 0.029 \
+STUDY_BYOL_ARGS ?= --epochs 12 --batch-size 64 --image-size 64 --cache-size 128 --optimizer lars --lr 0.25 \
+	--lars-trust 0.005 --weight-decay 1e-5 --tau-base 0.99 --crop-min-scale 0.2 --blur-sigma-min 0.029 \
 	--blur-sigma-max 0.571
 STUDY_CLASSIFIER_ARGS ?= --seeds 5 --n-labels 25,50,100,250 --epochs 30 --batch-size 32 --eval-every 3
 resume_flag = $(if $(wildcard $(1)),--resume,)
