@@ -49,8 +49,8 @@ demo: setup
 	$(BIN)/python plot_results.py --out-dir "$(DEMO_DIR)/results"
 
 # The reference study on the real images (README "Results"): resumable, so `make study` again after an
-# interruption continues where it stopped. These args produced the committed results (η 0.02); the longer
-# recipe-search trials now point to --lars-trust 0.005 for the next run (README "Recipe search").
+# interruption continues where it stopped. These args produced the committed results (η 0.005, the recipe
+# search's choice; the earlier η 0.02 study is archived in results/study_eta002/).
 # A stage whose outputs are complete is skipped: on a fresh clone `make study` only redraws every figure
 # and table from the committed results/*.csv. To train again, delete $(OUT_DIR)/classifier_summary.csv and
 # classifier_metrics.csv (the comparison) and $(OUT_DIR)/byol.pt and byol_checkpoint.pt (the pretraining).
