@@ -31,18 +31,19 @@ def comma_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def comma_ints(text: str) -> list[int]:
-    values = [non_negative_int(item) for item in comma_list(text)]
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one number")
-    return values
+def comma_numbers(parse_one):
+    """An argparse type: a comma list of one or more numbers, each checked by `parse_one`."""
 
+    def parse(text: str) -> list:
+        try:
+            values = [parse_one(item) for item in comma_list(text)]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of numbers") from None
+        if not values:
+            raise argparse.ArgumentTypeError("give at least one number")
+        return values
 
-def comma_floats(text: str) -> list[float]:
-    values = [positive_float(item) for item in comma_list(text)]
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one number")
-    return values
+    return parse
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -65,7 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--n-labels",
-        type=comma_ints,
+        type=comma_numbers(non_negative_int),
         default=defaults.n_labels,
         help="train on a balanced subset of this many labelled images; a comma list sweeps "
         "(e.g. 25,50,100,250); 0: all of them",
@@ -83,7 +84,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--probe-lrs",
-        type=comma_floats,
+        type=comma_numbers(positive_float),
         default=defaults.probe_lrs,
         help="frozen mode: AdamW learning rates for the linear probe; each run takes the one with the best "
         f"{PROBE_FOLDS}-fold cross-validated accuracy on its own labelled images (default "

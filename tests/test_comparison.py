@@ -240,6 +240,7 @@ def test_a_last_batch_of_one_image_does_not_break_batchnorm(pretrained):
         (lambda out: None, ["--n-labels", "-3"], "--n-labels"),
         (lambda out: None, ["--head-lr", "0"], "--head-lr: must be above 0"),
         (lambda out: None, ["--probe-lrs", "1e-3,0"], "--probe-lrs: must be above 0"),
+        (lambda out: None, ["--probe-lrs", "1e-3,fast"], "not a comma list of numbers"),
         (lambda out: None, ["--lr", "inf"], "--lr: must be a finite number"),
         (lambda out: None, ["--batch-size", "1"], "--batch-size: must be 2 or more"),
     ],
