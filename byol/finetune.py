@@ -172,6 +172,7 @@ def choose_probe_lr(
     device: torch.device,
     precision: str,
     progress: tqdm,
+    ranks: Ranks = SINGLE_PROCESS,
 ) -> float:
     """The probe learning rate with the best mean held-out accuracy over PROBE_FOLDS folds of the
     training images (ties: the lower held-out loss); the test split is never looked at.
@@ -205,6 +206,7 @@ def choose_probe_lr(
                 device,
                 precision,
                 progress,
+                ranks,  # the same global batch as the probe it chooses for
             )[-1]
             accuracy += last["test_acc"] / folds
             loss += last["test_loss"] / folds
@@ -240,7 +242,7 @@ def train_one_run(
     head_lr, choosing_started = config.head_lr, time.perf_counter()
     if not finetune:
         head_lr = choose_probe_lr(
-            train_inputs, train_labels, seed, n_classes, config, device, precision, progress
+            train_inputs, train_labels, seed, n_classes, config, device, precision, progress, ranks
         )
         train_inputs, test_inputs = standardize(train_inputs, test_inputs)
     choosing_seconds = time.perf_counter() - choosing_started  # counted in the first epoch's seconds
