@@ -187,11 +187,13 @@ def choose_probe_lr(
         return config.probe_lrs[0]
     order = torch.randperm(len(train_features), generator=torch.Generator().manual_seed(seed))
     held_out = [order[fold::folds] for fold in range(folds)]
+    silent = tqdm(disable=True)  # the folds' held-out scores are not test scores: keep them off the bar
     scores = []
     for lr in config.probe_lrs:
         trial = replace(config, probe_lrs=[lr], eval_every=config.epochs)
         accuracy = loss = 0.0
         for fold in range(folds):
+            progress.set_postfix_str(f"choosing probe lr: {lr:g}, fold {fold + 1}/{folds}")
             kept = torch.cat([held_out[other] for other in range(folds) if other != fold])
             last = train_one_run(
                 None,
@@ -205,7 +207,7 @@ def choose_probe_lr(
                 trial,
                 device,
                 precision,
-                progress,
+                silent,
                 ranks,  # the same global batch as the probe it chooses for
             )[-1]
             accuracy += last["test_acc"] / folds

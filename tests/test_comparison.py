@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import TINY_BYOL, run_script, write_split
 from torch import nn
+from tqdm import tqdm
 
 from byol.comparison import METRIC_COLUMNS
 from byol.data import read_split
@@ -89,7 +90,7 @@ def test_frozen_mode_keeps_the_backbone_fixed(pretrained):
         ClassifierConfig(epochs=3, batch_size=4),
         torch.device("cpu"),
         "fp32",
-        _NoProgress(),
+        tqdm(disable=True),
     )
     assert len(rows) == 3
     after = backbone.state_dict()
@@ -138,7 +139,7 @@ def test_finetune_mode_changes_the_backbone(pretrained):
         ClassifierConfig(epochs=1, batch_size=4, image_size=32),
         torch.device("cpu"),
         "fp32",
-        _NoProgress(),
+        tqdm(disable=True),
     )
     assert not torch.equal(before, backbone.conv1.weight.detach())
 
@@ -154,7 +155,7 @@ def test_probe_lr_is_chosen_on_the_training_images_only():
     def head_lrs(test_labels, config=config, mode="frozen", inputs=features, test_inputs=test_features):
         rows = train_one_run(
             resnet18_backbone(), inputs, labels[: len(inputs)], test_inputs, test_labels, mode, 0, 2, config,
-            torch.device("cpu"), "fp32", _NoProgress(),
+            torch.device("cpu"), "fp32", tqdm(disable=True),
         )  # fmt: skip
         return {row["head_lr"] for row in rows}
 
@@ -166,11 +167,6 @@ def test_probe_lr_is_chosen_on_the_training_images_only():
     images = torch.randint(0, 256, (4, 3, 36, 36), dtype=torch.uint8)
     finetune = ClassifierConfig(epochs=1, batch_size=4, image_size=32, head_lr=0.02)
     assert head_lrs(labels[:4], finetune, "finetune", images, images) == {0.02}  # fine-tuning keeps --head-lr
-
-
-class _NoProgress:
-    def set_postfix(self, **kwargs):
-        pass
 
 
 def test_label_sweep_and_resume_skip_finished_runs(pretrained):
