@@ -354,7 +354,7 @@ def _pretrain(
             average_buffers(model, ranks)
             epoch += 1
             monitored = NOT_MONITORED
-            if config.knn_every and (epoch % config.knn_every == 0 or epoch == config.epochs):
+            if epoch == config.epochs or (config.knn_every and epoch % config.knn_every == 0):
                 monitored = monitor()
             metrics.append(
                 {

@@ -66,6 +66,14 @@ def test_loss_falls_and_features_do_not_collapse(split_dir):
     assert metrics["feature_std"].iloc[-1] > 0.5 * metrics["feature_std"].iloc[0] > 0
 
 
+@pytest.mark.parametrize("knn_every, monitored_epochs", [(0, [0, 3]), (2, [0, 2, 3])])
+def test_knn_monitor_runs_at_the_start_every_n_epochs_and_at_the_end(split_dir, knn_every, monitored_epochs):
+    out = split_dir()
+    pretrain(tiny_config(epochs=3, knn_every=knn_every), out, device_name="cpu")
+    metrics = pd.read_csv(out / "byol_metrics.csv")
+    assert metrics.loc[metrics["knn_acc"].notna(), "epoch"].tolist() == monitored_epochs
+
+
 def test_two_epochs_equal_one_epoch_then_resume(split_dir, tmp_path):
     out = split_dir()
     straight = tmp_path / "straight"
