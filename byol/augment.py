@@ -16,6 +16,9 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Under 8 px the blur's reflect padding runs out of pixels and ResNet18, which halves the side five
+# times, has nothing left to see.
+MIN_IMAGE_SIZE = 8
 
 
 @dataclass(frozen=True)

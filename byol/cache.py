@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from byol.capacity import check_disk_space
 from byol.data import Split
 from byol.distributed import SINGLE_PROCESS, Ranks
 from byol.files import atomic_path, write_json
@@ -59,6 +60,7 @@ def build_cache(split: Split, out_dir: Path, size: int, workers: int | None = No
     if array_path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
         return array_path
     paths = split.table["path"].tolist()
+    check_disk_space(array_path, len(paths) * 3 * size * size)
     chunk = 256
     jobs = [(split.data_dir, paths[i : i + chunk], size) for i in range(0, len(paths), chunk)]
     workers = workers or os.cpu_count() or 1

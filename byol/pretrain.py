@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from byol.augment import BYOLViews
+from byol.augment import MIN_IMAGE_SIZE, BYOLViews
 from byol.cache import default_cache_size, load_cache
+from byol.capacity import check_cpu_memory
 from byol.data import Split, read_split
 from byol.device import MEMORY_FORMAT, resolve_precision
 from byol.distributed import Ranks, average_buffers, process_group, sync_batchnorm, wrap
@@ -86,6 +87,8 @@ class PretrainConfig:
             raise UserError(f"--warmup-fraction {self.warmup_fraction}: must be in [0, 1)")
         if not 0 <= self.tau_base <= 1:
             raise UserError(f"--tau-base {self.tau_base}: must be in [0, 1]")
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise UserError(f"--image-size {self.image_size}: must be {MIN_IMAGE_SIZE} px or more")
         cache_size = self.cache_size or default_cache_size(self.image_size)
         if self.image_size > cache_size:
             raise UserError(
@@ -179,6 +182,8 @@ def _pretrain(
             )
     config = config.resolved(ranks.world_size)
     precision = resolve_precision(precision_name, device)
+    if device.type == "cpu":  # a CUDA allocation that fails raises, and run_stage reports it
+        check_cpu_memory(config.batch_size, config.image_size, precision)
     fmt = MEMORY_FORMAT
 
     split = read_split(out_dir)

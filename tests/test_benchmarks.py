@@ -37,3 +37,15 @@ def test_bench_byol_runs_end_to_end_and_prints_the_result_line(image_folder, tmp
         last,
     ), last
     assert "variant fp32 contiguous: ratio to fp32 contiguous 1.00" in result.stdout
+
+
+@pytest.mark.slow
+def test_bench_memory_prints_measured_and_estimated_memory_and_the_result_line():
+    result = run_script("benchmarks/bench_memory.py", "--configs", "fp32:2x16,fp32:4x32")
+    assert result.returncode == 0, result.stderr
+    assert "fp32:4x32" in result.stdout
+    last = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"RESULT fp32_bytes_per_view_pixel=-?\d+ fp32_runtime_gib=[\d.]+ estimate_vs_measured_max=[\d.]+",
+        last,
+    ), last

@@ -239,6 +239,7 @@ def test_a_last_batch_of_one_image_does_not_break_batchnorm(pretrained):
         (lambda out: None, ["--probe-lrs", "1e-3,fast"], "not a comma list of numbers"),
         (lambda out: None, ["--lr", "inf"], "--lr: must be a finite number"),
         (lambda out: None, ["--batch-size", "1"], "--batch-size: must be 2 or more"),
+        (lambda out: None, ["--image-size", "4"], "--image-size 4: must be 8 px or more"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(pretrained, prepare, args, message):

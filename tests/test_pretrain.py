@@ -13,8 +13,10 @@ from conftest import TINY_BYOL, run_script
 from torch import nn
 from torchvision.models import resnet18
 
+from byol import capacity
 from byol import pretrain as pretrain_module
 from byol.cache import build_cache, cache_paths
+from byol.capacity import byol_step_bytes, readable_size
 from byol.data import read_split
 from byol.errors import Stopped, UserError
 from byol.files import load_torch
@@ -141,6 +143,39 @@ def test_cache_is_built_once_and_rebuilt_when_the_split_changes(split_dir):
     assert path.stat().st_mtime_ns != modified
 
 
+def test_a_cpu_step_that_cannot_fit_in_memory_is_refused_before_the_cache_is_built(split_dir, monkeypatch):
+    out = split_dir()
+    config = tiny_config()
+    needed = byol_step_bytes(config.batch_size, config.image_size, "fp32")
+    monkeypatch.setattr(capacity, "available_memory_bytes", lambda: int(needed) - 1)
+    with pytest.raises(
+        UserError,
+        match=rf"--batch-size 8 at --image-size 32 \(fp32\) needs about {readable_size(needed)} of memory",
+    ):
+        pretrain(config, out, device_name="cpu", precision_name="fp32")
+    assert not (out / "cache").exists() and not (out / "byol_checkpoint.pt").exists()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: every process of this machine needs its own
+    monkeypatch.setattr(capacity, "available_memory_bytes", lambda: int(2 * needed) - 1)
+    with pytest.raises(UserError, match="fp32, 2 processes"):
+        capacity.check_cpu_memory(config.batch_size, config.image_size, "fp32")
+    monkeypatch.setattr(capacity, "available_memory_bytes", lambda: None)  # not Linux: no check
+    capacity.check_cpu_memory(10**6, 10**4, "fp32")
+
+
+def test_a_cache_the_disk_cannot_hold_is_refused_before_a_byte_is_written(split_dir, monkeypatch):
+    out = split_dir()
+    split = read_split(out)
+    needed = len(split.table) * 3 * 20 * 20
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2**30, 2**30, needed - 1))
+    with pytest.raises(
+        UserError, match=rf"image cache .*images_20.npy needs {readable_size(needed)} and its disk has"
+    ):
+        build_cache(split, out, 20)
+    assert not any((out / "cache").iterdir())
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2**30, 2**30, needed))
+    assert build_cache(split, out, 20).is_file()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -155,6 +190,7 @@ def test_cache_is_built_once_and_rebuilt_when_the_split_changes(split_dir):
         (["--weight-decay", "-0.0001"], "--weight-decay: must be a finite number >= 0"),
         (["--warmup-fraction", "1"], "--warmup-fraction 1.0: must be in [0, 1)"),
         (["--batch-size", "1"], "--batch-size: must be 2 or more"),
+        (["--image-size", "7", "--cache-size", "8"], "--image-size 7: must be 8 px or more"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(split_dir, args, message):
