@@ -42,6 +42,8 @@ class Decoded:
 
 def list_classes(data_dir: Path) -> list[str]:
     """Class names are the sub-folders of `data_dir`, sorted (PetImages: Cat=0, Dog=1)."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise UserError(f"data dir {data_dir} is a file; pass the folder that holds one sub-folder per class")
     if not data_dir.is_dir():
         raise UserError(f"data dir {data_dir} does not exist; pass --data-dir PATH or --download")
     classes = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -214,6 +216,10 @@ def make_split(
     is_kept = table["reason"].isna()
     rejected = table.loc[~is_kept, ["path", "class_name", "reason"]].reset_index(drop=True)
     kept = table.loc[is_kept, ["path", "label", "class_name", "width", "height", "format"]]
+    if kept.empty:
+        reasons = pd.Series([reason.split(":")[0] for reason in rejected["reason"]]).value_counts()
+        found = ", ".join(f"{count} {reason}" for reason, count in reasons.items()) or "no files"
+        raise UserError(f"no usable image under {data_dir} ({found}); point --data-dir at the images")
     splits = assign_splits(kept, classes, n_labelled, n_test, seed)
     columns = ["path", "label", "class_name", "split", "width", "height", "format"]
     return SplitResult(splits[columns], rejected, classes)

@@ -137,6 +137,18 @@ def test_changing_n_labelled_keeps_the_test_set(image_folder):
     )
 
 
+def written(path, data: bytes):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def only_broken_files(folder):
+    written(folder / "cat" / "text.jpg", b"not a picture")
+    written(folder / "dog" / "empty.jpg", b"")
+    return folder
+
+
 @pytest.mark.parametrize(
     "make_args, message",
     [
@@ -147,6 +159,8 @@ def test_changing_n_labelled_keeps_the_test_set(image_folder):
         (lambda f, t: ["--data-dir", f, "--n-test", -1], "--n-test"),
         (lambda f, t: ["--data-dir", f, "--n-labelled", -5], "--n-labelled"),
         (lambda f, t: ["--data-dir", f, "--workers", 0], "--workers"),
+        (lambda f, t: ["--data-dir", written(t / "a_file.jpg", b"x")], "a_file.jpg is a file"),
+        (lambda f, t: ["--data-dir", only_broken_files(t / "broken")], "(1 not an image, 1 empty file)"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_leaves_the_previous_split(
