@@ -7,15 +7,13 @@ it regenerates every committed figure and table from committed files.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import pandas as pd
-
 from byol.cli import run_stage
-from byol.comparison import CONFIG_FILE, METRICS_FILE, summarize
+from byol.comparison import CONFIG_FILE, METRICS_FILE, REQUIRED_METRIC_COLUMNS, summarize
 from byol.data import SPLIT_CONFIG_FILE
 from byol.errors import UserError
+from byol.files import read_csv, read_json
 from byol.plots import (
     plot_accuracy,
     plot_label_efficiency,
@@ -38,8 +36,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+def read_json_if_present(path: Path) -> dict:
+    return read_json(path, f"re-run the stage that writes {path.name}") if path.is_file() else {}
 
 
 def main() -> None:
@@ -47,17 +45,21 @@ def main() -> None:
     metrics_path = out_dir / METRICS_FILE
     if not metrics_path.is_file():
         raise UserError(f"{metrics_path} not found: run train_classifier.py --out-dir {out_dir} first")
-    metrics = pd.read_csv(metrics_path)
+    metrics = read_csv(
+        metrics_path, REQUIRED_METRIC_COLUMNS, f"run train_classifier.py --out-dir {out_dir} again"
+    )
     if metrics.empty:
         raise UserError(f"{metrics_path} has no rows: run train_classifier.py again")
     summary = summarize(metrics)
-    n_classes = len(read_json(out_dir / SPLIT_CONFIG_FILE).get("classes", [0, 1]))
+    n_classes = len(read_json_if_present(out_dir / SPLIT_CONFIG_FILE).get("classes", [0, 1]))
     written = [out_dir / "loss_curves.png", out_dir / "accuracy.png"]
     plot_loss_curves(metrics, written[0])
     plot_accuracy(metrics, n_classes, written[1])
     byol_metrics = None
     if (out_dir / BYOL_METRICS_FILE).is_file():
-        byol_metrics = pd.read_csv(out_dir / BYOL_METRICS_FILE)
+        byol_metrics = read_csv(
+            out_dir / BYOL_METRICS_FILE, ["epoch", "loss", "knn_acc"], "run train_byol.py again or delete it"
+        )
         written.append(out_dir / "byol_pretraining.png")
         plot_pretraining(byol_metrics, written[-1])
     if summary["n_labels"].nunique() > 1:
@@ -66,8 +68,8 @@ def main() -> None:
     written.append(out_dir / "summary.md")
     write_summary(
         summary,
-        read_json(out_dir / CONFIG_FILE),
-        read_json(out_dir / BYOL_CONFIG_FILE),
+        read_json_if_present(out_dir / CONFIG_FILE),
+        read_json_if_present(out_dir / BYOL_CONFIG_FILE),
         written[-1],
         stage_seconds(byol_metrics, metrics),
     )

@@ -48,6 +48,14 @@ def cache_paths(out_dir: Path, size: int) -> tuple[Path, Path]:
     return folder / f"images_{size}.npy", folder / f"images_{size}.json"
 
 
+def recorded_meta(meta_path: Path) -> dict | None:
+    """What the cache on disk was built from; None when unknown (a damaged record means: rebuild)."""
+    try:
+        return json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def build_cache(split: Split, out_dir: Path, size: int, workers: int | None = None) -> Path:
     """Decode every image of the split at `size` into the cache unless an up-to-date one exists."""
     array_path, meta_path = cache_paths(out_dir, size)
@@ -57,7 +65,7 @@ def build_cache(split: Split, out_dir: Path, size: int, workers: int | None = No
         "count": len(split.table),
         "version": CACHE_VERSION,
     }
-    if array_path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
+    if array_path.is_file() and recorded_meta(meta_path) == meta:
         return array_path
     paths = split.table["path"].tolist()
     check_disk_space(array_path, len(paths) * 3 * size * size)

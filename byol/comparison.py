@@ -6,7 +6,6 @@ mean and std over seeds per condition) and classifier_config.json; resumes by sk
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +21,7 @@ from byol.device import MEMORY_FORMAT, resolve_precision
 from byol.distributed import Ranks, process_group
 from byol.errors import UserError
 from byol.evaluate import extract_features
-from byol.files import write_csv, write_json
+from byol.files import read_csv, read_json, write_csv, write_json
 from byol.finetune import (
     INITS,
     MODES,
@@ -52,6 +51,8 @@ METRIC_COLUMNS = [
     "seconds",
     "head_lr",
 ]
+# What every version of classifier_metrics.csv holds (seconds and head_lr were added later).
+REQUIRED_METRIC_COLUMNS = METRIC_COLUMNS[: METRIC_COLUMNS.index("test_acc") + 1]
 # Settings only the frozen runs depend on: --resume with other values retrains those runs, keeps the rest.
 FROZEN_ONLY_SETTINGS = ("probe_lrs",)
 
@@ -159,7 +160,7 @@ def _run_classifiers(
     rows: list[dict] = []
     config_path = out_dir / CONFIG_FILE
     if resume and metrics_path.is_file() and config_path.is_file():
-        previous = json.loads(config_path.read_text())
+        previous = read_json(config_path, "start over with --overwrite")
         if (previous.get("byol_config") or byol_config) != byol_config:  # {}: no BYOL runs before
             raise UserError(
                 f"--resume: {metrics_path} was trained on another pretraining (byol.pt's settings differ); "
@@ -173,7 +174,9 @@ def _run_classifiers(
                     f"--resume: {metrics_path} was trained with {name} {previous.get(key)}, this run has "
                     f"{settings[key]}; resume with the same settings, or start over with --overwrite"
                 )
-        rows = pd.read_csv(metrics_path).to_dict("records")
+        rows = read_csv(metrics_path, REQUIRED_METRIC_COLUMNS, "start over with --overwrite").to_dict(
+            "records"
+        )
         if changed:  # only the linear probes' settings: keep the fine-tuning runs, retrain the probes
             rows = [row for row in rows if row["mode"] != "frozen"]
         for row in rows:  # runs from before head_lr was recorded: their settings were checked equal above

@@ -9,7 +9,6 @@ matters and adding one file moves at most that file.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -21,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from byol.errors import UserError
-from byol.files import write_csv, write_json
+from byol.files import read_json, write_csv, write_json
 
 SPLITS = ("labelled", "unlabelled", "test")
 SPLITS_FILE = "splits.csv"
@@ -298,7 +297,7 @@ def read_split(out_dir: Path) -> Split:
             f"no split in {out_dir} ({SPLITS_FILE} or {SPLIT_CONFIG_FILE} missing); "
             f"run: python data_split.py --data-dir PATH --out-dir {out_dir}"
         )
-    config = json.loads(config_json.read_text())
+    config = read_json(config_json, "re-run data_split.py to make a fresh split")
     fingerprint = splits_fingerprint(splits_csv)
     if config.get("splits_sha256") != fingerprint:
         raise UserError(

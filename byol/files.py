@@ -1,6 +1,8 @@
-"""Atomic writes: every output goes to a temporary name in the same folder, then is renamed.
+"""Reading and writing the stages' files.
 
-An interrupted stage therefore leaves either the previous file or the new one, never half of one.
+Every output goes to a temporary name in the same folder, then is renamed, so an interrupted stage
+leaves either the previous file or the new one, never half of one. A CSV or JSON file a later stage
+reads back that is damaged or from elsewhere is a one-line UserError, not a pandas traceback.
 """
 
 from __future__ import annotations
@@ -8,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from byol.errors import UserError
 
 
 @contextmanager
@@ -50,6 +54,31 @@ def write_json(path: Path, data: dict) -> None:
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
     write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def read_csv(path: Path, columns: Iterable[str], remedy: str) -> pd.DataFrame:
+    """A CSV an earlier stage wrote, with at least `columns`; a damaged or foreign file is a UserError
+    ending in `remedy` (what to run to write it again)."""
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as error:  # pandas' parser errors and UnicodeDecodeError are ValueErrors
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path} is not a readable CSV ({reason[:120]}); {remedy}") from None
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise UserError(f"{path} lacks the column(s) {', '.join(missing)}; {remedy}")
+    return frame
+
+
+def read_json(path: Path, remedy: str) -> dict:
+    """A JSON object an earlier stage wrote; a damaged file is a UserError ending in `remedy`."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"{path} is not readable JSON ({str(error)[:120]}); {remedy}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a JSON object; {remedy}")
+    return data
 
 
 def save_torch(path: Path, obj: Any) -> None:

@@ -12,7 +12,6 @@ than from a single noisy k-NN number.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from byol.cli import run_stage
 from byol.comparison import METRICS_FILE as CLASSIFIER_METRICS_FILE
 from byol.comparison import run_classifiers, summarize
 from byol.errors import UserError
-from byol.files import write_csv
+from byol.files import read_csv, read_json, write_csv
 from byol.finetune import ClassifierConfig
 from byol.pretrain import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, PretrainConfig
 
@@ -34,7 +33,7 @@ def linear_probe(run_dir: Path, device_name: str) -> pd.DataFrame:
     """Frozen-backbone test accuracy per init (mean, std over seeds), trained once and then reused."""
     metrics_path = run_dir / CLASSIFIER_METRICS_FILE
     if metrics_path.is_file():
-        metrics = pd.read_csv(metrics_path)
+        metrics = read_csv(metrics_path, ["init", "mode"], "delete it to train the probe again")
         if {"random", "byol"} <= set(metrics[metrics["mode"] == "frozen"]["init"]):
             return summarize(metrics[metrics["mode"] == "frozen"])
     if not (run_dir / WEIGHTS_FILE).is_file():
@@ -61,8 +60,9 @@ def trial_row(run_dir: Path, device_name: str) -> dict:
             raise UserError(
                 f"{run_dir / needed} not found: finish that train_byol.py run first, or leave it out"
             )
-    config = json.loads((run_dir / CONFIG_FILE).read_text())
-    curve = pd.read_csv(run_dir / METRICS_FILE)
+    remedy = "finish that train_byol.py run again, or leave it out"
+    config = read_json(run_dir / CONFIG_FILE, remedy)
+    curve = read_csv(run_dir / METRICS_FILE, ["epoch", "knn_acc"], remedy)
     knn = curve.dropna(subset=["knn_acc"])
     probe = linear_probe(run_dir, device_name).set_index("init")
     defaults = PretrainConfig()

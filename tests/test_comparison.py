@@ -252,3 +252,10 @@ def test_bad_input_is_one_line_exit_2(pretrained, prepare, args, message):
 def test_plot_results_without_metrics_is_a_clear_error(tmp_path):
     result = run_script("plot_results.py", "--out-dir", tmp_path)
     assert result.returncode == 2 and "train_classifier.py" in result.stderr
+
+
+def test_plot_results_with_a_damaged_metrics_file_is_a_clear_error(tmp_path):
+    (tmp_path / "classifier_metrics.csv").write_text("a,b\n1,2\n")
+    result = run_script("plot_results.py", "--out-dir", tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "classifier_metrics.csv lacks the column(s) init, mode" in result.stderr

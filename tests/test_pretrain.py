@@ -141,6 +141,10 @@ def test_cache_is_built_once_and_rebuilt_when_the_split_changes(split_dir):
     meta_path.write_text(meta_path.read_text().replace(split.fingerprint, "0" * 64))
     build_cache(split, out, 20)
     assert path.stat().st_mtime_ns != modified
+    modified = path.stat().st_mtime_ns
+    meta_path.write_text("{damaged")  # an unreadable record means: build it again
+    build_cache(split, out, 20)
+    assert path.stat().st_mtime_ns != modified
 
 
 def test_a_cpu_step_that_cannot_fit_in_memory_is_refused_before_the_cache_is_built(split_dir, monkeypatch):
