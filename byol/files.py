@@ -87,8 +87,15 @@ def save_torch(path: Path, obj: Any) -> None:
     write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
-def load_torch(path: Path, map_location: Any = "cpu") -> Any:
-    """Load a checkpoint safely: only tensors and plain containers, never pickled code."""
+def load_torch(path: Path, remedy: str = "re-run the stage that wrote it", map_location: Any = "cpu") -> Any:
+    """Load a checkpoint safely: only tensors and plain containers, never pickled code. A truncated
+    or foreign file is a UserError ending in `remedy`."""
+    import pickle
+
     import torch
 
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path} is not a readable checkpoint ({reason[:160]}); {remedy}") from None

@@ -93,7 +93,7 @@ def load_byol_backbone(out_dir: Path) -> tuple[nn.Module, dict]:
     if not path.is_file():
         raise UserError(f"{path} not found: run train_byol.py first, or pass --inits random")
     try:
-        weights = load_torch(path)
+        weights = load_torch(path, "re-run train_byol.py")
         backbone = resnet18_backbone()
         backbone.load_state_dict(weights["backbone"], strict=True)
     except (RuntimeError, KeyError, TypeError) as error:

@@ -40,6 +40,18 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "byol.pt"
 CHECKPOINT_FILE = "byol_checkpoint.pt"
+# What --resume reads from the checkpoint (world_size is absent from the oldest ones).
+CHECKPOINT_KEYS = {
+    "model",
+    "optimizer",
+    "config",
+    "epoch",
+    "batch_in_epoch",
+    "step",
+    "metrics",
+    "loss_sum",
+    "generator_state",
+}
 METRICS_FILE = "byol_metrics.csv"
 CONFIG_FILE = "byol_config.json"
 VIEWS_FIGURE = "byol_views.png"
@@ -173,7 +185,11 @@ def _pretrain(
     if resume:
         if not checkpoint_path.is_file():
             raise UserError(f"--resume: no checkpoint {checkpoint_path}; run without --resume to start")
-        checkpoint = load_torch(checkpoint_path)
+        checkpoint = load_torch(checkpoint_path, "start over with --overwrite")
+        if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys():
+            raise UserError(
+                f"{checkpoint_path} is not a train_byol.py checkpoint; start over with --overwrite"
+            )
         config = check_resume_config(checkpoint["config"], config)
         if checkpoint.get("world_size", 1) != ranks.world_size:
             raise UserError(

@@ -226,11 +226,16 @@ def test_a_last_batch_of_one_image_does_not_break_batchnorm(pretrained):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def truncate(path, size: int) -> None:
+    path.write_bytes(path.read_bytes()[:size])
+
+
 @pytest.mark.parametrize(
     "prepare, args, message",
     [
         (lambda out: (out / "byol.pt").unlink(), [], "byol.pt not found"),
         (lambda out: torch.save({"backbone": nn.Linear(2, 2).state_dict()}, out / "byol.pt"), [], "resnet18"),
+        (lambda out: truncate(out / "byol.pt", 1000), [], "byol.pt is not a readable checkpoint"),
         (lambda out: None, ["--inits", "random,imagenet"], "--inits"),
         (lambda out: None, ["--n-labels", "500"], "--n-labels 500"),
         (lambda out: None, ["--n-labels", "-3"], "--n-labels"),

@@ -147,6 +147,18 @@ def test_cache_is_built_once_and_rebuilt_when_the_split_changes(split_dir):
     assert path.stat().st_mtime_ns != modified
 
 
+def test_resume_from_a_damaged_or_foreign_checkpoint_is_a_clear_error(split_dir):
+    out = split_dir()
+    pretrain(tiny_config(epochs=1), out, device_name="cpu")
+    checkpoint = out / "byol_checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:5000])  # cut off, as by a full disk or a bad copy
+    with pytest.raises(UserError, match="byol_checkpoint.pt is not a readable checkpoint .*--overwrite"):
+        pretrain(tiny_config(epochs=2), out, device_name="cpu", resume=True)
+    torch.save({"model": {}}, checkpoint)
+    with pytest.raises(UserError, match="byol_checkpoint.pt is not a train_byol.py checkpoint"):
+        pretrain(tiny_config(epochs=2), out, device_name="cpu", resume=True)
+
+
 def test_a_cpu_step_that_cannot_fit_in_memory_is_refused_before_the_cache_is_built(split_dir, monkeypatch):
     out = split_dir()
     config = tiny_config()
