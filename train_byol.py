@@ -68,7 +68,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--lars-trust",
         type=positive_float,
         default=defaults.lars_trust,
-        help="LARS trust coefficient eta: a step moves each weight tensor by about lr x eta x its norm",
+        help="LARS trust coefficient eta (--optimizer lars only): a step moves each weight tensor by about "
+        "lr x eta x its norm",
     )
     parser.add_argument(
         "--warmup-fraction",
@@ -114,7 +115,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    args = get_args_parser().parse_args()
+    parser = get_args_parser()
+    args = parser.parse_args()
+    if args.optimizer != "lars" and args.lars_trust != parser.get_default("lars_trust"):
+        parser.error(f"--lars-trust applies to --optimizer lars only, not {args.optimizer}")
     config = PretrainConfig(**{name: getattr(args, name) for name in PretrainConfig.__dataclass_fields__})
     pretrain(
         config,

@@ -202,6 +202,10 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_a_byte_is_written(split_
         (["--resume"], "no checkpoint"),
         (["--blur-sigma-min", "2", "--blur-sigma-max", "1"], "--blur-sigma-min 2.0"),
         (["--lars-trust", "0"], "--lars-trust: must be above 0"),
+        (
+            ["--optimizer", "sgd", "--lars-trust", "0.02"],
+            "--lars-trust applies to --optimizer lars only, not sgd",
+        ),
         (["--lr", "nan"], "--lr: must be a finite number"),
         (["--weight-decay", "-0.0001"], "--weight-decay: must be a finite number >= 0"),
         (["--warmup-fraction", "1"], "--warmup-fraction 1.0: must be in [0, 1)"),
