@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from byol.device import PRECISIONS
-from byol.errors import Stopped, UserError
+from byol.errors import Stopped, UserError, first_line
 from byol.model import MIN_BATCH_SIZE, MIN_BATCH_SIZE_REASON
 
 
@@ -30,10 +30,8 @@ def run_stage(main: Callable[[], None]) -> None:
     except RuntimeError as error:  # torch.cuda.OutOfMemoryError is one
         if not is_out_of_memory(error):
             raise
-        text = str(error).strip()
-        first_line = text.splitlines()[0] if text else type(error).__name__
         print(
-            f"error: out of memory ({first_line[:160]}); start again with a lower --batch-size or "
+            f"error: out of memory ({first_line(error)}); start again with a lower --batch-size or "
             "--image-size (--overwrite), or free the device and continue with --resume",
             file=sys.stderr,
         )

@@ -5,6 +5,12 @@ stays a traceback.
 """
 
 
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """The gist of an exception for a one-line message: its first line, or its type when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
 class UserError(Exception):
     """Bad input: the message says what is wrong and what to do about it."""
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from byol.errors import UserError
+from byol.errors import UserError, first_line
 
 
 @contextmanager
@@ -62,8 +62,7 @@ def read_csv(path: Path, columns: Iterable[str], remedy: str) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path)
     except (OSError, ValueError) as error:  # pandas' parser errors and UnicodeDecodeError are ValueErrors
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{path} is not a readable CSV ({reason[:120]}); {remedy}") from None
+        raise UserError(f"{path} is not a readable CSV ({first_line(error)}); {remedy}") from None
     missing = [column for column in columns if column not in frame.columns]
     if missing:
         raise UserError(f"{path} lacks the column(s) {', '.join(missing)}; {remedy}")
@@ -75,7 +74,7 @@ def read_json(path: Path, remedy: str) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise UserError(f"{path} is not readable JSON ({str(error)[:120]}); {remedy}") from None
+        raise UserError(f"{path} is not readable JSON ({first_line(error)}); {remedy}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} does not hold a JSON object; {remedy}")
     return data
@@ -97,5 +96,4 @@ def load_torch(path: Path, remedy: str = "re-run the stage that wrote it", map_l
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{path} is not a readable checkpoint ({reason[:160]}); {remedy}") from None
+        raise UserError(f"{path} is not a readable checkpoint ({first_line(error)}); {remedy}") from None

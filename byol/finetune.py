@@ -22,7 +22,7 @@ from byol.augment import ViewConfig, make_view
 from byol.data import Split
 from byol.device import MEMORY_FORMAT, autocast
 from byol.distributed import SINGLE_PROCESS, Ranks, average_buffers, sync_batchnorm, wrap
-from byol.errors import UserError
+from byol.errors import UserError, first_line
 from byol.evaluate import eval_view
 from byol.files import load_torch
 from byol.model import MIN_BATCH_SIZE, RESNET18_FEATURES, resnet18_backbone
@@ -97,9 +97,8 @@ def load_byol_backbone(out_dir: Path) -> tuple[nn.Module, dict]:
         backbone = resnet18_backbone()
         backbone.load_state_dict(weights["backbone"], strict=True)
     except (RuntimeError, KeyError, TypeError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(
-            f"{path} does not hold resnet18 backbone weights ({first_line}); re-run train_byol.py"
+            f"{path} does not hold resnet18 backbone weights ({first_line(error)}); re-run train_byol.py"
         ) from None
     return backbone, weights.get("config", {})
 
