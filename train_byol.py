@@ -115,10 +115,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    parser = get_args_parser()
-    args = parser.parse_args()
-    if args.optimizer != "lars" and args.lars_trust != parser.get_default("lars_trust"):
-        parser.error(f"--lars-trust applies to --optimizer lars only, not {args.optimizer}")
+    args = get_args_parser().parse_args()
     config = PretrainConfig(**{name: getattr(args, name) for name in PretrainConfig.__dataclass_fields__})
     pretrain(
         config,

@@ -16,9 +16,11 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from byol.augment import MIN_IMAGE_SIZE
 from byol.capacity import check_disk_space
 from byol.data import Split
 from byol.distributed import SINGLE_PROCESS, Ranks
+from byol.errors import UserError
 from byol.files import atomic_path, write_json
 
 CACHE_DIR = "cache"
@@ -46,6 +48,17 @@ def _load_chunk(args: tuple[Path, list[str], int]) -> np.ndarray:
 def cache_paths(out_dir: Path, size: int) -> tuple[Path, Path]:
     folder = out_dir / CACHE_DIR
     return folder / f"images_{size}.npy", folder / f"images_{size}.json"
+
+
+def check_view_size(image_size: int, cache_size: int) -> None:
+    """Both training stages' size check: a view of at least MIN_IMAGE_SIZE px, cut from the cache."""
+    if image_size < MIN_IMAGE_SIZE:
+        raise UserError(f"--image-size {image_size}: must be {MIN_IMAGE_SIZE} px or more")
+    if image_size > cache_size:
+        raise UserError(
+            f"--image-size {image_size} is larger than --cache-size {cache_size}; "
+            "raise --cache-size or lower --image-size"
+        )
 
 
 def recorded_meta(meta_path: Path) -> dict | None:

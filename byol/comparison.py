@@ -14,8 +14,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from byol.augment import MIN_IMAGE_SIZE
-from byol.cache import default_cache_size, load_cache
+from byol.cache import check_view_size, default_cache_size, load_cache
 from byol.data import read_split
 from byol.device import MEMORY_FORMAT, resolve_precision
 from byol.distributed import Ranks, process_group
@@ -68,12 +67,7 @@ def resolve_sizes(config: ClassifierConfig, byol_config: dict) -> ClassifierConf
             if same_size and byol_config.get("cache_size")
             else default_cache_size(image_size)
         )
-    if image_size < MIN_IMAGE_SIZE:
-        raise UserError(f"--image-size {image_size}: must be {MIN_IMAGE_SIZE} px or more")
-    if image_size > cache_size:
-        raise UserError(
-            f"--image-size {image_size} is larger than --cache-size {cache_size}; raise --cache-size"
-        )
+    check_view_size(image_size, cache_size)
     return ClassifierConfig(**{**asdict(config), "image_size": image_size, "cache_size": cache_size})
 
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from byol.augment import MIN_IMAGE_SIZE, BYOLViews
-from byol.cache import default_cache_size, load_cache
+from byol.augment import BYOLViews
+from byol.cache import check_view_size, default_cache_size, load_cache
 from byol.capacity import check_cpu_memory
 from byol.data import Split, read_split
 from byol.device import MEMORY_FORMAT, resolve_precision
@@ -99,14 +99,10 @@ class PretrainConfig:
             raise UserError(f"--warmup-fraction {self.warmup_fraction}: must be in [0, 1)")
         if not 0 <= self.tau_base <= 1:
             raise UserError(f"--tau-base {self.tau_base}: must be in [0, 1]")
-        if self.image_size < MIN_IMAGE_SIZE:
-            raise UserError(f"--image-size {self.image_size}: must be {MIN_IMAGE_SIZE} px or more")
+        if self.optimizer != "lars" and self.lars_trust != PretrainConfig.lars_trust:
+            raise UserError(f"--lars-trust applies to --optimizer lars only, not {self.optimizer}")
         cache_size = self.cache_size or default_cache_size(self.image_size)
-        if self.image_size > cache_size:
-            raise UserError(
-                f"--image-size {self.image_size} is larger than --cache-size {cache_size}; "
-                "raise --cache-size or lower --image-size"
-            )
+        check_view_size(self.image_size, cache_size)
         lr = self.lr or default_lr(self.optimizer, self.batch_size * world_size)
         return PretrainConfig(**{**asdict(self), "cache_size": cache_size, "lr": lr})
 

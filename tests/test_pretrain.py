@@ -229,6 +229,8 @@ def test_bad_input_is_one_line_and_exit_2(split_dir, args, message):
         ({"warmup_fraction": 1.0}, "--warmup-fraction 1.0"),
         ({"blur_sigma_min": float("nan")}, "--blur-sigma-min nan"),
         ({"batch_size": 1}, "--batch-size 1: must be 2 or more"),
+        ({"optimizer": "adamw", "lars_trust": 0.02}, "--lars-trust applies to --optimizer lars only"),
+        ({"image_size": 4}, "--image-size 4: must be 8 px or more"),
     ],
 )
 def test_library_config_checks_what_the_cli_checks(overrides, message):
