@@ -41,7 +41,14 @@ from byol.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW_1, VIEW_2, BYOLViews,
 from byol.cache import cache_paths, default_cache_size, load_cache
 from byol.data import make_split, read_split, save_split
 from byol.demo_images import make_demo_images
-from byol.device import MEMORY_FORMAT, resolve_device, resolve_precision
+from byol.device import (
+    AUTOCAST_DTYPES,
+    MEMORY_FORMAT,
+    PRECISIONS,
+    grad_scaler,
+    resolve_device,
+    resolve_precision,
+)
 from byol.distributed import SINGLE_PROCESS
 from byol.model import BYOL, RESNET18_FEATURES, resnet18_backbone
 from byol.optim import default_lr, make_optimizer
@@ -116,9 +123,13 @@ def make_model(device: torch.device, fmt: torch.memory_format, batch_size: int, 
 
 
 def step_runner(model, train_model, optimizer, device, precision, next_views):
+    scaler = grad_scaler(device, precision)
+
     def run_step() -> None:
         view_1, view_2 = next_views()
-        loss = train_step(train_model, model, optimizer, view_1, view_2, 0.01, 0.996, device, precision)
+        loss = train_step(
+            train_model, model, optimizer, view_1, view_2, 0.01, 0.996, device, precision, scaler
+        )
         loss.item()  # as the training loop does: one host sync per step
 
     return run_step
@@ -176,7 +187,9 @@ def step_flops(model, train_model, optimizer, device, precision, views) -> float
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
-        train_step(train_model, model, optimizer, *views, 0.0, 1.0, device, precision)
+        train_step(
+            train_model, model, optimizer, *views, 0.0, 1.0, device, precision, grad_scaler(device, precision)
+        )
     return counter.get_total_flops()
 
 
@@ -197,7 +210,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--cache-size", type=int, default=0, help="default: 1.15 x --image-size, as training")
@@ -325,11 +338,15 @@ def main() -> None:
         step_runner(model, train_model, optimizer, device, precision, loader_views(fmt)),
     )
 
-    peaks = {"fp32": matmul_gflops(device, torch.float32), "bf16": matmul_gflops(device, torch.bfloat16)}
+    # fp16's peak only where it is in use or native (a CPU emulates it, at a tenth of fp32's speed).
+    peak_dtypes = {"fp32": torch.float32, **AUTOCAST_DTYPES}
+    if precision != "fp16" and device.type != "cuda":
+        del peak_dtypes["fp16"]
+    peaks = {name: matmul_gflops(device, dtype) for name, dtype in peak_dtypes.items()}
     achieved = flops / 1e9 * model_only / batch
     utilisation = achieved / peaks[precision]
     print(
-        f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; "
+        "matmul peak: " + ", ".join(f"{name} {gflops:.0f} GFLOP/s" for name, gflops in peaks.items()) + "; "
         f"step {flops / 1e9:.1f} GFLOP -> {achieved:.1f} GFLOP/s, utilisation {utilisation:.2f} "
         f"of the {precision} peak",
         flush=True,
@@ -342,6 +359,8 @@ def main() -> None:
             ("fp32 channels-last", "fp32", torch.channels_last, False),
             ("bf16 channels-last", "bf16", torch.channels_last, False),
         ]
+        if device.type == "cuda":  # fp16 is for GPUs; a CPU emulates it
+            options.append(("fp16 channels-last", "fp16", torch.channels_last, False))
         if args.compile:
             options.append((f"{precision} + torch.compile", precision, fmt, True))
         variant_steps = []

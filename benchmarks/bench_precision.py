@@ -1,15 +1,17 @@
-"""Does bf16 cost quality? The same short BYOL run in fp32 and in bf16, k-NN curves side by side.
+"""Does bf16 (or fp16) cost quality? The same short BYOL run in fp32 and in bf16, k-NN curves side by side.
 
     python benchmarks/bench_precision.py --split-dir results [--work-dir /tmp/precision]
-                                         [--epochs 3] [--max-images 6400] [-- TRAIN_BYOL_FLAGS...]
+                                         [--epochs 3] [--max-images 6400] [--precisions fp32,bf16]
+                                         [-- TRAIN_BYOL_FLAGS...]
 
-Runs `train_byol.py` twice on the split in --split-dir (from data_split.py; its test split scores the
-k-NN), once with --precision fp32 and once with --precision bf16, with the same seed, images and
-flags (anything after `--` goes to both runs), each in --work-dir/PRECISION sharing one image cache.
+Runs `train_byol.py` once per precision (default fp32 and bf16; the first is the baseline) on the split
+in --split-dir (from data_split.py; its test split scores the k-NN), with the same seed, images and
+flags (anything after `--` goes to every run), each in --work-dir/PRECISION sharing one image cache.
 A run that already finished (byol.pt present) is reused, an interrupted one resumes. Prints the loss
-and k-NN accuracy of both per epoch, their images/s, and one line for scripts:
+and k-NN accuracy of each per epoch, their images/s, and one line for scripts:
 RESULT knn_fp32=... knn_bf16=... knn_bf16_minus_fp32=... bf16_vs_fp32_images_per_s=... epochs=...
-On a device without bf16 units, bf16 is emulated and very slow: measure where it would be used.
+A precision the device has no units for is emulated and very slow: measure speed where it would be
+used (quality, the loss and k-NN curves, is the same arithmetic anywhere).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-PRECISIONS = ("fp32", "bf16")
 
 
 def prepare_run(split_dir: Path, run_dir: Path, shared_cache: Path) -> None:
@@ -71,27 +72,34 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/bench_precision"))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max-images", type=int, default=6400)
+    parser.add_argument(
+        "--precisions", default="fp32,bf16", help="comma-separated; the first is the baseline"
+    )
     parser.add_argument("train_flags", nargs="*", help="after --: more train_byol.py flags for both runs")
     args = parser.parse_args()
     if not (args.split_dir / "splits.csv").is_file():
         parser.error(f"--split-dir {args.split_dir}: no splits.csv there; run data_split.py first")
 
+    precisions = args.precisions.split(",")
+    unknown = set(precisions) - {"fp32", "bf16", "fp16"}
+    if unknown or len(precisions) < 2:
+        parser.error(f"--precisions {args.precisions}: two or more of fp32, bf16, fp16")
     curves = {}
-    for precision in PRECISIONS:
+    for precision in precisions:
         run_dir = args.work_dir / precision
         prepare_run(args.split_dir, run_dir, args.work_dir / "cache")
         curves[precision] = train(run_dir, precision, args).set_index("epoch")
 
-    table = pd.concat({p: curves[p][["loss", "knn_acc", "images_per_s"]] for p in PRECISIONS}, axis=1)
+    table = pd.concat({p: curves[p][["loss", "knn_acc", "images_per_s"]] for p in precisions}, axis=1)
     print(f"\n{os.cpu_count()} cores; epoch 0 is the random initialisation (no training yet)")
     print(table.to_string(float_format=lambda value: f"{value:.4f}"))
-    last = {p: curves[p]["knn_acc"].dropna().iloc[-1] for p in PRECISIONS}
-    speed = {p: curves[p]["images_per_s"].mean() for p in PRECISIONS}  # epoch 0 has none: NaN, skipped
-    print(
-        f"RESULT knn_fp32={last['fp32']:.4f} knn_bf16={last['bf16']:.4f} "
-        f"knn_bf16_minus_fp32={last['bf16'] - last['fp32']:+.4f} "
-        f"bf16_vs_fp32_images_per_s={speed['bf16'] / speed['fp32']:.2f} epochs={args.epochs}"
-    )
+    last = {p: curves[p]["knn_acc"].dropna().iloc[-1] for p in precisions}
+    speed = {p: curves[p]["images_per_s"].mean() for p in precisions}  # epoch 0 has none: NaN, skipped
+    base, others = precisions[0], precisions[1:]
+    fields = [f"knn_{p}={last[p]:.4f}" for p in precisions]
+    fields += [f"knn_{p}_minus_{base}={last[p] - last[base]:+.4f}" for p in others]
+    fields += [f"{p}_vs_{base}_images_per_s={speed[p] / speed[base]:.2f}" for p in others]
+    print("RESULT " + " ".join(fields) + f" epochs={args.epochs}")
 
 
 if __name__ == "__main__":

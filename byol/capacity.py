@@ -17,10 +17,11 @@ from byol.errors import UserError
 # online forward and backward, target forward), as benchmarks/bench_memory.py measures it: torch, the
 # networks, their gradients and optimiser state take 1.0-1.2 GiB, and each image of the batch adds
 # 1,041-1,216 bytes per pixel of its view in fp32 (16-256 images at 150 px; the allocator makes it
-# uneven) and 429-494 in bf16. The figures below are lower, so the estimate stays under every measured
-# peak: a run the check lets through may still not fit, but one it refuses could not have.
+# uneven) and 429-494 in bf16; fp16 peaked at or below bf16 side by side (16 and 48 images at 96 px).
+# The figures below are lower, so the estimate stays under every measured peak: a run the check lets
+# through may still not fit, but one it refuses could not have.
 RUNTIME_BYTES = 0.8 * 2**30
-BYTES_PER_VIEW_PIXEL = {"fp32": 900, "bf16": 360}
+BYTES_PER_VIEW_PIXEL = {"fp32": 900, "bf16": 360, "fp16": 360}
 
 
 def readable_size(n_bytes: float) -> str:

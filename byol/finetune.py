@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from byol.augment import ViewConfig, make_view
 from byol.data import Split
-from byol.device import MEMORY_FORMAT, autocast
+from byol.device import MEMORY_FORMAT, autocast, grad_scaler
 from byol.distributed import SINGLE_PROCESS, Ranks, average_buffers, sync_batchnorm, wrap
 from byol.errors import UserError, first_line
 from byol.evaluate import eval_view
@@ -258,6 +258,7 @@ def train_one_run(
         groups.append({"params": backbone.parameters(), "lr": config.lr})
         model, shards = wrap(nn.Sequential(backbone, head), ranks, device), ranks
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    scaler = grad_scaler(device, precision)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     generator = torch.Generator(device=device).manual_seed(seed)
     order_generator = torch.Generator().manual_seed(seed)
@@ -291,8 +292,9 @@ def train_one_run(
                 logits = model(batch)
             loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             totals += torch.stack(
                 [

@@ -24,7 +24,7 @@ from byol.augment import BYOLViews
 from byol.cache import check_view_size, default_cache_size, load_cache
 from byol.capacity import check_cpu_memory
 from byol.data import Split, read_split
-from byol.device import MEMORY_FORMAT, resolve_precision
+from byol.device import MEMORY_FORMAT, grad_scaler, resolve_precision
 from byol.distributed import Ranks, average_buffers, process_group, sync_batchnorm, wrap
 from byol.errors import Stopped, UserError
 from byol.evaluate import effective_rank, extract_features, knn_accuracy
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "byol.pt"
 CHECKPOINT_FILE = "byol_checkpoint.pt"
-# What --resume reads from the checkpoint (world_size is absent from the oldest ones).
+# What --resume reads from the checkpoint (world_size and grad_scaler are absent from the oldest ones).
 CHECKPOINT_KEYS = {
     "model",
     "optimizer",
@@ -223,11 +223,14 @@ def _pretrain(
         model = sync_batchnorm(model, device)
     model = model.to(device, memory_format=fmt)
     optimizer = make_optimizer(config.optimizer, model, config.lr, config.weight_decay, config.lars_trust)
+    scaler = grad_scaler(device, precision)
     epoch, batch_in_epoch, step, metrics = 0, 0, 0, []
     generator_state, loss_sum = None, 0.0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        if scaler.is_enabled() and checkpoint.get("grad_scaler"):  # empty unless it was an fp16 run
+            scaler.load_state_dict(checkpoint["grad_scaler"])
         epoch, batch_in_epoch, step = checkpoint["epoch"], checkpoint["batch_in_epoch"], checkpoint["step"]
         metrics, loss_sum = checkpoint["metrics"], checkpoint["loss_sum"]
         generator_state = checkpoint["generator_state"]
@@ -259,6 +262,7 @@ def _pretrain(
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "grad_scaler": scaler.state_dict(),
                 "config": asdict(config),
                 "world_size": ranks.world_size,
                 "epoch": epoch,
@@ -335,6 +339,7 @@ def _pretrain(
                     tau_at(step, total_steps, config.tau_base),
                     device,
                     precision,
+                    scaler,
                 )
                 step += 1
                 # One small all-reduce per step: the mean loss over ranks, and whether any rank was

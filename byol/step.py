@@ -46,18 +46,21 @@ def train_step(
     tau: float,
     device: torch.device,
     precision: str,
+    scaler: torch.amp.GradScaler,
 ) -> torch.Tensor:
     """Loss, backward, optimiser step at `lr`, EMA of the target at `tau`; returns the detached loss.
 
     `train_model` is `model` itself, or its DistributedDataParallel wrapper (which averages the
-    gradients across ranks during backward).
+    gradients across ranks during backward). `scaler` (byol.device.grad_scaler) scales the loss in
+    fp16 and skips the step when the gradients overflowed; in fp32 and bf16 it does nothing.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
     with autocast(device, precision):
         loss = train_model(view_1, view_2)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)  # unscales first, so LARS's trust ratios see the true gradients
+    scaler.update()
     model.update_target(tau)
     return loss.detach()

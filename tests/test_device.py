@@ -1,4 +1,5 @@
-"""Choosing the precision (byol/device.py): bf16 only where the hardware computes it natively."""
+"""Choosing the precision (byol/device.py): bf16 only where the hardware computes it natively; fp16
+only when asked, with loss scaling."""
 
 from __future__ import annotations
 
@@ -9,18 +10,36 @@ import pytest
 import torch
 
 from byol import device as device_module
-from byol.device import resolve_precision
+from byol.device import grad_scaler, resolve_precision
 from byol.errors import UserError
 
 
-@pytest.mark.parametrize("major, expected", [(6, "fp32"), (7, "fp32"), (8, "bf16"), (9, "bf16")])
-def test_auto_on_cuda_needs_native_bf16_not_emulation(monkeypatch, major, expected):
-    # torch.cuda.is_bf16_supported() says True on Pascal/Turing too (emulated, slower than fp32).
+def pretend_cuda(monkeypatch, major: int) -> None:
     monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(major=major))
-    assert resolve_precision("auto", torch.device("cuda")) == expected
+
+
+@pytest.mark.parametrize(
+    "major, expected, fp16_hint",
+    [(6, "fp32", False), (7, "fp32", True), (8, "bf16", False), (9, "bf16", False)],
+)
+def test_auto_on_cuda_needs_native_bf16_not_emulation(monkeypatch, caplog, major, expected, fp16_hint):
+    # torch.cuda.is_bf16_supported() says True on Pascal/Turing too (emulated, slower than fp32).
+    pretend_cuda(monkeypatch, major)
+    with caplog.at_level(logging.INFO, logger="byol.device"):
+        assert resolve_precision("auto", torch.device("cuda")) == expected
+    # Volta/Turing (the T4, RTX 20xx) have fp16 tensor cores: auto keeps fp32 but says fp16 is there.
+    assert ("--precision fp16" in caplog.text) == fp16_hint
+
+
+@pytest.mark.parametrize("major, warned", [(6, True), (7, False), (8, False)])
+def test_fp16_is_obeyed_and_warned_about_where_it_has_no_tensor_cores(monkeypatch, caplog, major, warned):
+    pretend_cuda(monkeypatch, major)
+    with caplog.at_level(logging.WARNING, logger="byol.device"):
+        assert resolve_precision("fp16", torch.device("cuda")) == "fp16"
+    assert ("no fp16 tensor cores" in caplog.text) == warned
 
 
 @pytest.mark.parametrize("has_bf16, expected", [(False, "fp32"), (True, "bf16")])
@@ -29,14 +48,30 @@ def test_auto_on_cpu_follows_the_cpu_flags(monkeypatch, has_bf16, expected):
     assert resolve_precision("auto", torch.device("cpu")) == expected
 
 
-def test_asking_for_emulated_bf16_is_obeyed_with_a_warning(monkeypatch, caplog):
-    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: False)
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_asking_for_an_emulated_precision_is_obeyed_with_a_warning(monkeypatch, caplog, precision):
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: "fpu sse2 avx2")
     with caplog.at_level(logging.WARNING, logger="byol.device"):
-        assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+        assert resolve_precision(precision, torch.device("cpu")) == precision
         assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
-    assert len(caplog.records) == 1 and "emulated" in caplog.records[0].getMessage()
+    assert len(caplog.records) == 1 and f"no native {precision} units" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    "flags, native", [("avx2 avx512_bf16", "bf16"), ("avx2 amx_fp16 avx512_fp16", "fp16")]
+)
+def test_native_cpu_precisions_are_read_from_the_cpu_flags(monkeypatch, caplog, flags, native):
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: flags)
+    with caplog.at_level(logging.WARNING, logger="byol.device"):
+        resolve_precision(native, torch.device("cpu"))
+    assert not caplog.records
+
+
+def test_only_fp16_scales_the_loss():
+    cpu = torch.device("cpu")
+    assert [grad_scaler(cpu, p).is_enabled() for p in ("fp32", "bf16", "fp16")] == [False, False, True]
 
 
 def test_an_unknown_precision_is_a_user_error():
-    with pytest.raises(UserError, match="--precision 'fp16'"):
-        resolve_precision("fp16", torch.device("cpu"))
+    with pytest.raises(UserError, match="--precision 'fp8'"):
+        resolve_precision("fp8", torch.device("cpu"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -91,6 +92,25 @@ def test_two_epochs_equal_one_epoch_then_resume(split_dir, tmp_path):
         pd.read_csv(straight / "byol_metrics.csv").drop(columns=["images_per_s", "seconds"]),
         pd.read_csv(out / "byol_metrics.csv").drop(columns=["images_per_s", "seconds"]),
     )
+
+
+def test_fp16_trains_with_loss_scaling_and_resumes_exactly(split_dir, tmp_path):
+    # fp16 is for GPUs without bf16; a CPU emulates it slowly, but runs the same code.
+    out = split_dir()
+    straight = tmp_path / "straight"
+    shutil.copytree(out, straight)
+    config = tiny_config(image_size=16, cache_size=20, knn_every=0)
+    pretrain(config, straight, device_name="cpu", precision_name="fp16")
+    with pytest.raises(Stopped):
+        pretrain(config, out, device_name="cpu", precision_name="fp16", stop_after_epochs=1)
+    pretrain(config, out, device_name="cpu", precision_name="fp16", resume=True)
+    assert_same_weights(straight, out)
+    # The loss scale and its growth counter carry over, as they would not if the scaler restarted.
+    scaler_state = load_torch(straight / "byol_checkpoint.pt")["grad_scaler"]
+    assert scaler_state["scale"] > 0 and scaler_state["_growth_tracker"] > 0
+    assert load_torch(out / "byol_checkpoint.pt")["grad_scaler"] == scaler_state
+    assert pd.read_csv(out / "byol_metrics.csv")["loss"].dropna().notna().all()
+    assert json.loads((out / "byol_config.json").read_text())["precision"] == "fp16"
 
 
 def assert_same_weights(dir_a, dir_b):
