@@ -338,7 +338,7 @@ def main() -> None:
         step_runner(model, train_model, optimizer, device, precision, loader_views(fmt)),
     )
 
-    # fp16's peak only where it is in use or native (a CPU emulates it, at a tenth of fp32's speed).
+    # fp16's peak only where it is in use or native (a CPU without fp16 units emulates it, far slower).
     peak_dtypes = {"fp32": torch.float32, **AUTOCAST_DTYPES}
     if precision != "fp16" and device.type != "cuda":
         del peak_dtypes["fp16"]

@@ -54,7 +54,7 @@ def cpu_has_bf16() -> bool:
 
 def cpu_has_fp16() -> bool:
     """True when the CPU has native fp16 arithmetic (avx512_fp16 or amx_fp16); elsewhere fp16 is
-    emulated: a ResNet18 step ran 10x slower than fp32 on the 2-core development CPU."""
+    emulated: BYOL trained at 0.12x its fp32 speed on the 2-core development CPU (benchmarks/README.md)."""
     flags = cpu_flags()
     return "avx512_fp16" in flags or "amx_fp16" in flags
 

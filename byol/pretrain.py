@@ -197,6 +197,9 @@ def _pretrain(
     if device.type == "cpu":  # a CUDA allocation that fails raises, and run_stage reports it
         check_cpu_memory(config.batch_size, config.image_size, precision)
     fmt = MEMORY_FORMAT
+    nan_remedy = "Lower --lr and start again"
+    if precision == "fp16":  # its activations overflow at 65,504
+        nan_remedy = "Lower --lr, or train in --precision fp32 or bf16, and start again"
 
     split = read_split(out_dir)
     train_indices = pretraining_indices(split, config.max_images, config.seed)
@@ -353,8 +356,7 @@ def _pretrain(
                 if not math.isfinite(loss_value):
                     raise UserError(
                         f"the loss became {loss_value} at epoch {epoch + 1}, step {step}; "
-                        f"stopped, the last good checkpoint {checkpoint_path} is kept. "
-                        "Lower --lr and start again"
+                        f"stopped, the last good checkpoint {checkpoint_path} is kept. {nan_remedy}"
                     )
                 loss_sum += loss_value
                 images_per_s = (
