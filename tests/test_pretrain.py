@@ -113,6 +113,12 @@ def test_fp16_trains_with_loss_scaling_and_resumes_exactly(split_dir, tmp_path):
     assert json.loads((out / "byol_config.json").read_text())["precision"] == "fp16"
 
 
+def test_a_nan_loss_in_fp16_also_suggests_another_precision(split_dir):
+    config = tiny_config(epochs=1, image_size=16, cache_size=20, knn_every=0, optimizer="sgd", lr=1e30)
+    with pytest.raises(UserError, match="loss became .* Lower --lr, or train in --precision fp32 or bf16"):
+        pretrain(config, split_dir(), device_name="cpu", precision_name="fp16")
+
+
 def assert_same_weights(dir_a, dir_b):
     a, b = load_torch(dir_a / "byol.pt")["backbone"], load_torch(dir_b / "byol.pt")["backbone"]
     for name in a:
