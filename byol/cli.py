@@ -93,8 +93,8 @@ def add_batch_and_device_arguments(parser: argparse.ArgumentParser, batch_size: 
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="auto: bf16 autocast + channels-last where the device has bf16 units, else fp32; fp16: "
-        "autocast with loss scaling, for GPUs with fp16 tensor cores but no bf16 (T4, RTX 20xx, GTX 16xx)",
+        help="auto: bf16 autocast + channels-last where the device has bf16 units, else fp32; fp16: autocast "
+        "with loss scaling, for GPUs with fast fp16 but no bf16 (T4, RTX 20xx, GTX 16xx, V100, P100)",
     )
 
 

@@ -2,9 +2,9 @@
 
 bf16 autocast + channels-last doubles ResNet18's speed where the hardware has bf16 units (CUDA
 Ampere+, CPUs with avx512_bf16 or AMX); elsewhere bf16 is emulated and slower, so `auto` picks fp32.
-fp16 autocast with loss scaling is the choice left to GPUs with fp16 tensor cores but no bf16 (Volta
-and Turing: the T4, RTX 20xx, GTX 16xx); it is never picked by `auto`, being the one precision whose
-gradients can underflow. Channels-last pays in fp32 too, so it is always on.
+fp16 autocast with loss scaling is the choice left to GPUs with fast fp16 but no bf16 (Volta and
+Turing: the T4, V100, RTX 20xx, GTX 16xx; the P100); it is never picked by `auto`, being the one
+precision whose range can overflow or underflow. Channels-last pays in fp32 too, so it is always on.
 """
 
 from __future__ import annotations
@@ -68,9 +68,11 @@ def cuda_has_bf16(device: torch.device) -> bool:
     return bool(torch.version.hip) or torch.cuda.get_device_properties(device).major >= 8
 
 
-def cuda_has_fp16_tensor_cores(device: torch.device) -> bool:
-    """Volta (compute capability 7) and later. Pascal's fp16 runs at a fraction of its fp32 speed."""
-    return bool(torch.version.hip) or torch.cuda.get_device_properties(device).major >= 7
+def cuda_has_fast_fp16(device: torch.device) -> bool:
+    """Volta (compute capability 7) and later, with fp16 tensor cores, and the P100 (6.0), whose fp16
+    runs at twice its fp32 rate; the other Pascal cards (GTX 10xx, 6.1) run fp16 at 1/64 of it."""
+    properties = torch.cuda.get_device_properties(device)
+    return bool(torch.version.hip) or properties.major >= 7 or (properties.major, properties.minor) == (6, 0)
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -79,16 +81,16 @@ def resolve_precision(name: str, device: torch.device) -> str:
         raise UserError(f"--precision {name!r}: use one of {', '.join(PRECISIONS)}")
     on_cuda = device.type == "cuda"
     native_bf16 = cuda_has_bf16(device) if on_cuda else cpu_has_bf16()
-    native_fp16 = cuda_has_fp16_tensor_cores(device) if on_cuda else cpu_has_fp16()
+    native_fp16 = cuda_has_fast_fp16(device) if on_cuda else cpu_has_fp16()
     if name == "auto":
         if on_cuda and native_fp16 and not native_bf16:
             log.info(
-                "this GPU has fp16 tensor cores but no bf16: --precision fp16 (mixed precision with loss "
+                "this GPU has fast fp16 but no bf16: --precision fp16 (mixed precision with loss "
                 "scaling) usually trains faster and in less memory than the fp32 that auto picks"
             )
         return "bf16" if native_bf16 else "fp32"
     if (name == "bf16" and not native_bf16) or (name == "fp16" and not native_fp16):
-        units = "fp16 tensor cores" if on_cuda and name == "fp16" else f"native {name} units"
+        units = "fast fp16" if on_cuda and name == "fp16" else f"native {name} units"
         log.warning(
             f"--precision {name}: this {device.type.upper()} has no {units}, so {name} runs slower than "
             "fp32 here (--precision auto picks fp32)"

@@ -14,11 +14,12 @@ from byol.device import grad_scaler, resolve_precision
 from byol.errors import UserError
 
 
-def pretend_cuda(monkeypatch, major: int) -> None:
+def pretend_cuda(monkeypatch, major: int, minor: int = 5) -> None:
     monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(major=major))
+    properties = SimpleNamespace(major=major, minor=minor)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: properties)
 
 
 @pytest.mark.parametrize(
@@ -30,16 +31,17 @@ def test_auto_on_cuda_needs_native_bf16_not_emulation(monkeypatch, caplog, major
     pretend_cuda(monkeypatch, major)
     with caplog.at_level(logging.INFO, logger="byol.device"):
         assert resolve_precision("auto", torch.device("cuda")) == expected
-    # Volta/Turing (the T4, RTX 20xx) have fp16 tensor cores: auto keeps fp32 but says fp16 is there.
+    # Volta/Turing (the T4, RTX 20xx) have fast fp16: auto keeps fp32 but says fp16 is there.
     assert ("--precision fp16" in caplog.text) == fp16_hint
 
 
-@pytest.mark.parametrize("major, warned", [(6, True), (7, False), (8, False)])
-def test_fp16_is_obeyed_and_warned_about_where_it_has_no_tensor_cores(monkeypatch, caplog, major, warned):
-    pretend_cuda(monkeypatch, major)
+# GTX 10xx (6.1): fp16 at 1/64 of fp32; P100 (6.0): at twice fp32; Volta on: tensor cores.
+@pytest.mark.parametrize("major, minor, warned", [(6, 1, True), (6, 0, False), (7, 5, False), (8, 6, False)])
+def test_fp16_is_obeyed_and_warned_about_where_it_is_slow(monkeypatch, caplog, major, minor, warned):
+    pretend_cuda(monkeypatch, major, minor)
     with caplog.at_level(logging.WARNING, logger="byol.device"):
         assert resolve_precision("fp16", torch.device("cuda")) == "fp16"
-    assert ("no fp16 tensor cores" in caplog.text) == warned
+    assert ("no fast fp16" in caplog.text) == warned
 
 
 @pytest.mark.parametrize("has_bf16, expected", [(False, "fp32"), (True, "bf16")])
