@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from byol.device import PRECISIONS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -81,9 +83,9 @@ def main() -> None:
         parser.error(f"--split-dir {args.split_dir}: no splits.csv there; run data_split.py first")
 
     precisions = args.precisions.split(",")
-    unknown = set(precisions) - {"fp32", "bf16", "fp16"}
-    if unknown or len(precisions) < 2:
-        parser.error(f"--precisions {args.precisions}: two or more of fp32, bf16, fp16")
+    named = PRECISIONS[1:]  # not auto: each run names what it compares
+    if not set(precisions) <= set(named) or len(set(precisions)) < 2:
+        parser.error(f"--precisions {args.precisions}: two or more of {', '.join(named)}")
     curves = {}
     for precision in precisions:
         run_dir = args.work_dir / precision
@@ -93,13 +95,19 @@ def main() -> None:
     table = pd.concat({p: curves[p][["loss", "knn_acc", "images_per_s"]] for p in precisions}, axis=1)
     print(f"\n{os.cpu_count()} cores; epoch 0 is the random initialisation (no training yet)")
     print(table.to_string(float_format=lambda value: f"{value:.4f}"))
+    print(result_line(curves, precisions, args.epochs))
+
+
+def result_line(curves: dict[str, pd.DataFrame], precisions: list[str], epochs: int) -> str:
+    """The RESULT line: each precision's last k-NN accuracy, and each one's difference and speed ratio
+    to the first (the baseline)."""
     last = {p: curves[p]["knn_acc"].dropna().iloc[-1] for p in precisions}
     speed = {p: curves[p]["images_per_s"].mean() for p in precisions}  # epoch 0 has none: NaN, skipped
     base, others = precisions[0], precisions[1:]
     fields = [f"knn_{p}={last[p]:.4f}" for p in precisions]
     fields += [f"knn_{p}_minus_{base}={last[p] - last[base]:+.4f}" for p in others]
     fields += [f"{p}_vs_{base}_images_per_s={speed[p] / speed[base]:.2f}" for p in others]
-    print("RESULT " + " ".join(fields) + f" epochs={args.epochs}")
+    return "RESULT " + " ".join(fields) + f" epochs={epochs}"
 
 
 if __name__ == "__main__":

@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 import sys
 
+import pandas as pd
 import pytest
 import torch
 from conftest import ROOT, run_script
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_byol import interleaved  # noqa: E402
+from bench_precision import result_line  # noqa: E402
 
 
 def test_interleaved_times_every_runner_in_turns_after_warming_all_up():
@@ -19,6 +21,27 @@ def test_interleaved_times_every_runner_in_turns_after_warming_all_up():
     seconds = interleaved(runners, rounds=2, steps_per_turn=2, warmup=1, device=torch.device("cpu"))
     assert calls == list("ab" + "aabb" + "aabb")
     assert len(seconds) == 2 and all(s >= 0 for s in seconds)
+
+
+def test_bench_precision_compares_every_precision_with_the_first():
+    def curve(knn_accuracies, images_per_s):
+        return pd.DataFrame(
+            {"knn_acc": [0.5, *knn_accuracies], "images_per_s": [float("nan"), *images_per_s]}
+        )
+
+    curves = {
+        "fp32": curve([0.52, 0.54], [40, 42]),
+        "bf16": curve([0.51, 0.53], [60, 66]),
+        "fp16": curve([0.55, float("nan")], [4, 4]),
+    }
+    assert result_line(curves, ["fp32", "bf16"], 2) == (
+        "RESULT knn_fp32=0.5400 knn_bf16=0.5300 knn_bf16_minus_fp32=-0.0100 "
+        "bf16_vs_fp32_images_per_s=1.54 epochs=2"
+    )
+    assert result_line(curves, ["fp32", "fp16"], 2) == (
+        "RESULT knn_fp32=0.5400 knn_fp16=0.5500 knn_fp16_minus_fp32=+0.0100 "  # fp16's last k-NN: epoch 1
+        "fp16_vs_fp32_images_per_s=0.10 epochs=2"
+    )
 
 
 @pytest.mark.slow
