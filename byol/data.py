@@ -219,6 +219,14 @@ def make_split(
         reasons = pd.Series([reason.split(":")[0] for reason in rejected["reason"]]).value_counts()
         found = ", ".join(f"{count} {reason}" for reason, count in reasons.items()) or "no files"
         raise UserError(f"no usable image under {data_dir} ({found}); point --data-dir at the images")
+    # A folder with nothing usable (an empty folder, macOS's __MACOSX from an unzipped archive) would
+    # still be a class: one with no training or test image, and a quota no --n-labelled can meet.
+    empty = [name for name in classes if not (kept["class_name"] == name).any()]
+    if empty:
+        raise UserError(
+            f"class folder(s) {', '.join(empty)} under {data_dir} hold no usable image; every "
+            "sub-folder of --data-dir is a class: remove or fill them"
+        )
     splits = assign_splits(kept, classes, n_labelled, n_test, seed)
     columns = ["path", "label", "class_name", "split", "width", "height", "format"]
     return SplitResult(splits[columns], rejected, classes)

@@ -143,6 +143,12 @@ def written(path, data: bytes):
     return path
 
 
+def macos_zip_folder(folder):
+    """What unzipping an archive made on a Mac adds: __MACOSX holding only AppleDouble '._' files."""
+    written(folder / "__MACOSX" / "circle" / "._0.png", b"\0\5\26\7")
+    return folder
+
+
 def only_broken_files(folder):
     written(folder / "cat" / "text.jpg", b"not a picture")
     written(folder / "dog" / "empty.jpg", b"")
@@ -161,6 +167,7 @@ def only_broken_files(folder):
         (lambda f, t: ["--data-dir", f, "--workers", 0], "--workers"),
         (lambda f, t: ["--data-dir", written(t / "a_file.jpg", b"x")], "a_file.jpg is a file"),
         (lambda f, t: ["--data-dir", only_broken_files(t / "broken")], "(1 not an image, 1 empty file)"),
+        (lambda f, t: ["--data-dir", macos_zip_folder(f)], "class folder(s) __MACOSX under"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_leaves_the_previous_split(
