@@ -99,6 +99,8 @@ class PretrainConfig:
             raise UserError(f"--warmup-fraction {self.warmup_fraction}: must be in [0, 1)")
         if not 0 <= self.tau_base <= 1:
             raise UserError(f"--tau-base {self.tau_base}: must be in [0, 1]")
+        if not 0 <= self.seed < 2**32:  # seeded_generator's seed x 1,000,003 must fit in 64 bits
+            raise UserError(f"--seed {self.seed}: use an integer from 0 to {2**32 - 1}")
         if self.optimizer != "lars" and self.lars_trust != PretrainConfig.lars_trust:
             raise UserError(f"--lars-trust applies to --optimizer lars only, not {self.optimizer}")
         cache_size = self.cache_size or default_cache_size(self.image_size)

@@ -237,6 +237,7 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_a_byte_is_written(split_
         (["--warmup-fraction", "1"], "--warmup-fraction 1.0: must be in [0, 1)"),
         (["--batch-size", "1"], "--batch-size: must be 2 or more"),
         (["--image-size", "7", "--cache-size", "8"], "--image-size 7: must be 8 px or more"),
+        (["--seed", "99999999999999"], "--seed 99999999999999: use an integer from 0 to 4294967295"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(split_dir, args, message):
@@ -257,6 +258,7 @@ def test_bad_input_is_one_line_and_exit_2(split_dir, args, message):
         ({"batch_size": 1}, "--batch-size 1: must be 2 or more"),
         ({"optimizer": "adamw", "lars_trust": 0.02}, "--lars-trust applies to --optimizer lars only"),
         ({"image_size": 4}, "--image-size 4: must be 8 px or more"),
+        ({"seed": -1}, "--seed -1: use an integer"),
     ],
 )
 def test_library_config_checks_what_the_cli_checks(overrides, message):
