@@ -31,6 +31,7 @@ from byol.finetune import (
     train_one_run,
 )
 from byol.model import MIN_BATCH_SIZE, MIN_BATCH_SIZE_REASON
+from byol.plots import mean_and_std
 from byol.pretrain import PretrainConfig
 from byol.resume import check_fresh_start
 
@@ -261,9 +262,9 @@ def format_summary(summary: pd.DataFrame) -> str:
     """One line per condition: init, mode, labels, test accuracy mean +- std over seeds."""
     lines = []
     for row in summary.itertuples():
-        std = 0.0 if math.isnan(row.test_acc_std) else row.test_acc_std
+        accuracy = mean_and_std(row.test_acc_mean, row.test_acc_std)
         lines.append(
-            f"{row.init:>6} {row.mode:>8}  n={row.n_labels:<4} test_acc {row.test_acc_mean:.3f} ± {std:.3f}  "
-            f"({row.seeds} seeds, {row.epochs} epochs)"
+            f"{row.init:>6} {row.mode:>8}  n={row.n_labels:<4} test_acc {accuracy}  "
+            f"({row.seeds} seed{'s' * (row.seeds > 1)}, {row.epochs} epochs)"
         )
     return "\n".join(lines)

@@ -189,6 +189,13 @@ def plot_label_efficiency(summary: pd.DataFrame, path: Path) -> None:
     save_figure(figure, path)
 
 
+def mean_and_std(mean: float, std: float, signed: bool = False) -> str:
+    """Mean ± std over seeds as text; one seed has no spread (its sample std is NaN), which a
+    "± 0.000" would hide."""
+    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return f"{text} ± {std:.3f}" if math.isfinite(std) else f"{text} (one seed: no spread)"
+
+
 def summary_markdown(
     summary: pd.DataFrame,
     classifier_config: dict,
@@ -204,23 +211,17 @@ def summary_markdown(
         "|---:|---|---|---|---:|---:|",
     ]
     for row in summary.itertuples():
-        std = 0.0 if math.isnan(row.test_acc_std) else row.test_acc_std
+        accuracy = mean_and_std(row.test_acc_mean, row.test_acc_std)
         lines.append(
-            f"| {row.n_labels} | {row.mode} | {row.init} | {row.test_acc_mean:.3f} ± {std:.3f} | "
-            f"{row.seeds} | {row.epochs} |"
+            f"| {row.n_labels} | {row.mode} | {row.init} | {accuracy} | {row.seeds} | {row.epochs} |"
         )
     differences = []
     for (n_labels, mode), group in summary.groupby(["n_labels", "mode"], sort=False):
         by_init = group.set_index("init")
         if {"random", "byol"} <= set(by_init.index):
             gain = by_init.loc["byol", "test_acc_mean"] - by_init.loc["random", "test_acc_mean"]
-            spread = math.hypot(
-                *(
-                    by_init.loc[i, "test_acc_std"] if by_init.loc[i, "seeds"] > 1 else 0.0
-                    for i in ("byol", "random")
-                )
-            )
-            differences.append(f"| {n_labels} | {mode} | {gain:+.3f} ± {spread:.3f} |")
+            spread = math.hypot(*by_init.loc[["byol", "random"], "test_acc_std"])  # NaN if one seed
+            differences.append(f"| {n_labels} | {mode} | {mean_and_std(gain, spread, signed=True)} |")
     if differences:
         lines += [
             "",
