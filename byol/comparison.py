@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from byol.cache import check_view_size, default_cache_size, load_cache
-from byol.data import read_split
+from byol.data import Split, read_split
 from byol.device import MEMORY_FORMAT, resolve_precision
 from byol.distributed import Ranks, process_group
 from byol.errors import UserError
@@ -83,6 +83,26 @@ def check_config(config: ClassifierConfig) -> None:
             raise UserError(f"{flag} {','.join(values)}: choose from {','.join(allowed)}")
 
 
+def check_labelled(split: Split, config: ClassifierConfig, world_size: int) -> None:
+    """Before the first run trains, so that no count fails hours into the grid: every class has a
+    labelled image, and every --n-labels gives each fine-tuning process the two images BatchNorm needs."""
+    present = set(split.table.loc[split.indices("labelled"), "label"])
+    missing = [name for label, name in enumerate(split.classes) if label not in present]
+    if missing:
+        raise UserError(
+            f"the split has no labelled image of {', '.join(missing)}; re-run data_split.py with "
+            f"--n-labelled {len(split.classes)} or more"
+        )
+    least = MIN_BATCH_SIZE * world_size if "finetune" in config.modes else 1
+    for n_labels in config.n_labels:
+        n_images = len(balanced_subset(split, n_labels, seed=0))  # raises for an impossible count
+        if n_images < least:
+            raise UserError(
+                f"--n-labels {n_images}: fine-tuning in {world_size} process(es) needs {least} labelled "
+                f"images or more ({MIN_BATCH_SIZE} per process, for BatchNorm)"
+            )
+
+
 def summarize(metrics: pd.DataFrame) -> pd.DataFrame:
     """Final-epoch test accuracy and loss per condition: mean and std (sample, over seeds)."""
     final = metrics.loc[metrics.groupby(["init", "mode", "n_labels", "seed"])["epoch"].idxmax()]
@@ -141,6 +161,7 @@ def _run_classifiers(
     test_rows = split.indices("test")
     if not test_rows:
         raise UserError("the split has no test images; re-run data_split.py with --n-test above 0")
+    check_labelled(split, config, ranks.world_size)
     images = load_cache(split, out_dir, config.cache_size, torch.device("cpu"), ranks)  # (N, 3, S, S) uint8
     labels = torch.tensor(split.table["label"].to_numpy())
     fmt = MEMORY_FORMAT

@@ -13,11 +13,13 @@ from conftest import TINY_BYOL, run_script, write_split
 from torch import nn
 from tqdm import tqdm
 
-from byol.comparison import METRIC_COLUMNS
+from byol.comparison import METRIC_COLUMNS, check_labelled, format_summary, summarize
 from byol.data import read_split
 from byol.demo_images import make_demo_images
+from byol.errors import UserError
 from byol.finetune import ClassifierConfig, balanced_subset, standardize, train_one_run
 from byol.model import resnet18_backbone
+from byol.plots import summary_markdown
 
 FAST = ["--epochs", "2", "--batch-size", "8", "--image-size", "32", "--cache-size", "36", "--device", "cpu"]
 
@@ -242,6 +244,7 @@ def truncate(path, size: int) -> None:
         (lambda out: truncate(out / "byol.pt", 1000), [], "byol.pt is not a readable checkpoint"),
         (lambda out: None, ["--inits", "random,imagenet"], "--inits"),
         (lambda out: None, ["--n-labels", "500"], "--n-labels 500"),
+        (lambda out: None, ["--n-labels", "4,500"], "--n-labels 500"),  # before the 4-label runs train
         (lambda out: None, ["--n-labels", "-3"], "--n-labels"),
         (lambda out: None, ["--head-lr", "0"], "--head-lr: must be above 0"),
         (lambda out: None, ["--probe-lrs", "1e-3,0"], "--probe-lrs: must be above 0"),
@@ -256,6 +259,61 @@ def test_bad_input_is_one_line_exit_2(pretrained, prepare, args, message):
     result = run_script("train_classifier.py", "--out-dir", pretrained, *FAST, *args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (pretrained / "classifier_metrics.csv").exists()  # refused before any run trained
+
+
+def test_labelled_images_too_few_for_the_grid_are_refused_before_training(tmp_path):
+    images = make_demo_images(tmp_path / "images", per_class=12, size=40)
+    unlabelled = write_split(images, tmp_path / "unlabelled", 0, 8)  # was a ZeroDivisionError
+    result = run_script("train_classifier.py", "--out-dir", unlabelled, "--inits", "random", *FAST)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no labelled image of circle, square; re-run data_split.py with --n-labelled 2" in result.stderr
+    # Under torchrun each fine-tuning process needs two images (BatchNorm); a linear probe needs none.
+    split = read_split(write_split(images, tmp_path / "two", 2, 8))
+    with pytest.raises(UserError, match="--n-labels 2: fine-tuning in 2 process"):
+        check_labelled(split, ClassifierConfig(), world_size=2)
+    check_labelled(split, ClassifierConfig(), world_size=1)
+    check_labelled(split, ClassifierConfig(modes=["frozen"]), world_size=2)
+
+
+def final_metrics(accuracies: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
+    """One final epoch per seed for each (init, mode): the rows summarize() reads."""
+    rows = [
+        {
+            "init": init,
+            "mode": mode,
+            "seed": seed,
+            "n_labels": 250,
+            "epoch": 30,
+            "test_acc": acc,
+            "test_loss": 0.7,
+        }
+        for (init, mode), accs in accuracies.items()
+        for seed, acc in enumerate(accs)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_one_seed_is_shown_without_a_spread_rather_than_plus_minus_zero():
+    summary = summarize(
+        final_metrics(
+            {
+                ("random", "finetune"): [0.60],
+                ("byol", "finetune"): [0.70],
+                ("random", "frozen"): [0.50, 0.54],
+                ("byol", "frozen"): [0.58, 0.62],
+            }
+        )
+    )
+    table = summary_markdown(summary, {}, None)
+    assert "| 250 | finetune | random | 0.600 (one seed: no spread) | 1 | 30 |" in table
+    assert "| 250 | frozen | byol | 0.600 ± 0.028 | 2 | 30 |" in table
+    assert "| 250 | finetune | +0.100 (one seed: no spread) |" in table  # not "± 0.000"
+    assert "| 250 | frozen | +0.080 ± 0.040 |" in table  # hypot(0.028, 0.028)
+    assert "± 0.000" not in table
+    printed = format_summary(summary)
+    assert "test_acc 0.700 (one seed: no spread)  (1 seed, 30 epochs)" in printed
+    assert "test_acc 0.520 ± 0.028  (2 seeds, 30 epochs)" in printed
 
 
 def test_plot_results_without_metrics_is_a_clear_error(tmp_path):
