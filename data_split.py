@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from byol.cli import non_negative_int, positive_int, run_stage
-from byol.data import SPLITS_FILE, make_split, save_split, summary_table
+from byol.data import SPLITS_FILE, check_out_dir, make_split, save_split, summary_table
 from byol.download import PETIMAGES_URL, download_and_extract
 
 
@@ -73,6 +73,7 @@ def main() -> None:
         image_dir = download_and_extract(args.url, args.data_dir or Path("data"))
     else:
         image_dir = args.data_dir or Path("data/PetImages")
+    check_out_dir(image_dir, args.out_dir)
     result = make_split(
         image_dir, args.n_labelled, args.n_test, args.seed, args.workers, args.min_size, args.max_pixels
     )

@@ -54,6 +54,17 @@ def list_classes(data_dir: Path) -> list[str]:
     return classes
 
 
+def check_out_dir(data_dir: Path, out_dir: Path) -> None:
+    """Refuse an --out-dir inside --data-dir: its sub-folders (the cache, a results folder holding
+    PNG figures) would be scanned as a class of images by the next split."""
+    data, out = data_dir.resolve(), out_dir.resolve()
+    if out == data or data in out.parents:
+        raise UserError(
+            f"--out-dir {out_dir} is inside --data-dir {data_dir}, where every sub-folder is a class; "
+            "choose an --out-dir outside it"
+        )
+
+
 def list_files(data_dir: Path, classes: list[str]) -> list[str]:
     """Every file under each class folder (recursively), relative to `data_dir`, sorted.
 

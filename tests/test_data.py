@@ -199,6 +199,15 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_previous_split(
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+@pytest.mark.parametrize("inside", [".", "results", "circle/results"])
+def test_an_out_dir_inside_the_data_dir_is_refused(image_folder, inside):
+    # Its cache and figures would be a class of images to the next split.
+    folder = image_folder(per_class=6)
+    result = run_script("data_split.py", "--data-dir", folder, "--out-dir", folder / inside, "--workers", 1)
+    assert result.returncode == 2 and "is inside --data-dir" in result.stderr, result.stderr
+    assert not (folder / inside / "splits.csv").exists()
+
+
 def test_later_stages_notice_an_edited_or_stale_split(image_folder, tmp_path):
     folder = image_folder(per_class=10)
     out = tmp_path / "out"
