@@ -22,10 +22,15 @@ MODE_TITLES = {"finetune": "Full fine-tuning", "frozen": "Frozen backbone (linea
 DPI = 150
 
 
-def new_figure() -> tuple[Figure, list[Axes]]:
-    """Two panels side by side; a bare Figure (no pyplot), so no display or global state is involved."""
-    figure = Figure(figsize=(12, 4.5))
-    return figure, list(figure.subplots(1, 2))
+def new_figure(panels: int = 2) -> tuple[Figure, list[Axes]]:
+    """Panels side by side; a bare Figure (no pyplot), so no display or global state is involved."""
+    figure = Figure(figsize=(6 * panels, 4.5))
+    return figure, list(figure.subplots(1, panels, squeeze=False)[0])
+
+
+def modes_in(frame: pd.DataFrame) -> list[str]:
+    """The modes that were run, in panel order: one panel each (a run of one mode gets one panel)."""
+    return [mode for mode in MODE_TITLES if mode in set(frame["mode"])]
 
 
 def save_figure(figure: Figure, path: Path) -> None:
@@ -51,12 +56,9 @@ def main_setting(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def side_by_side(metrics: pd.DataFrame, draw, ylabel: str, title: str, log_y: bool = False) -> Figure:
-    modes = [mode for mode in MODE_TITLES if mode in set(metrics["mode"])]
-    figure, axes = new_figure()
-    for axis, mode in zip(axes, modes + [None] * (2 - len(modes))):
-        if mode is None:
-            axis.set_axis_off()
-            continue
+    modes = modes_in(metrics)
+    figure, axes = new_figure(len(modes))
+    for axis, mode in zip(axes, modes):
         for init in [init for init in INIT_COLOURS if init in set(metrics["init"])]:
             draw(axis, metrics[(metrics["mode"] == mode) & (metrics["init"] == init)], init)
         axis.set_title(MODE_TITLES[mode])
@@ -78,8 +80,8 @@ def side_by_side(metrics: pd.DataFrame, draw, ylabel: str, title: str, log_y: bo
 
 
 def describe(metrics: pd.DataFrame) -> str:
-    seeds = metrics["seed"].nunique()
-    return f"{int(metrics['n_labels'].max())} labels, mean ± std over {seeds} seed{'s' * (seeds > 1)}"
+    seeds, n_labels = metrics["seed"].nunique(), int(metrics["n_labels"].max())
+    return f"{n_labels} labels, mean ± std over {seeds} seeds" if seeds > 1 else f"{n_labels} labels, 1 seed"
 
 
 def plot_loss_curves(metrics: pd.DataFrame, path: Path) -> None:
@@ -106,9 +108,8 @@ def plot_accuracy(metrics: pd.DataFrame, n_classes: int, path: Path) -> None:
         metrics, draw, "test accuracy (fraction correct)", f"Test accuracy ({describe(metrics)})"
     )
     for axis in figure.axes:
-        if axis.get_visible() and axis.axison:
-            axis.axhline(1 / n_classes, color="black", linewidth=0.8, linestyle=":", label="chance")
-            axis.legend(fontsize=8)
+        axis.axhline(1 / n_classes, color="black", linewidth=0.8, linestyle=":", label="chance")
+        axis.legend(fontsize=8)
     save_figure(figure, path)
 
 
@@ -160,8 +161,9 @@ def plot_pretraining(byol_metrics: pd.DataFrame, path: Path) -> None:
 
 
 def plot_label_efficiency(summary: pd.DataFrame, path: Path) -> None:
-    figure, axes = new_figure()
-    for axis, mode in zip(axes, MODE_TITLES):
+    modes = modes_in(summary)
+    figure, axes = new_figure(len(modes))
+    for axis, mode in zip(axes, modes):
         for init, colour in INIT_COLOURS.items():
             rows = summary[(summary["mode"] == mode) & (summary["init"] == init)].sort_values("n_labels")
             if rows.empty:

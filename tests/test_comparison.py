@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import matplotlib.image
 import pandas as pd
 import pytest
 import torch
@@ -19,7 +20,7 @@ from byol.demo_images import make_demo_images
 from byol.errors import UserError
 from byol.finetune import ClassifierConfig, balanced_subset, standardize, train_one_run
 from byol.model import resnet18_backbone
-from byol.plots import summary_markdown
+from byol.plots import plot_accuracy, plot_label_efficiency, plot_loss_curves, summary_markdown
 
 FAST = ["--epochs", "2", "--batch-size", "8", "--image-size", "32", "--cache-size", "36", "--device", "cpu"]
 
@@ -314,6 +315,28 @@ def test_one_seed_is_shown_without_a_spread_rather_than_plus_minus_zero():
     printed = format_summary(summary)
     assert "test_acc 0.700 (one seed: no spread)  (1 seed, 30 epochs)" in printed
     assert "test_acc 0.520 ± 0.028  (2 seeds, 30 epochs)" in printed
+
+
+def test_a_grid_of_one_mode_is_drawn_in_one_panel(tmp_path):
+    # --modes frozen: one panel per figure, not the frozen one beside an empty half.
+    metrics = pd.DataFrame(
+        [
+            {"init": init, "mode": "frozen", "seed": 0, "n_labels": n, "epoch": epoch}
+            | {"train_loss": 0.5, "test_loss": 0.6, "test_acc": 0.6}
+            for init in ("random", "byol")
+            for n in (10, 20)
+            for epoch in (1, 2)
+        ]
+    )
+    drawn = {
+        "loss_curves.png": lambda path: plot_loss_curves(metrics, path),
+        "accuracy.png": lambda path: plot_accuracy(metrics, 2, path),
+        "label_efficiency.png": lambda path: plot_label_efficiency(summarize(metrics), path),
+    }
+    for name, draw in drawn.items():
+        draw(tmp_path / name)
+        height, width, _ = matplotlib.image.imread(tmp_path / name).shape
+        assert width < 1.5 * height, name
 
 
 def test_plot_results_without_metrics_is_a_clear_error(tmp_path):
