@@ -7,7 +7,6 @@ split_config.json to --out-dir. Run `python data_split.py --help` for the flags.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from PIL import Image
 
 from byol.cli import non_negative_int, positive_int, run_stage
 from byol.data import SPLITS_FILE, check_out_dir, make_split, save_split, summary_table
+from byol.device import available_cpus
 from byol.download import PETIMAGES_URL, download_and_extract
 
 
@@ -42,7 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers",
         type=positive_int,
-        default=os.cpu_count() or 1,
+        default=available_cpus(),
         help="processes decoding images in parallel",
     )
     parser.add_argument(

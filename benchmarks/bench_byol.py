@@ -25,7 +25,6 @@ RESULT pipeline_vs_model_only=... pipeline_vs_usual=... pipeline_images_per_s=..
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
 import tempfile
@@ -45,6 +44,7 @@ from byol.device import (
     AUTOCAST_DTYPES,
     MEMORY_FORMAT,
     PRECISIONS,
+    available_cpus,
     grad_scaler,
     resolve_device,
     resolve_precision,
@@ -200,7 +200,7 @@ def prepare_split(data_dir: Path | None, work_dir: Path, size: int) -> Path:
     if data_dir is None:
         print(f"no --data-dir and no {REAL_DATA}: generating {LARGE} images", flush=True)
         data_dir = make_demo_images(work_dir / "images", per_class=LARGE // 2, size=size)
-    result = make_split(data_dir, 2, 0, seed=0, workers=os.cpu_count() or 1, min_size=8, max_pixels=10**8)
+    result = make_split(data_dir, 2, 0, seed=0, workers=available_cpus(), min_size=8, max_pixels=10**8)
     save_split(result, data_dir, work_dir, {"n_labelled": 2, "n_test": 0, "seed": 0})
     return work_dir
 
@@ -216,7 +216,7 @@ def main() -> None:
     parser.add_argument("--cache-size", type=int, default=0, help="default: 1.15 x --image-size, as training")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers")
+    parser.add_argument("--workers", type=int, default=available_cpus(), help="DataLoader workers")
     parser.add_argument("--data-dir", type=Path, default=REAL_DATA if REAL_DATA.is_dir() else None)
     parser.add_argument("--work-dir", type=Path, help="keeps the split and cache between runs")
     parser.add_argument("--variants", action="store_true", help="also time each precision/memory format")

@@ -7,7 +7,6 @@ changes (its JSON records both), so training never decodes a JPEG in its inner l
 from __future__ import annotations
 
 import json
-import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tqdm import tqdm
 from byol.augment import MIN_IMAGE_SIZE
 from byol.capacity import check_disk_space
 from byol.data import Split
+from byol.device import available_cpus
 from byol.distributed import SINGLE_PROCESS, Ranks
 from byol.errors import UserError
 from byol.files import atomic_path, write_json
@@ -84,7 +84,7 @@ def build_cache(split: Split, out_dir: Path, size: int, workers: int | None = No
     check_disk_space(array_path, len(paths) * 3 * size * size)
     chunk = 256
     jobs = [(split.data_dir, paths[i : i + chunk], size) for i in range(0, len(paths), chunk)]
-    workers = workers or os.cpu_count() or 1
+    workers = workers or available_cpus()
     with atomic_path(array_path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
         row = 0

@@ -1,13 +1,18 @@
 """Choosing the precision (byol/device.py): bf16 only where the hardware computes it natively; fp16
-only when asked, with loss scaling."""
+only when asked, with loss scaling. And how many cores the process may use."""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import ROOT
 
 from byol import device as device_module
 from byol.device import grad_scaler, resolve_precision
@@ -77,3 +82,17 @@ def test_only_fp16_scales_the_loss():
 def test_an_unknown_precision_is_a_user_error():
     with pytest.raises(UserError, match="--precision 'fp8'"):
         resolve_precision("fp8", torch.device("cpu"))
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or shutil.which("taskset") is None or (os.cpu_count() or 1) < 2,
+    reason="needs Linux's affinity mask, taskset and 2 or more cores",
+)
+def test_data_split_decodes_with_the_cores_it_was_given_not_the_machines():
+    # As under Slurm or docker --cpuset-cpus: one core of the machine's os.cpu_count().
+    code = "import data_split; print(data_split.get_args_parser().get_default('workers'))"
+    result = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "1"
