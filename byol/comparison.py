@@ -26,6 +26,7 @@ from byol.finetune import (
     MODES,
     ClassifierConfig,
     balanced_subset,
+    images_per_step,
     load_byol_backbone,
     make_backbone,
     train_one_run,
@@ -93,7 +94,7 @@ def check_labelled(split: Split, config: ClassifierConfig, world_size: int) -> N
             f"the split has no labelled image of {', '.join(missing)}; re-run data_split.py with "
             f"--n-labelled {len(split.classes)} or more"
         )
-    least = MIN_BATCH_SIZE * world_size if "finetune" in config.modes else 1
+    least = images_per_step(world_size, "finetune" in config.modes)
     for n_labels in config.n_labels:
         n_images = len(balanced_subset(split, n_labels, seed=0))  # raises for an impossible count
         if n_images < least:

@@ -58,6 +58,12 @@ class ClassifierConfig:
     sync_bn: bool = False  # fine-tuning under torchrun: BatchNorm statistics over the global batch
 
 
+def images_per_step(world_size: int, finetune: bool) -> int:
+    """The fewest images a training step can take: fine-tuning's BatchNorm needs two on every
+    process; a linear probe trains the whole batch on every process, so one image will do."""
+    return world_size * MIN_BATCH_SIZE if finetune else 1
+
+
 def balanced_subset(split: Split, n_labels: int, seed: int) -> list[int]:
     """`n_labels` cache rows of the labelled split, balanced across classes, chosen by `seed`.
 
@@ -272,8 +278,7 @@ def train_one_run(
         totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, images
         for global_rows in torch.randperm(len(train_inputs), generator=order_generator).split(global_batch):
             start, stop = shards.shard_bounds(len(global_rows))
-            # Skip a last batch too small to give every rank an image (fine-tuning: the two BatchNorm needs).
-            if len(global_rows) < shards.world_size * (MIN_BATCH_SIZE if finetune else 1):
+            if len(global_rows) < images_per_step(shards.world_size, finetune):  # a too-small last batch
                 continue
             rows_here = global_rows[start:stop]
             batch, labels = train_inputs[rows_here].to(device), train_labels[rows_here].to(device)
