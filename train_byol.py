@@ -94,6 +94,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="k-NN monitor every N epochs (0: only at the start and end)",
     )
     parser.add_argument(
+        "--diag-voters",
+        type=non_negative_int,
+        default=defaults.diag_voters,
+        help="diagnostic k-NN (k=20 and k=200, columns diag_knn_k20/k200): this many non-test images "
+        "(balanced, a fixed sample) vote with their folder labels, which the low-label setting does not "
+        "have. It measures the features precisely enough to choose a pretraining recipe; nothing in the "
+        "comparison (probe or fine-tuning rates) may use it. 0: off",
+    )
+    parser.add_argument(
         "--max-images",
         type=non_negative_int,
         default=defaults.max_images,

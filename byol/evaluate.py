@@ -13,7 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from byol.augment import normalize_imagenet
+from byol.data import Split, split_rank
 from byol.device import autocast
+
+# The diagnostic k-NN's voters are drawn by a hash of this seed and each path: one fixed sample for
+# every run on a split, whatever its --seed or --max-images, so that trials are scored alike.
+VOTER_SEED = 20
 
 
 def eval_view(images: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -48,6 +53,29 @@ def extract_features(
             features.append(backbone(batch).float())
     backbone.train(was_training)
     return torch.cat(features)
+
+
+def diagnostic_voters(split: Split, n_voters: int) -> list[int]:
+    """A fixed, balanced sample of `n_voters` non-test cache rows, the same number per class.
+
+    The voters of the diagnostic k-NN: thousands of labelled images that the low-label setting does
+    not have, used only to rank pretraining recipes (a k-NN with the 250 labelled voters moves by
+    about +-0.02 between equal runs, the size of the effects to see). Drawn from every non-test image,
+    labelled and unlabelled alike, so the sample never holds a test image and never changes when
+    --n-labelled does (data_split draws the test set first). A class with fewer images than its share
+    lowers every class's share, so that the voters stay balanced.
+    """
+    table = split.table.loc[split.indices("labelled", "unlabelled")]
+    if n_voters <= 0 or table.empty:
+        return []
+    per_class_available = table["label"].value_counts().reindex(range(len(split.classes)), fill_value=0)
+    per_class = min(n_voters // len(split.classes), int(per_class_available.min()))
+    chosen = []
+    for label in range(len(split.classes)):
+        rows = table[table["label"] == label]
+        ranked = sorted(zip(rows["path"], rows.index), key=lambda item: split_rank(VOTER_SEED, item[0]))
+        chosen.extend(row for _, row in ranked[:per_class])
+    return sorted(chosen)
 
 
 def knn_accuracy(

@@ -27,7 +27,7 @@ from byol.data import Split, read_split
 from byol.device import MEMORY_FORMAT, grad_scaler, resolve_precision
 from byol.distributed import Ranks, average_buffers, process_group, sync_batchnorm, wrap
 from byol.errors import Stopped, UserError
-from byol.evaluate import effective_rank, extract_features, knn_accuracy
+from byol.evaluate import diagnostic_voters, effective_rank, extract_features, knn_accuracy
 from byol.files import load_torch, save_torch, write_csv, write_json
 from byol.model import BYOL, MIN_BATCH_SIZE, MIN_BATCH_SIZE_REASON, RESNET18_FEATURES, resnet18_backbone
 from byol.optim import OPTIMIZERS, default_lr, make_optimizer
@@ -77,6 +77,9 @@ class PretrainConfig:
     blur_sigma_max: float = 2.0
     seed: int = 0
     knn_every: int = 1
+    # The diagnostic k-NN's voters: this many non-test images with their folder labels (0: off).
+    # Labels the low-label setting does not have, for ranking recipes only (evaluate.diagnostic_voters).
+    diag_voters: int = 5000
     max_images: int = 0  # 0: all non-test images
     sync_bn: bool = False  # BatchNorm statistics over the global batch when several processes train
 
@@ -119,35 +122,87 @@ def pretraining_indices(split: Split, max_images: int, seed: int) -> list[int]:
 
 
 # The monitor's columns of byol_metrics.csv, for an epoch it skips (--knn-every) or cannot score.
-NOT_MONITORED = {"knn_acc": math.nan, "feature_std": math.nan, "feature_rank": math.nan}
+NOT_MONITORED = {
+    "knn_acc": math.nan,
+    "diag_knn_k20": math.nan,
+    "diag_knn_k200": math.nan,
+    "feature_std": math.nan,
+    "feature_rank": math.nan,
+    "monitor_seconds": math.nan,
+}
+DIAG_KS = (20, 200)  # the diagnostic k-NN's neighbours: the usual k, and a smoother vote over many voters
+
+
+@dataclass(frozen=True)
+class MonitorRows:
+    """The cache rows the monitor scores: the labelled voters, the test images and the diagnostic voters."""
+
+    labelled: list[int]
+    test: list[int]
+    voters: list[int]  # diagnostic_voters: non-test images, labels the low-label setting lacks
+    labels: torch.Tensor  # (N,) every cache row's folder label
+
+
+def monitor_rows(split: Split, diag_voters: int) -> MonitorRows:
+    labels = torch.tensor(split.table["label"].to_numpy())
+    voters = diagnostic_voters(split, diag_voters)
+    return MonitorRows(split.indices("labelled"), split.indices("test"), voters, labels)
 
 
 def knn_monitor(
     model: BYOL,
     images: torch.Tensor,
-    split: Split,
-    config: PretrainConfig,
+    rows: MonitorRows,
+    image_size: int,
     device: torch.device,
     precision: str,
     fmt: torch.memory_format,
 ) -> dict[str, float]:
-    """k-NN accuracy (labelled -> test), per-dimension std of the normalised features, effective rank.
+    """k-NN accuracy (labelled -> test, and diagnostic voters -> test), the per-dimension std of the
+    normalised features, their effective rank, and the seconds all of it took.
 
     Two collapse alarms. The std is near 0 when all images map to one point, about 1/sqrt(D) when
     the features are spread. The effective rank falls when the features keep their spread but
     squeeze into a few directions (dimensional collapse), which a linear probe then cannot undo.
+    Every image's features come from one pass, the voters' with the test images'.
     """
-    labelled, test = split.indices("labelled"), split.indices("test")
-    if not labelled or not test:
+    if not rows.labelled or not rows.test:
         return NOT_MONITORED
-    labels = torch.tensor(split.table["label"].to_numpy())
+    started = time.perf_counter()
+    unique = list(dict.fromkeys(rows.labelled + rows.test + rows.voters))
+    position = {row: i for i, row in enumerate(unique)}
     features = extract_features(
-        model.backbone, images, labelled + test, config.image_size, device, precision, memory_format=fmt
-    ).cpu()
-    train, held_out = features[: len(labelled)], features[len(labelled) :]
-    accuracy = knn_accuracy(train, labels[labelled], held_out, labels[test])
-    spread = F.normalize(features, dim=1).std(dim=0).mean().item()
-    return {"knn_acc": accuracy, "feature_std": spread, "feature_rank": effective_rank(features)}
+        model.backbone, images, unique, image_size, device, precision, memory_format=fmt
+    )
+    features = features.cpu()
+
+    def of(subset: list[int]) -> torch.Tensor:
+        return features[[position[row] for row in subset]]
+
+    test_features, test_labels = of(rows.test), rows.labels[rows.test]
+    result = dict(NOT_MONITORED)
+    result["knn_acc"] = knn_accuracy(
+        of(rows.labelled), rows.labels[rows.labelled], test_features, test_labels
+    )
+    if rows.voters:
+        voter_features, voter_labels = of(rows.voters), rows.labels[rows.voters]
+        for k in DIAG_KS:
+            result[f"diag_knn_k{k}"] = knn_accuracy(
+                voter_features, voter_labels, test_features, test_labels, k=k
+            )
+    # The collapse alarms on the labelled and test images, as before the diagnostic voters existed.
+    scored = features[: len(rows.labelled) + len(rows.test)]
+    result["feature_std"] = F.normalize(scored, dim=1).std(dim=0).mean().item()
+    result["feature_rank"] = effective_rank(scored)
+    result["monitor_seconds"] = time.perf_counter() - started
+    return result
+
+
+def describe_monitor(monitored: dict[str, float]) -> str:
+    return (
+        f"knn_acc {monitored['knn_acc']:.4f} diag_knn_k20 {monitored['diag_knn_k20']:.4f} "
+        f"diag_knn_k200 {monitored['diag_knn_k200']:.4f} feature_rank {monitored['feature_rank']:.1f}"
+    )
 
 
 def pretrain(
@@ -205,6 +260,7 @@ def _pretrain(
 
     split = read_split(out_dir)
     train_indices = pretraining_indices(split, config.max_images, config.seed)
+    watched = monitor_rows(split, config.diag_voters)
     global_batch = config.batch_size * ranks.world_size
     if global_batch > len(train_indices):
         processes = f" x {ranks.world_size} processes" if ranks.distributed else ""
@@ -256,7 +312,8 @@ def _pretrain(
     log.info(
         f"BYOL: {len(train_indices)} images, {steps_per_epoch} steps/epoch x {config.epochs} epochs, "
         f"global batch {global_batch} ({ranks.world_size} process(es)), {config.optimizer} lr "
-        f"{config.lr:g}, device {device}, precision {precision}"
+        f"{config.lr:g}, device {device}, precision {precision}; k-NN monitor: {len(watched.labelled)} "
+        f"labelled voters, {len(watched.voters)} diagnostic voters (non-test images with their labels)"
     )
 
     def save_checkpoint(next_batch: int, generator_state: torch.Tensor | None) -> None:
@@ -283,7 +340,7 @@ def _pretrain(
         """k-NN on rank 0 only (the others wait): every rank's backbone is the same."""
         result = NOT_MONITORED
         if ranks.is_main:
-            result = knn_monitor(model, images, split, config, device, precision, fmt)
+            result = knn_monitor(model, images, watched, config.image_size, device, precision, fmt)
         ranks.barrier()
         return result
 
@@ -310,7 +367,7 @@ def _pretrain(
                 "seconds": 0.0,
             }
         )
-        log.info(f"epoch 0: knn_acc {monitored['knn_acc']:.4f} feature_rank {monitored['feature_rank']:.1f}")
+        log.info(f"epoch 0: {describe_monitor(monitored)}")
 
     with StopRequest() as stop:
         while epoch < config.epochs:
@@ -395,8 +452,8 @@ def _pretrain(
                 }
             )
             log.info(
-                f"epoch {epoch}: loss {metrics[-1]['loss']:.4f} knn_acc {monitored['knn_acc']:.4f} "
-                f"feature_rank {monitored['feature_rank']:.1f} {metrics[-1]['images_per_s']:.1f} images/s"
+                f"epoch {epoch}: loss {metrics[-1]['loss']:.4f} {describe_monitor(monitored)} "
+                f"{metrics[-1]['images_per_s']:.1f} images/s"
             )
             batch_in_epoch, loss_sum = 0, 0.0
             save_checkpoint(0, None)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import write_split
 
-from byol.evaluate import effective_rank, knn_accuracy
+from byol.data import read_split
+from byol.evaluate import diagnostic_voters, effective_rank, knn_accuracy
 
 
 @pytest.mark.parametrize("used_directions", [1, 5, 40])
@@ -29,3 +31,26 @@ def test_knn_follows_the_nearest_labelled_images():
     test = torch.tensor([[1.0, 0.05], [0.05, 1.0], [0.2, 1.0]])
     accuracy = knn_accuracy(train, torch.tensor([0, 0, 1, 1]), test, torch.tensor([0, 1, 1]), k=2)
     assert accuracy == 1.0
+
+
+def test_weighted_knn_lets_close_neighbours_outvote_a_majority():
+    # The test image sits on one class-1 voter and between two class-0 voters: a majority of 3 says 0,
+    # the temperature-weighted vote (exp(sim / 0.07)) says 1.
+    train = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.8, -0.6]])
+    test = torch.tensor([[1.0, 0.0]])
+    assert knn_accuracy(train, torch.tensor([1, 0, 0]), test, torch.tensor([1]), k=3) == 1.0
+
+
+def test_diagnostic_voters_are_balanced_non_test_images_whatever_the_labelled_split(image_folder, tmp_path):
+    folder = image_folder(per_class=30, size=32)
+    splits = {n: read_split(write_split(folder, tmp_path / f"labelled{n}", n, 12)) for n in (4, 20)}
+    voters = {n: diagnostic_voters(split, 40) for n, split in splits.items()}
+    paths = {n: splits[n].table.loc[rows, "path"].tolist() for n, rows in voters.items()}
+    assert paths[4] == paths[20]  # --n-labelled moves images between labelled and unlabelled only
+    for n, split in splits.items():
+        chosen = split.table.loc[voters[n]]
+        assert not set(voters[n]) & set(split.indices("test"))
+        assert chosen["label"].value_counts().tolist() == [20, 20]
+        # More voters asked for than a class has: every class gives what the smallest one can.
+        assert len(diagnostic_voters(split, 1000)) == 2 * 24
+    assert diagnostic_voters(splits[4], 0) == []

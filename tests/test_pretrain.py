@@ -49,11 +49,15 @@ def test_train_byol_writes_weights_that_load_into_stock_resnet18(split_dir):
         "seconds",
         "feature_std",
         "feature_rank",
+        "diag_knn_k20",
+        "diag_knn_k200",
+        "monitor_seconds",
     }
     assert expected <= set(metrics.columns)
     assert metrics["epoch"].tolist() == [0, 1, 2]
-    assert metrics["knn_acc"].notna().all()  # epoch 0 (random init) included
-    assert (metrics["feature_rank"] >= 1).all()
+    for column in ("knn_acc", "diag_knn_k20", "diag_knn_k200"):  # epoch 0 (random init) included
+        assert metrics[column].between(0, 1).all(), column
+    assert (metrics["feature_rank"] >= 1).all() and (metrics["monitor_seconds"] > 0).all()
     assert (out / "byol_config.json").is_file() and (out / "byol_checkpoint.pt").is_file()
 
 
@@ -67,6 +71,17 @@ def test_loss_falls_and_features_do_not_collapse(split_dir):
     assert losses[-1] < 0.9 * losses[0] and min(losses[3:]) < losses[1], losses
     # Collapse would send the per-dimension spread of the normalised features to 0.
     assert metrics["feature_std"].iloc[-1] > 0.5 * metrics["feature_std"].iloc[0] > 0
+
+
+def test_diagnostic_knn_votes_with_many_non_test_images_and_can_be_turned_off(split_dir):
+    out = split_dir(per_class=40)
+    pretrain(tiny_config(epochs=1, max_images=16, diag_voters=48), out, device_name="cpu")
+    metrics = pd.read_csv(out / "byol_metrics.csv")
+    # Voters from every non-test image, not only the 16 pretrained on; k=200 is capped at the 48 voters.
+    assert metrics["diag_knn_k20"].notna().all() and metrics["diag_knn_k200"].notna().all()
+    pretrain(tiny_config(epochs=1, diag_voters=0), out, device_name="cpu", overwrite=True)
+    metrics = pd.read_csv(out / "byol_metrics.csv")
+    assert metrics["diag_knn_k20"].isna().all() and metrics["knn_acc"].notna().all()
 
 
 @pytest.mark.parametrize("knn_every, monitored_epochs", [(0, [0, 3]), (2, [0, 2, 3])])
