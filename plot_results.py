@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from byol.cli import run_stage
-from byol.comparison import CONFIG_FILE, METRICS_FILE, REQUIRED_METRIC_COLUMNS, summarize
+from byol.comparison import CONFIG_FILE, METRICS_FILE, REQUIRED_METRIC_COLUMNS, paired_summary, summarize
 from byol.data import SPLIT_CONFIG_FILE
 from byol.errors import UserError
 from byol.files import read_csv, read_json
@@ -50,7 +50,7 @@ def main() -> None:
     )
     if metrics.empty:
         raise UserError(f"{metrics_path} has no rows: run train_classifier.py again")
-    summary = summarize(metrics)
+    summary, paired = summarize(metrics), paired_summary(metrics)
     n_classes = len(read_json_if_present(out_dir / SPLIT_CONFIG_FILE).get("classes", [0, 1]))
     written = [out_dir / "loss_curves.png", out_dir / "accuracy.png"]
     plot_loss_curves(metrics, written[0])
@@ -64,10 +64,11 @@ def main() -> None:
         plot_pretraining(byol_metrics, written[-1])
     if summary["n_labels"].nunique() > 1:
         written.append(out_dir / "label_efficiency.png")
-        plot_label_efficiency(summary, written[-1])
+        plot_label_efficiency(summary, paired, written[-1])
     written.append(out_dir / "summary.md")
     write_summary(
         summary,
+        paired,
         read_json_if_present(out_dir / CONFIG_FILE),
         read_json_if_present(out_dir / BYOL_CONFIG_FILE),
         written[-1],

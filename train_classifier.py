@@ -1,8 +1,10 @@
 """Stage 3: train classifiers on the labelled images, random init vs BYOL init, fine-tuned vs frozen.
 
 Reads --out-dir/splits.csv and --out-dir/byol.pt; writes classifier_metrics.csv (init, mode, seed,
-n_labels, epoch, train_loss, train_acc, test_loss, test_acc, seconds, head_lr), classifier_summary.csv and
-classifier_config.json. Every condition gets the same head, labelled images, test split and budget.
+n_labels, epoch, train_loss, train_acc, test_loss, test_acc, seconds, head_lr, backbone_lr),
+classifier_summary.csv, classifier_paired.csv (BYOL - random per seed, with a 95 % interval) and
+classifier_config.json. Every condition gets the same head, labelled images, test split and budget;
+learning rates are chosen by cross-validation on the labelled images, never on the test split.
 
 Several GPUs (or CPU processes): torchrun --nproc-per-node N train_classifier.py ... fine-tunes
 data-parallel, each process taking --batch-size images per step (global batch: N x --batch-size).
@@ -23,7 +25,8 @@ from byol.cli import (
     positive_int,
     run_stage,
 )
-from byol.comparison import format_summary, run_classifiers
+from byol.comparison import PAIRED_FILE, format_summary, run_classifiers
+from byol.files import read_csv
 from byol.finetune import PROBE_FOLDS, ClassifierConfig
 
 
@@ -74,13 +77,36 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
     add_batch_and_device_arguments(parser, defaults.batch_size)
     parser.add_argument(
-        "--lr", type=positive_float, default=defaults.lr, help="AdamW learning rate of a fine-tuned backbone"
+        "--finetune-lrs",
+        type=comma_numbers(positive_float),
+        default=defaults.finetune_lrs,
+        help="fine-tuning: AdamW learning rates for the backbone; for each init and label count the one "
+        "with the best --finetune-folds cross-validated accuracy on seed 0's labelled images is used for "
+        f"every seed (default {','.join(f'{lr:g}' for lr in defaults.finetune_lrs)}; the test split plays "
+        "no part); one value: no choice",
+    )
+    parser.add_argument(
+        "--finetune-folds",
+        type=positive_int,
+        default=defaults.finetune_folds,
+        help="cross-validation folds that choose the fine-tuning rate (each fold fine-tunes a network)",
+    )
+    parser.add_argument(
+        "--cv-every-seed",
+        action="store_true",
+        help="choose the fine-tuning rate on every seed's own labelled images (x seeds the cost)",
+    )
+    parser.add_argument(
+        "--lp-ft",
+        action="store_true",
+        help="fine-tuning starts from the frozen-backbone linear probe's head, then trains everything at "
+        "the backbone's rate (LP-FT, Kumar et al. 2022)",
     )
     parser.add_argument(
         "--head-lr",
         type=positive_float,
         default=defaults.head_lr,
-        help="AdamW learning rate of the fine-tuned network's head",
+        help="AdamW learning rate of the fine-tuned network's head (without --lp-ft)",
     )
     parser.add_argument(
         "--probe-lrs",
@@ -123,7 +149,7 @@ def main() -> None:
         config, args.out_dir, args.device, args.precision, resume=args.resume, overwrite=args.overwrite
     )
     if int(os.environ.get("RANK", "0")) == 0:
-        print(format_summary(summary))
+        print(format_summary(summary, read_csv(args.out_dir / PAIRED_FILE, ["verdict"], "run again")))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ mean and std over seeds per condition) and classifier_config.json; resumes by sk
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
@@ -26,18 +26,22 @@ from byol.finetune import (
     MODES,
     ClassifierConfig,
     balanced_subset,
+    choose_finetune_lr,
+    cv_training_size,
     images_per_step,
     load_byol_backbone,
     make_backbone,
     train_one_run,
 )
 from byol.model import MIN_BATCH_SIZE, MIN_BATCH_SIZE_REASON
-from byol.plots import mean_and_std
+from byol.plots import mean_and_std, paired_text
 from byol.pretrain import PretrainConfig
 from byol.resume import check_fresh_start
+from byol.stats import paired_differences
 
 METRICS_FILE = "classifier_metrics.csv"
 SUMMARY_FILE = "classifier_summary.csv"
+PAIRED_FILE = "classifier_paired.csv"
 CONFIG_FILE = "classifier_config.json"
 METRIC_COLUMNS = [
     "init",
@@ -51,11 +55,16 @@ METRIC_COLUMNS = [
     "test_acc",
     "seconds",
     "head_lr",
+    "backbone_lr",
 ]
-# What every version of classifier_metrics.csv holds (seconds and head_lr were added later).
+# What the report reads (the committed earlier studies have no seconds, head_lr or backbone_lr).
 REQUIRED_METRIC_COLUMNS = METRIC_COLUMNS[: METRIC_COLUMNS.index("test_acc") + 1]
-# Settings only the frozen runs depend on: --resume with other values retrains those runs, keeps the rest.
-FROZEN_ONLY_SETTINGS = ("probe_lrs",)
+
+
+def frozen_only_settings(config: ClassifierConfig) -> tuple[str, ...]:
+    """Settings only the frozen runs depend on: --resume with other values retrains those runs and
+    keeps the rest. With --lp-ft the fine-tuning runs start from the probe, so none."""
+    return () if config.lp_ft else ("probe_lrs",)
 
 
 def resolve_sizes(config: ClassifierConfig, byol_config: dict) -> ClassifierConfig:
@@ -76,8 +85,11 @@ def resolve_sizes(config: ClassifierConfig, byol_config: dict) -> ClassifierConf
 def check_config(config: ClassifierConfig) -> None:
     if config.batch_size < MIN_BATCH_SIZE:
         raise UserError(f"--batch-size {config.batch_size}: {MIN_BATCH_SIZE_REASON}")
-    if not config.probe_lrs or not all(math.isfinite(lr) and lr > 0 for lr in config.probe_lrs):
-        raise UserError(f"--probe-lrs {config.probe_lrs}: give one or more learning rates above 0")
+    for flag, rates in (("--probe-lrs", config.probe_lrs), ("--finetune-lrs", config.finetune_lrs)):
+        if not rates or not all(math.isfinite(lr) and lr > 0 for lr in rates):
+            raise UserError(f"{flag} {rates}: give one or more learning rates above 0")
+    if config.finetune_folds < 2:
+        raise UserError(f"--finetune-folds {config.finetune_folds}: cross-validation needs 2 or more")
     for flag, values, allowed in (("--inits", config.inits, INITS), ("--modes", config.modes, MODES)):
         unknown = [value for value in values if value not in allowed]
         if unknown or not values:
@@ -94,7 +106,9 @@ def check_labelled(split: Split, config: ClassifierConfig, world_size: int) -> N
             f"the split has no labelled image of {', '.join(missing)}; re-run data_split.py with "
             f"--n-labelled {len(split.classes)} or more"
         )
-    least = images_per_step(world_size, "finetune" in config.modes)
+    finetune = "finetune" in config.modes
+    least = images_per_step(world_size, finetune)
+    choosing = finetune and len(config.finetune_lrs) > 1
     for n_labels in config.n_labels:
         n_images = len(balanced_subset(split, n_labels, seed=0))  # raises for an impossible count
         if n_images < least:
@@ -102,11 +116,27 @@ def check_labelled(split: Split, config: ClassifierConfig, world_size: int) -> N
                 f"--n-labels {n_images}: fine-tuning in {world_size} process(es) needs {least} labelled "
                 f"images or more ({MIN_BATCH_SIZE} per process, for BatchNorm)"
             )
+        if choosing and cv_training_size(n_images, config.finetune_folds) < least:
+            raise UserError(
+                f"--n-labels {n_images}: too few to choose the fine-tuning rate by {config.finetune_folds}-"
+                f"fold cross-validation (each fold fine-tunes on {least} images or more); lower "
+                "--finetune-folds or pass one --finetune-lrs value"
+            )
+
+
+def final_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: its last epoch."""
+    return metrics.loc[metrics.groupby(["init", "mode", "n_labels", "seed"])["epoch"].idxmax()]
+
+
+def paired_summary(metrics: pd.DataFrame) -> pd.DataFrame:
+    """BYOL − random per (label count, mode): the mean per-seed paired difference and its 95 % interval."""
+    return paired_differences(final_rows(metrics))
 
 
 def summarize(metrics: pd.DataFrame) -> pd.DataFrame:
     """Final-epoch test accuracy and loss per condition: mean and std (sample, over seeds)."""
-    final = metrics.loc[metrics.groupby(["init", "mode", "n_labels", "seed"])["epoch"].idxmax()]
+    final = final_rows(metrics)
     summary = final.groupby(["init", "mode", "n_labels"], sort=False).agg(
         seeds=("seed", "nunique"),
         epochs=("epoch", "max"),
@@ -122,6 +152,12 @@ def summarize(metrics: pd.DataFrame) -> pd.DataFrame:
         key=lambda c: c.map(order) if c.name != "n_labels" else c,
         ignore_index=True,
     )
+
+
+def finetune_choice_key(config: ClassifierConfig, init: str, n_labels: int, seed: int) -> tuple:
+    """Which fine-tuning runs share one cross-validated rate: every seed of an (init, label count), on
+    seed 0's folds (3 rates x 3 folds cost 4.5 runs at each choice), unless --cv-every-seed."""
+    return (init, int(n_labels), int(seed)) if config.cv_every_seed else (init, int(n_labels))
 
 
 def run_classifiers(
@@ -185,20 +221,15 @@ def _run_classifiers(
             )
         changed = [key for key, value in settings.items() if previous.get(key) != value]
         for key in changed:
-            if key not in FROZEN_ONLY_SETTINGS:
+            if key not in frozen_only_settings(config):
                 name = "processes" if key == "world_size" else "--" + key.replace("_", "-")
                 raise UserError(
                     f"--resume: {metrics_path} was trained with {name} {previous.get(key)}, this run has "
                     f"{settings[key]}; resume with the same settings, or start over with --overwrite"
                 )
-        rows = read_csv(metrics_path, REQUIRED_METRIC_COLUMNS, "start over with --overwrite").to_dict(
-            "records"
-        )
+        rows = read_csv(metrics_path, METRIC_COLUMNS, "start over with --overwrite").to_dict("records")
         if changed:  # only the linear probes' settings: keep the fine-tuning runs, retrain the probes
             rows = [row for row in rows if row["mode"] != "frozen"]
-        for row in rows:  # runs from before head_lr was recorded: their settings were checked equal above
-            if row["mode"] == "finetune" and pd.isna(row.get("head_lr")):
-                row["head_lr"] = config.head_lr
     if ranks.is_main:
         write_json(
             config_path,
@@ -223,6 +254,13 @@ def _run_classifiers(
         for mode in config.modes
     ]
     frozen_features: dict[tuple, torch.Tensor] = {}
+    # The fine-tuning rate per (init, label count), or per (init, label count, seed) with
+    # --cv-every-seed: kept from the runs already complete, else chosen when first needed.
+    finetune_lrs: dict[tuple, float] = {
+        finetune_choice_key(config, row["init"], row["n_labels"], row["seed"]): row["backbone_lr"]
+        for row in rows
+        if row["mode"] == "finetune"
+    }
     feature_rows = split.indices("labelled") + test_rows
     progress = tqdm(runs, desc="classifiers", unit="run", disable=not ranks.is_main)
     for n_labels, seed, init, mode in progress:
@@ -232,6 +270,26 @@ def _run_classifiers(
             continue
         rows = [row for row in rows if (row["init"], row["mode"], row["seed"], row["n_labels"]) != key]
         progress.set_description(f"{init} {mode} seed {seed} n={len(train_rows)}")
+        run_config = config
+        if mode == "finetune":
+            choice = finetune_choice_key(config, init, len(train_rows), seed)
+            if choice not in finetune_lrs:
+                cv_seed = seed if config.cv_every_seed else 0
+                cv_rows = balanced_subset(split, n_labels, cv_seed)
+                finetune_lrs[choice] = choose_finetune_lr(
+                    init,
+                    cv_seed,
+                    byol_state,
+                    images[cv_rows],
+                    labels[cv_rows],
+                    len(split.classes),
+                    config,
+                    device,
+                    precision,
+                    progress,
+                    ranks,
+                )
+            run_config = replace(config, finetune_lrs=[finetune_lrs[choice]])
         backbone = make_backbone(init, seed, byol_state)
         if mode == "frozen":
             # Features depend on the backbone only: once per BYOL backbone, once per random seed.
@@ -261,7 +319,7 @@ def _run_classifiers(
             mode,
             seed,
             len(split.classes),
-            config,
+            run_config,
             device,
             precision,
             progress,
@@ -277,16 +335,24 @@ def _run_classifiers(
     summary = summarize(metrics)
     if ranks.is_main:
         write_csv(out_dir / SUMMARY_FILE, summary)
+        write_csv(out_dir / PAIRED_FILE, paired_summary(metrics))
     return summary
 
 
-def format_summary(summary: pd.DataFrame) -> str:
-    """One line per condition: init, mode, labels, test accuracy mean +- std over seeds."""
+def format_summary(summary: pd.DataFrame, paired: pd.DataFrame | None = None) -> str:
+    """One line per condition: init, mode, labels, test accuracy mean +- std over seeds; then BYOL −
+    random per mode and label count, paired over seeds, with its 95 % interval and what to call it."""
     lines = []
     for row in summary.itertuples():
         accuracy = mean_and_std(row.test_acc_mean, row.test_acc_std)
         lines.append(
             f"{row.init:>6} {row.mode:>8}  n={row.n_labels:<4} test_acc {accuracy}  "
             f"({row.seeds} seed{'s' * (row.seeds > 1)}, {row.epochs} epochs)"
+        )
+    for row in [] if paired is None else paired.itertuples():
+        difference = paired_text(row.diff_mean, row.ci_low, row.ci_high)
+        lines.append(
+            f"BYOL - random {row.mode:>8}  n={row.n_labels:<4} {difference}  {row.verdict} "
+            f"({row.seeds} paired seed{'s' * (row.seeds > 1)})"
         )
     return "\n".join(lines)

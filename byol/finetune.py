@@ -23,7 +23,7 @@ from byol.data import Split
 from byol.device import MEMORY_FORMAT, autocast, grad_scaler
 from byol.distributed import SINGLE_PROCESS, Ranks, average_buffers, sync_batchnorm, wrap
 from byol.errors import UserError, first_line
-from byol.evaluate import eval_view
+from byol.evaluate import eval_view, extract_features
 from byol.files import load_torch
 from byol.model import MIN_BATCH_SIZE, RESNET18_FEATURES, resnet18_backbone
 from byol.pretrain import WEIGHTS_FILE
@@ -46,8 +46,18 @@ class ClassifierConfig:
     n_labels: list[int] = field(default_factory=lambda: [0])  # 0: the whole labelled split
     epochs: int = 30
     batch_size: int = 32  # per process; the global batch is batch_size x world size
-    lr: float = 1e-3  # backbone, when fine-tuned (AdamW)
-    head_lr: float = 1e-2  # the fine-tuned network's linear head
+    # Fine-tuning: the backbone's AdamW learning rate, one of these per (init, label count), chosen by
+    # cross-validation on seed 0's labelled images (choose_finetune_lr); a single value is used as it is.
+    # A fixed 1e-3 moves every weight by about 1e-3 per step, against conv weights of 0.02-0.06: after
+    # a few dozen steps little of a pretrained init is left, so gentler rates are candidates too.
+    finetune_lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])
+    finetune_folds: int = 3  # each fold fine-tunes a whole network: 3 folds cost 0.5x of 5
+    cv_every_seed: bool = False  # choose the fine-tuning rate on every seed's images (x seeds the cost)
+    head_lr: float = 1e-2  # the fine-tuned network's linear head (without --lp-ft)
+    # LP-FT (Kumar et al. 2022, arXiv 2202.10054): fit the linear head on the frozen backbone first,
+    # then fine-tune everything at the backbone's rate, head included, so that a random head's large
+    # early gradients do not distort the pretrained features.
+    lp_ft: bool = False
     # Frozen mode: the linear probe's learning rate, one of these per run, chosen by cross-validation
     # on that run's labelled images (choose_probe_lr); a single value is used as it is.
     probe_lrs: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2])
@@ -152,6 +162,14 @@ def evaluate_head(
     return loss_sum / len(inputs), correct / len(inputs)
 
 
+def standardizer(train_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and 1/std of the training features; 0 for dimensions constant over them."""
+    mean, std = train_features.mean(0), train_features.std(0, unbiased=False)
+    alive = std > 1e-6 * std.max().clamp_min(1e-12)
+    scale = torch.where(alive, std, torch.inf).reciprocal()  # 1 / inf = 0 for the dead dimensions
+    return mean, scale
+
+
 def standardize(
     train_features: torch.Tensor, test_features: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,10 +180,37 @@ def standardize(
     head learning rate suits; unscaled, the head sat on one class for epochs or jumped around.
     Dimensions constant over the training images (dead ReLUs) carry nothing to learn from: set to zero.
     """
-    mean, std = train_features.mean(0), train_features.std(0, unbiased=False)
-    alive = std > 1e-6 * std.max().clamp_min(1e-12)
-    scale = torch.where(alive, std, torch.inf).reciprocal()  # 1 / inf = 0 for the dead dimensions
+    mean, scale = standardizer(train_features)
     return (train_features - mean) * scale, (test_features - mean) * scale
+
+
+def cross_validate(
+    candidates: list[float],
+    n_items: int,
+    folds: int,
+    seed: int,
+    score_fold,
+    progress: tqdm,
+    what: str,
+) -> float:
+    """The candidate with the best mean held-out accuracy over `folds` folds of `n_items` training
+    items (ties: the lower held-out loss). `score_fold(candidate, kept, held_out)` trains on the rows
+    `kept` and returns its last metrics row, scored on `held_out`; the test split is never looked at.
+    """
+    order = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed))
+    held_out = [order[fold::folds] for fold in range(folds)]
+    scores = []
+    for candidate in candidates:
+        accuracy = loss = 0.0
+        for fold in range(folds):
+            # The folds' held-out scores are not test scores: the bar says what it is doing instead.
+            progress.set_postfix_str(f"choosing {what}: {candidate:g}, fold {fold + 1}/{folds}")
+            kept = torch.cat([held_out[other] for other in range(folds) if other != fold])
+            last = score_fold(candidate, kept, held_out[fold])
+            accuracy += last["test_acc"] / folds
+            loss += last["test_loss"] / folds
+        scores.append((accuracy, -loss))
+    return candidates[max(range(len(scores)), key=scores.__getitem__)]
 
 
 def choose_probe_lr(
@@ -179,8 +224,7 @@ def choose_probe_lr(
     progress: tqdm,
     ranks: Ranks = SINGLE_PROCESS,
 ) -> float:
-    """The probe learning rate with the best mean held-out accuracy over PROBE_FOLDS folds of the
-    training images (ties: the lower held-out loss); the test split is never looked at.
+    """The probe learning rate chosen by PROBE_FOLDS-fold cross-validation on the training features.
 
     No single rate suits every backbone: on this project's cats and dogs a random backbone's
     standardised features span ~300 directions and a BYOL backbone's ~50, and a probe at 1e-2 kept
@@ -190,35 +234,131 @@ def choose_probe_lr(
     folds = min(PROBE_FOLDS, len(train_features))
     if len(config.probe_lrs) == 1 or folds < 2:
         return config.probe_lrs[0]
-    order = torch.randperm(len(train_features), generator=torch.Generator().manual_seed(seed))
-    held_out = [order[fold::folds] for fold in range(folds)]
-    silent = tqdm(disable=True)  # the folds' held-out scores are not test scores: keep them off the bar
-    scores = []
-    for lr in config.probe_lrs:
+    silent = tqdm(disable=True)
+
+    def score_fold(lr: float, kept: torch.Tensor, held_out: torch.Tensor) -> dict:
         trial = replace(config, probe_lrs=[lr], eval_every=config.epochs)
-        accuracy = loss = 0.0
-        for fold in range(folds):
-            progress.set_postfix_str(f"choosing probe lr: {lr:g}, fold {fold + 1}/{folds}")
-            kept = torch.cat([held_out[other] for other in range(folds) if other != fold])
-            last = train_one_run(
-                None,
-                train_features[kept],
-                train_labels[kept],
-                train_features[held_out[fold]],
-                train_labels[held_out[fold]],
-                "frozen",
-                seed,
-                n_classes,
-                trial,
-                device,
-                precision,
-                silent,
-                ranks,  # the same global batch as the probe it chooses for
-            )[-1]
-            accuracy += last["test_acc"] / folds
-            loss += last["test_loss"] / folds
-        scores.append((accuracy, -loss))
-    return config.probe_lrs[max(range(len(scores)), key=scores.__getitem__)]
+        # ranks: the same global batch as the probe it chooses for
+        return train_one_run(
+            None,
+            train_features[kept],
+            train_labels[kept],
+            train_features[held_out],
+            train_labels[held_out],
+            "frozen",
+            seed,
+            n_classes,
+            trial,
+            device,
+            precision,
+            silent,
+            ranks,
+        )[-1]
+
+    return cross_validate(
+        config.probe_lrs, len(train_features), folds, seed, score_fold, progress, "probe lr"
+    )
+
+
+def choose_finetune_lr(
+    init: str,
+    seed: int,
+    byol_state: dict | None,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    n_classes: int,
+    config: ClassifierConfig,
+    device: torch.device,
+    precision: str,
+    progress: tqdm,
+    ranks: Ranks = SINGLE_PROCESS,
+) -> float:
+    """The fine-tuning backbone rate chosen by config.finetune_folds-fold cross-validation: each fold
+    fine-tunes a fresh `init` backbone (seed `seed`) on the rest of `train_images` for the whole budget
+    and is scored on its held-out part; the test split plays no part.
+
+    Both inits choose from the same grid, so a rate that suits only a random backbone (large steps
+    that overwrite a pretrained one) cannot decide the comparison by itself.
+    """
+    if len(config.finetune_lrs) == 1:
+        return config.finetune_lrs[0]
+    silent = tqdm(disable=True)
+
+    def score_fold(lr: float, kept: torch.Tensor, held_out: torch.Tensor) -> dict:
+        trial = replace(config, finetune_lrs=[lr], eval_every=config.epochs)
+        return train_one_run(
+            make_backbone(init, seed, byol_state),
+            train_images[kept],
+            train_labels[kept],
+            train_images[held_out],
+            train_labels[held_out],
+            "finetune",
+            seed,
+            n_classes,
+            trial,
+            device,
+            precision,
+            silent,
+            ranks,
+        )[-1]
+
+    folds = config.finetune_folds
+    return cross_validate(
+        config.finetune_lrs, len(train_images), folds, seed, score_fold, progress, "fine-tuning lr"
+    )
+
+
+def probe_head(
+    backbone: nn.Module,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    seed: int,
+    n_classes: int,
+    config: ClassifierConfig,
+    device: torch.device,
+    precision: str,
+    progress: tqdm,
+    ranks: Ranks = SINGLE_PROCESS,
+) -> tuple[nn.Linear, float]:
+    """LP-FT's first stage: the frozen-backbone linear probe on `train_images` (its rate chosen by
+    cross-validation, as in frozen mode), returned as a head on the raw features, and its rate."""
+    backbone = backbone.to(device, memory_format=MEMORY_FORMAT)
+    features = extract_features(
+        backbone, train_images, list(range(len(train_images))), config.image_size, device, precision
+    )
+    lr = choose_probe_lr(features, train_labels, seed, n_classes, config, device, precision, progress, ranks)
+    torch.manual_seed(seed + 1)
+    head = nn.Linear(RESNET18_FEATURES, n_classes).to(device)
+    trial = replace(config, probe_lrs=[lr], eval_every=config.epochs)
+    silent = tqdm(disable=True)
+    # Scored on its own training features (no test split here): train_one_run always scores something.
+    train_one_run(
+        None,
+        features,
+        train_labels,
+        features,
+        train_labels,
+        "frozen",
+        seed,
+        n_classes,
+        trial,
+        device,
+        precision,
+        silent,
+        ranks,
+        head=head,
+    )
+    # The probe saw standardised features, (x - mean) * scale: fold that into the head's weights.
+    mean, scale = standardizer(features)
+    with torch.no_grad():
+        head.weight.mul_(scale)
+        head.bias.sub_(head.weight @ mean)
+    return head, lr
+
+
+def cv_training_size(n_items: int, folds: int) -> int:
+    """The fewest training items a fold of `folds`-fold cross-validation leaves (largest fold held out)."""
+    return n_items - math.ceil(n_items / folds)
 
 
 def train_one_run(
@@ -235,33 +375,44 @@ def train_one_run(
     precision: str,
     progress: tqdm,
     ranks: Ranks = SINGLE_PROCESS,
+    head: nn.Linear | None = None,
 ) -> list[dict]:
     """Train a linear head (and, in finetune mode, the backbone); one metrics dict per epoch.
 
     In frozen mode `train_inputs`/`test_inputs` are precomputed features (standardised here by the
     training features' statistics), `backbone` is unused and the head's learning rate is chosen by
     choose_probe_lr (each row's head_lr says which); every rank trains the same head (it
-    takes seconds). Fine-tuning under torchrun splits each global batch across ranks, with the views
-    each image would get in a single process.
+    takes seconds). Fine-tuning trains the backbone at config.finetune_lrs' one value (backbone_lr)
+    and, with --lp-ft, starts from probe_head's head. Under torchrun it splits each global batch across
+    ranks, with the views each image would get in a single process. `head` (default: a fresh one,
+    seeded by `seed`) is trained in place.
     """
     fmt = MEMORY_FORMAT
     finetune = mode == "finetune"
+    if finetune and len(config.finetune_lrs) != 1:
+        raise ValueError("choose the fine-tuning rate first (choose_finetune_lr), then pass that one")
+    backbone_lr = config.finetune_lrs[0] if finetune else math.nan
     head_lr, choosing_started = config.head_lr, time.perf_counter()
     if not finetune:
         head_lr = choose_probe_lr(
             train_inputs, train_labels, seed, n_classes, config, device, precision, progress, ranks
         )
         train_inputs, test_inputs = standardize(train_inputs, test_inputs)
+    elif config.lp_ft:  # the head starts as the probe; then everything trains at the backbone's rate
+        head, head_lr = probe_head(
+            backbone, train_inputs, train_labels, seed, n_classes, config, device, precision, progress, ranks
+        )
     choosing_seconds = time.perf_counter() - choosing_started  # counted in the first epoch's seconds
-    torch.manual_seed(seed + 1)
-    head = nn.Linear(RESNET18_FEATURES, n_classes).to(device)
-    groups = [{"params": head.parameters(), "lr": head_lr}]
+    if head is None:
+        torch.manual_seed(seed + 1)
+        head = nn.Linear(RESNET18_FEATURES, n_classes).to(device)
+    groups = [{"params": head.parameters(), "lr": backbone_lr if config.lp_ft and finetune else head_lr}]
     model, shards = head, SINGLE_PROCESS  # frozen: the whole batch on every rank
     if finetune:
         if config.sync_bn and ranks.distributed:
             backbone = sync_batchnorm(backbone, device)
         backbone = backbone.to(device, memory_format=fmt)
-        groups.append({"params": backbone.parameters(), "lr": config.lr})
+        groups.append({"params": backbone.parameters(), "lr": backbone_lr})
         model, shards = wrap(nn.Sequential(backbone, head), ranks, device), ranks
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     scaler = grad_scaler(device, precision)
@@ -334,6 +485,7 @@ def train_one_run(
         if epoch == 1:
             row["seconds"] += choosing_seconds
         row["head_lr"] = head_lr
+        row["backbone_lr"] = backbone_lr
         rows.append(row)
         progress.set_postfix(
             epoch=epoch, train_loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_acc']:.3f}"

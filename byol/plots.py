@@ -120,7 +120,13 @@ def plot_pretraining(byol_metrics: pd.DataFrame, path: Path) -> None:
     loss_axis.set_title("BYOL loss")
     loss_axis.set_ylabel("loss, 2 views (2 − 2·cos, summed; range 0–8)")
     knn = byol_metrics.dropna(subset=["knn_acc"])
-    knn_axis.plot(knn["epoch"], knn["knn_acc"], marker="o", color=INIT_COLOURS["byol"], label="k-NN accuracy")
+    knn_axis.plot(
+        knn["epoch"],
+        knn["knn_acc"],
+        marker="o",
+        color=INIT_COLOURS["byol"],
+        label="k-NN, the labelled split votes",
+    )
     if not knn.empty:
         knn_axis.axhline(
             knn["knn_acc"].iloc[0],
@@ -128,8 +134,21 @@ def plot_pretraining(byol_metrics: pd.DataFrame, path: Path) -> None:
             linestyle=":",
             label="at random init (epoch 0)",
         )
+    # The diagnostic k-NN (thousands of voters with labels): absent from runs with --diag-voters 0.
+    for column, style in (("diag_knn_k20", "-"), ("diag_knn_k200", "-.")):
+        diag = byol_metrics.dropna(subset=[column]) if column in byol_metrics else byol_metrics.iloc[:0]
+        if not diag.empty:
+            k = column.rsplit("k", 1)[1]
+            knn_axis.plot(
+                diag["epoch"],
+                diag[column],
+                marker="^",
+                linestyle=style,
+                color="#33a02c",
+                label=f"diagnostic k-NN, k={k} (many non-test voters with labels)",
+            )
     knn_axis.set_title("Representation quality during pretraining")
-    knn_axis.set_ylabel("k-NN test accuracy (k=20, labelled → test)")
+    knn_axis.set_ylabel("k-NN test accuracy (k=20 unless marked)")
     handles, labels = knn_axis.get_legend_handles_labels()
     # Runs from before the effective rank was recorded have no feature_rank column.
     ranks = (
@@ -160,32 +179,56 @@ def plot_pretraining(byol_metrics: pd.DataFrame, path: Path) -> None:
     save_figure(figure, path)
 
 
-def plot_label_efficiency(summary: pd.DataFrame, path: Path) -> None:
+def plot_label_efficiency(summary: pd.DataFrame, paired: pd.DataFrame, path: Path) -> None:
+    """Per mode: final test accuracy against the number of labels (top), and BYOL − random paired
+    over seeds with its 95 % interval (bottom, when both inits ran)."""
     modes = modes_in(summary)
-    figure, axes = new_figure(len(modes))
-    for axis, mode in zip(axes, modes):
+    rows = 2 if not paired.empty else 1
+    figure = Figure(figsize=(6 * len(modes), 4.5 * rows))
+    grid = figure.subplots(rows, len(modes), squeeze=False)
+    labels = sorted(summary["n_labels"].unique())
+    for column, mode in enumerate(modes):
+        axis = grid[0][column]
         for init, colour in INIT_COLOURS.items():
-            rows = summary[(summary["mode"] == mode) & (summary["init"] == init)].sort_values("n_labels")
-            if rows.empty:
+            rows_here = summary[(summary["mode"] == mode) & (summary["init"] == init)].sort_values("n_labels")
+            if rows_here.empty:
                 continue
             axis.errorbar(
-                rows["n_labels"],
-                rows["test_acc_mean"],
-                yerr=rows["test_acc_std"].fillna(0),
+                rows_here["n_labels"],
+                rows_here["test_acc_mean"],
+                yerr=rows_here["test_acc_std"].fillna(0),
                 marker="o",
                 capsize=3,
                 color=colour,
                 label=INIT_NAMES[init],
             )
-        axis.set_xscale("log")
-        axis.set_xticks(sorted(summary["n_labels"].unique()))
-        axis.set_xticklabels([str(n) for n in sorted(summary["n_labels"].unique())])
-        axis.xaxis.set_minor_formatter(NullFormatter())  # log axes label minor ticks (3×10¹...) too
         axis.set_title(MODE_TITLES[mode])
-        axis.set_xlabel("labelled images (log scale)")
         axis.set_ylabel("final test accuracy (mean ± std over seeds)")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        if rows == 2:
+            difference = grid[1][column]
+            here = paired[paired["mode"] == mode].sort_values("n_labels")
+            low, high = here["ci_low"].to_numpy(), here["ci_high"].to_numpy()
+            mean = here["diff_mean"].to_numpy()
+            difference.errorbar(
+                here["n_labels"],
+                mean,
+                yerr=[(mean - low), (high - mean)],
+                marker="o",
+                capsize=3,
+                color=INIT_COLOURS["byol"],
+                label="BYOL − random (paired over seeds)",
+            )
+            difference.axhline(0, color="black", linewidth=0.8, linestyle=":")
+            difference.set_title(f"{MODE_TITLES[mode]}: BYOL − random, 95 % interval")
+            difference.set_ylabel("test accuracy difference")
+        for axis in [grid[r][column] for r in range(rows)]:
+            axis.set_xscale("log")
+            axis.set_xticks(labels)
+            axis.set_xticklabels([str(n) for n in labels])
+            axis.xaxis.set_minor_formatter(NullFormatter())  # log axes label minor ticks (3×10¹...) too
+            axis.set_xlabel("labelled images (log scale)")
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=8)
     figure.suptitle("Label efficiency")
     figure.tight_layout()
     save_figure(figure, path)
@@ -198,14 +241,23 @@ def mean_and_std(mean: float, std: float, signed: bool = False) -> str:
     return f"{text} ± {std:.3f}" if math.isfinite(std) else f"{text} (one seed: no spread)"
 
 
+def paired_text(mean: float, low: float, high: float) -> str:
+    """A paired difference and its 95 % interval as text; one seed has no interval."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return f"{mean:+.3f} (one seed: no interval)"
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def summary_markdown(
     summary: pd.DataFrame,
+    paired: pd.DataFrame,
     classifier_config: dict,
     byol_config: dict | None,
     stage_seconds: dict[str, float] | None = None,
 ) -> str:
-    """The comparison table (and BYOL − random per mode and label count), the settings behind it and
-    the wall-clock time of each stage (`stage_seconds`: stage name → seconds, from the metrics CSVs)."""
+    """The comparison table, BYOL − random per mode and label count (paired over seeds, with its 95 %
+    interval), the settings behind it and the wall-clock time of each stage (`stage_seconds`: stage
+    name → seconds, from the metrics CSVs)."""
     lines = [
         "# Random init vs BYOL init",
         "",
@@ -217,21 +269,20 @@ def summary_markdown(
         lines.append(
             f"| {row.n_labels} | {row.mode} | {row.init} | {accuracy} | {row.seeds} | {row.epochs} |"
         )
-    differences = []
-    for (n_labels, mode), group in summary.groupby(["n_labels", "mode"], sort=False):
-        by_init = group.set_index("init")
-        if {"random", "byol"} <= set(by_init.index):
-            gain = by_init.loc["byol", "test_acc_mean"] - by_init.loc["random", "test_acc_mean"]
-            spread = math.hypot(*by_init.loc[["byol", "random"], "test_acc_std"])  # NaN if one seed
-            differences.append(f"| {n_labels} | {mode} | {mean_and_std(gain, spread, signed=True)} |")
-    if differences:
+    if not paired.empty:
         lines += [
             "",
-            "BYOL − random (difference of means; ± combines the two stds):",
+            "BYOL − random: the mean over seeds of the per-seed difference (both inits of a seed train on "
+            "the same labelled images and are scored on the same test images), with its 95 % t-interval "
+            "over seeds; a gain or a loss only when the interval excludes 0:",
             "",
-            "| labels | mode | BYOL − random test accuracy |",
-            "|---:|---|---|",
-            *differences,
+            "| labels | mode | BYOL − random test accuracy [95 % interval] | verdict | seeds |",
+            "|---:|---|---|---|---:|",
+        ]
+        lines += [
+            f"| {row.n_labels} | {row.mode} | {paired_text(row.diff_mean, row.ci_low, row.ci_high)} | "
+            f"{row.verdict} | {row.seeds} |"
+            for row in paired.sort_values(["n_labels", "mode"], ascending=[False, True]).itertuples()
         ]
     if stage_seconds:
         lines += ["", "## Wall-clock time", "", "| stage | minutes |", "|---|---:|"]
@@ -261,12 +312,13 @@ def stage_seconds(byol_metrics: pd.DataFrame | None, classifier_metrics: pd.Data
 
 def write_summary(
     summary: pd.DataFrame,
+    paired: pd.DataFrame,
     classifier_config: dict,
     byol_config: dict | None,
     path: Path,
     seconds: dict[str, float] | None = None,
 ) -> None:
-    write_text(path, summary_markdown(summary, classifier_config, byol_config, seconds))
+    write_text(path, summary_markdown(summary, paired, classifier_config, byol_config, seconds))
 
 
 def plot_views(images, views, generator, path: Path) -> None:

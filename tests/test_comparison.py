@@ -14,15 +14,25 @@ from conftest import TINY_BYOL, run_script, write_split
 from torch import nn
 from tqdm import tqdm
 
-from byol.comparison import METRIC_COLUMNS, check_labelled, format_summary, summarize
-from byol.data import read_split
+from byol.cache import load_cache
+from byol.comparison import METRIC_COLUMNS, check_labelled, format_summary, paired_summary, summarize
+from byol.data import read_split, splits_fingerprint
 from byol.demo_images import make_demo_images
 from byol.errors import UserError
-from byol.finetune import ClassifierConfig, balanced_subset, standardize, train_one_run
+from byol.evaluate import extract_features
+from byol.finetune import (
+    ClassifierConfig,
+    balanced_subset,
+    cross_validate,
+    probe_head,
+    standardize,
+    train_one_run,
+)
 from byol.model import resnet18_backbone
 from byol.plots import plot_accuracy, plot_label_efficiency, plot_loss_curves, summary_markdown
 
 FAST = ["--epochs", "2", "--batch-size", "8", "--image-size", "32", "--cache-size", "36", "--device", "cpu"]
+ONE_FINETUNE_LR = ["--finetune-lrs", "1e-3"]  # no cross-validated choice: for tests about something else
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +61,18 @@ def test_four_conditions_same_images_and_columns(pretrained):
     assert (conditions == 2 * 2).all()  # 2 seeds x 2 epochs each
     assert metrics["test_acc"].between(0, 1).all() and (metrics["n_labels"] == 12).all()
     assert (metrics["seconds"] > 0).all()  # wall time per epoch, for the report's stage times
+    finetune = metrics[metrics["mode"] == "finetune"]
+    # One cross-validated rate per init, from the grid, shared by both seeds; frozen runs have none.
+    assert (finetune.groupby("init")["backbone_lr"].nunique() == 1).all()
+    assert set(finetune["backbone_lr"]) <= set(ClassifierConfig().finetune_lrs)
+    assert metrics.loc[metrics["mode"] == "frozen", "backbone_lr"].isna().all()
+    paired = pd.read_csv(pretrained / "classifier_paired.csv")
+    assert set(paired["mode"]) == {"finetune", "frozen"} and (paired["seeds"] == 2).all()
     summary = pd.read_csv(pretrained / "classifier_summary.csv")
     assert {"init", "mode", "n_labels", "seeds", "test_acc_mean", "test_acc_std"} <= set(summary.columns)
     assert len(summary) == 4 and (summary["seeds"] == 2).all()
     assert "test_acc" in result.stdout and "byol" in result.stdout
+    assert "BYOL - random finetune  n=12" in result.stdout and "(2 paired seeds)" in result.stdout
 
 
 def test_same_labelled_images_for_every_init_and_mode(pretrained):
@@ -142,7 +160,7 @@ def test_finetune_mode_changes_the_backbone(pretrained, precision, epochs):
         "finetune",
         0,
         2,
-        ClassifierConfig(epochs=epochs, batch_size=4, image_size=32),
+        ClassifierConfig(epochs=epochs, batch_size=4, image_size=32, finetune_lrs=[1e-3]),
         torch.device("cpu"),
         precision,
         tqdm(disable=True),
@@ -172,7 +190,7 @@ def test_probe_lr_is_chosen_on_the_training_images_only():
     assert head_lrs(torch.ones(30, dtype=torch.long)) == {1e-1}
     assert head_lrs(torch.zeros(30, dtype=torch.long), ClassifierConfig(epochs=2, probe_lrs=[0.05])) == {0.05}
     images = torch.randint(0, 256, (4, 3, 36, 36), dtype=torch.uint8)
-    finetune = ClassifierConfig(epochs=1, batch_size=4, image_size=32, head_lr=0.02)
+    finetune = ClassifierConfig(epochs=1, batch_size=4, image_size=32, head_lr=0.02, finetune_lrs=[1e-3])
     assert head_lrs(labels[:4], finetune, "finetune", images, images) == {0.02}  # fine-tuning keeps --head-lr
 
 
@@ -201,23 +219,13 @@ def test_label_sweep_and_resume_skip_finished_runs(pretrained):
 
 
 def test_resume_with_other_probe_lrs_retrains_only_the_frozen_runs(pretrained):
-    args = ["--out-dir", pretrained, "--seeds", "1", "--n-labels", "12", *FAST]
+    args = ["--out-dir", pretrained, "--seeds", "1", "--n-labels", "12", *FAST, *ONE_FINETUNE_LR]
     assert run_script("train_classifier.py", *args).returncode == 0
-    metrics_path, config_path = pretrained / "classifier_metrics.csv", pretrained / "classifier_config.json"
+    metrics_path = pretrained / "classifier_metrics.csv"
     first = pd.read_csv(metrics_path)
     finetune = first[first["mode"] == "finetune"].reset_index(drop=True)
-    assert set(finetune["head_lr"]) == {ClassifierConfig().head_lr}
+    assert set(finetune["head_lr"]) == {ClassifierConfig().head_lr} and set(finetune["backbone_lr"]) == {1e-3}
     assert set(first.loc[first["mode"] == "frozen", "head_lr"]) <= set(ClassifierConfig().probe_lrs)
-    # Files from before the probe's rate was chosen: no head_lr column, no probe_lrs setting.
-    first.drop(columns="head_lr").to_csv(metrics_path, index=False)
-    config = json.loads(config_path.read_text())
-    del config["probe_lrs"]
-    config_path.write_text(json.dumps(config))
-    upgraded = run_script("train_classifier.py", *args, "--resume")
-    assert upgraded.returncode == 0, upgraded.stderr
-    again = pd.read_csv(metrics_path)
-    pd.testing.assert_frame_equal(again[again["mode"] == "finetune"].reset_index(drop=True), finetune)
-    assert (again["mode"] == "frozen").sum() == (first["mode"] == "frozen").sum()
     changed = run_script("train_classifier.py", *args, "--resume", "--probe-lrs", "0.5")
     assert changed.returncode == 0, changed.stderr
     last = pd.read_csv(metrics_path)
@@ -229,7 +237,9 @@ def test_resume_with_other_probe_lrs_retrains_only_the_frozen_runs(pretrained):
 def test_a_last_batch_of_one_image_does_not_break_batchnorm(pretrained):
     # 9 labels in batches of 4 leave one image; at 32 px the backbone's last BatchNorm sees 1 value.
     args = ["--inits", "random", "--modes", "finetune", "--seeds", "1", "--n-labels", "9"]
-    result = run_script("train_classifier.py", "--out-dir", pretrained, *FAST, *args, "--batch-size", "4")
+    result = run_script(
+        "train_classifier.py", "--out-dir", pretrained, *FAST, *ONE_FINETUNE_LR, *args, "--batch-size", "4"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -250,7 +260,9 @@ def truncate(path, size: int) -> None:
         (lambda out: None, ["--head-lr", "0"], "--head-lr: must be above 0"),
         (lambda out: None, ["--probe-lrs", "1e-3,0"], "--probe-lrs: must be above 0"),
         (lambda out: None, ["--probe-lrs", "1e-3,fast"], "not a comma list of numbers"),
-        (lambda out: None, ["--lr", "inf"], "--lr: must be a finite number"),
+        (lambda out: None, ["--finetune-lrs", "1e-3,inf"], "--finetune-lrs: must be a finite number"),
+        (lambda out: None, ["--finetune-folds", "1"], "--finetune-folds 1: cross-validation needs 2"),
+        (lambda out: None, ["--n-labels", "2"], "too few to choose the fine-tuning rate by 3-fold"),
         (lambda out: None, ["--batch-size", "1"], "--batch-size: must be 2 or more"),
         (lambda out: None, ["--image-size", "4"], "--image-size 4: must be 8 px or more"),
     ],
@@ -273,8 +285,11 @@ def test_labelled_images_too_few_for_the_grid_are_refused_before_training(tmp_pa
     split = read_split(write_split(images, tmp_path / "two", 2, 8))
     with pytest.raises(UserError, match="--n-labels 2: fine-tuning in 2 process"):
         check_labelled(split, ClassifierConfig(), world_size=2)
-    check_labelled(split, ClassifierConfig(), world_size=1)
+    check_labelled(split, ClassifierConfig(finetune_lrs=[1e-3]), world_size=1)
     check_labelled(split, ClassifierConfig(modes=["frozen"]), world_size=2)
+    # Choosing the fine-tuning rate trains on a fold's remaining images: 1 of 2 is too few.
+    with pytest.raises(UserError, match="--n-labels 2: too few to choose the fine-tuning rate"):
+        check_labelled(split, ClassifierConfig(), world_size=1)
 
 
 def final_metrics(accuracies: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
@@ -296,21 +311,21 @@ def final_metrics(accuracies: dict[tuple[str, str], list[float]]) -> pd.DataFram
 
 
 def test_one_seed_is_shown_without_a_spread_rather_than_plus_minus_zero():
-    summary = summarize(
-        final_metrics(
-            {
-                ("random", "finetune"): [0.60],
-                ("byol", "finetune"): [0.70],
-                ("random", "frozen"): [0.50, 0.54],
-                ("byol", "frozen"): [0.58, 0.62],
-            }
-        )
+    metrics = final_metrics(
+        {
+            ("random", "finetune"): [0.60],
+            ("byol", "finetune"): [0.70],
+            ("random", "frozen"): [0.50, 0.54],
+            ("byol", "frozen"): [0.58, 0.62],
+        }
     )
-    table = summary_markdown(summary, {}, None)
+    summary = summarize(metrics)
+    table = summary_markdown(summary, paired_summary(metrics), {}, None)
     assert "| 250 | finetune | random | 0.600 (one seed: no spread) | 1 | 30 |" in table
     assert "| 250 | frozen | byol | 0.600 ± 0.028 | 2 | 30 |" in table
-    assert "| 250 | finetune | +0.100 (one seed: no spread) |" in table  # not "± 0.000"
-    assert "| 250 | frozen | +0.080 ± 0.040 |" in table  # hypot(0.028, 0.028)
+    # One seed has no interval; two seeds of +0.08 each have a zero-width one: a gain.
+    assert "| 250 | finetune | +0.100 (one seed: no interval) | one seed: no interval | 1 |" in table
+    assert "| 250 | frozen | +0.080 [+0.080, +0.080] | gain | 2 |" in table
     assert "± 0.000" not in table
     printed = format_summary(summary)
     assert "test_acc 0.700 (one seed: no spread)  (1 seed, 30 epochs)" in printed
@@ -331,7 +346,9 @@ def test_a_grid_of_one_mode_is_drawn_in_one_panel(tmp_path):
     drawn = {
         "loss_curves.png": lambda path: plot_loss_curves(metrics, path),
         "accuracy.png": lambda path: plot_accuracy(metrics, 2, path),
-        "label_efficiency.png": lambda path: plot_label_efficiency(summarize(metrics), path),
+        "label_efficiency.png": lambda path: plot_label_efficiency(
+            summarize(metrics), paired_summary(metrics), path
+        ),
     }
     for name, draw in drawn.items():
         draw(tmp_path / name)
@@ -349,3 +366,59 @@ def test_plot_results_with_a_damaged_metrics_file_is_a_clear_error(tmp_path):
     result = run_script("plot_results.py", "--out-dir", tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "classifier_metrics.csv lacks the column(s) init, mode" in result.stderr
+
+
+def test_cross_validation_picks_the_best_held_out_accuracy_then_the_lower_loss():
+    scores = {1e-4: (0.6, 0.5), 1e-3: (0.8, 0.6), 1e-2: (0.8, 0.4)}  # lr -> (accuracy, loss)
+    seen = []
+
+    def score_fold(lr, kept, held_out):
+        seen.append((set(kept.tolist()), set(held_out.tolist())))
+        return {"test_acc": scores[lr][0], "test_loss": scores[lr][1]}
+
+    assert cross_validate(list(scores), 10, 3, 0, score_fold, tqdm(disable=True), "lr") == 1e-2
+    for kept, held_out in seen:  # every fold trains on the rest and holds its own rows out
+        assert not kept & held_out and kept | held_out == set(range(10))
+    assert set().union(*(held for _, held in seen[:3])) == set(range(10))
+
+
+def permute_test_labels(out: Path) -> None:
+    """Shuffle the test images' labels in splits.csv (and re-sign it), as if the test split were another."""
+    splits = pd.read_csv(out / "splits.csv")
+    test = splits["split"] == "test"
+    splits.loc[test, "label"] = 1 - splits.loc[test, "label"]  # every test label wrong
+    splits.to_csv(out / "splits.csv", index=False)
+    config = json.loads((out / "split_config.json").read_text())
+    config["splits_sha256"] = splits_fingerprint(out / "splits.csv")
+    (out / "split_config.json").write_text(json.dumps(config))
+
+
+def test_finetune_lr_is_chosen_on_the_labelled_images_only(pretrained):
+    # Rates far apart, so that the folds tell them apart; both inits, 2 seeds sharing seed 0's choice.
+    args = ["--out-dir", pretrained, "--seeds", "2", "--modes", "finetune", "--finetune-lrs", "1e-6,3e-2"]
+    result = run_script("train_classifier.py", *args, *FAST)
+    assert result.returncode == 0, result.stderr[-2000:]
+    before = pd.read_csv(pretrained / "classifier_metrics.csv")
+    permute_test_labels(pretrained)
+    result = run_script("train_classifier.py", *args, *FAST, "--overwrite")
+    assert result.returncode == 0, result.stderr[-2000:]
+    after = pd.read_csv(pretrained / "classifier_metrics.csv")
+    # The test scores follow the flipped labels (acc -> 1 - acc), the chosen rates do not move.
+    last = before["epoch"] == before["epoch"].max()
+    assert after.loc[last, "test_acc"].tolist() == pytest.approx((1 - before.loc[last, "test_acc"]).tolist())
+    pd.testing.assert_series_equal(before["backbone_lr"], after["backbone_lr"])
+    assert (before.groupby("init")["backbone_lr"].nunique() == 1).all()
+
+
+def test_lp_ft_starts_fine_tuning_from_the_probe_on_the_raw_features(tmp_path):
+    images = make_demo_images(tmp_path / "images", per_class=16, size=36)
+    split = read_split(write_split(images, tmp_path / "out", 32, 0))
+    cache = load_cache(split, tmp_path / "out", 36, torch.device("cpu"))
+    labels = torch.tensor(split.table["label"].to_numpy())
+    backbone = resnet18_backbone()
+    config = ClassifierConfig(epochs=20, batch_size=8, image_size=32, probe_lrs=[1e-2])
+    cpu = torch.device("cpu")
+    head, lr = probe_head(backbone, cache, labels, 0, 2, config, cpu, "fp32", tqdm(disable=True))
+    features = extract_features(backbone, cache, list(range(len(cache))), 32, cpu)
+    # The probe learnt on standardised features; folded into the head, it scores the raw ones as well.
+    assert lr == 1e-2 and (head(features).argmax(1) == labels).float().mean() >= 0.9

@@ -152,6 +152,7 @@ def test_two_process_finetuning_matches_one_process(split_dir, tmp_path):
     # more steps float rounding in near-zero gradients grows into visible (~0.5 %) loss differences.
     common = ["--inits", "random", "--seeds", "1", "--epochs", "1", "--image-size", "32", "--device", "cpu"]
     common += ["--precision", "fp32"]  # float32 rounding is the tolerance; bf16 would round far more
+    common += ["--finetune-lrs", "1e-3"]  # one rate: the comparison is of the training, not of a choice
     result = subprocess.run(
         [sys.executable, "train_classifier.py", "--out-dir", str(single), "--batch-size", "8", *common],
         capture_output=True,
