@@ -192,10 +192,11 @@ def cross_validate(
     score_fold,
     progress: tqdm,
     what: str,
-) -> float:
+) -> tuple[float, list[float]]:
     """The candidate with the best mean held-out accuracy over `folds` folds of `n_items` training
-    items (ties: the lower held-out loss). `score_fold(candidate, kept, held_out)` trains on the rows
-    `kept` and returns its last metrics row, scored on `held_out`; the test split is never looked at.
+    items (ties: the lower held-out loss), and every candidate's mean held-out accuracy.
+    `score_fold(candidate, kept, held_out)` trains on the rows `kept` and returns its last metrics
+    row, scored on `held_out`; the test split is never looked at.
     """
     order = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed))
     held_out = [order[fold::folds] for fold in range(folds)]
@@ -210,7 +211,7 @@ def cross_validate(
             accuracy += last["test_acc"] / folds
             loss += last["test_loss"] / folds
         scores.append((accuracy, -loss))
-    return candidates[max(range(len(scores)), key=scores.__getitem__)]
+    return candidates[max(range(len(scores)), key=scores.__getitem__)], [score[0] for score in scores]
 
 
 def choose_probe_lr(
@@ -303,9 +304,16 @@ def choose_finetune_lr(
         )[-1]
 
     folds = config.finetune_folds
-    return cross_validate(
+    chosen, accuracies = cross_validate(
         config.finetune_lrs, len(train_images), folds, seed, score_fold, progress, "fine-tuning lr"
     )
+    scores = ", ".join(f"{lr:g}: {accuracy:.3f}" for lr, accuracy in zip(config.finetune_lrs, accuracies))
+    if not progress.disable:  # above the bar, not glued to it; once, from the first process
+        progress.write(
+            f"{init} init, {len(train_images)} labels: fine-tuning lr {chosen:g}, chosen by {folds}-fold "
+            f"held-out accuracy on seed {seed}'s labelled images ({scores})"
+        )
+    return chosen
 
 
 def probe_head(

@@ -376,7 +376,8 @@ def test_cross_validation_picks_the_best_held_out_accuracy_then_the_lower_loss()
         seen.append((set(kept.tolist()), set(held_out.tolist())))
         return {"test_acc": scores[lr][0], "test_loss": scores[lr][1]}
 
-    assert cross_validate(list(scores), 10, 3, 0, score_fold, tqdm(disable=True), "lr") == 1e-2
+    chosen, accuracies = cross_validate(list(scores), 10, 3, 0, score_fold, tqdm(disable=True), "lr")
+    assert chosen == 1e-2 and accuracies == pytest.approx([0.6, 0.8, 0.8])
     for kept, held_out in seen:  # every fold trains on the rest and holds its own rows out
         assert not kept & held_out and kept | held_out == set(range(10))
     assert set().union(*(held for _, held in seen[:3])) == set(range(10))
