@@ -48,17 +48,16 @@ demo: setup
 		--n-labels 10,40 --overwrite
 	$(BIN)/python plot_results.py --out-dir "$(DEMO_DIR)/results"
 
-# The reference study on the real images (README "Results"): resumable, so `make study` again after an
-# interruption continues where it stopped. These args produced the committed results (η 0.005, the recipe
-# search's choice; the earlier η 0.02 study is archived in results/study_eta002/).
+# The reference study on the real images (docs/experiments.md): resumable, so `make study` again after an
+# interruption continues where it stopped. The recipes are files: configs/study_byol.args (the committed
+# 12-epoch pretraining) and configs/study_classifier.args (today's protocol: cross-validated rates; the
+# committed comparison ran its fine-tuning at the old fixed rate, --finetune-lrs 1e-3).
 # A stage whose outputs are complete is skipped: on a fresh clone `make study` only redraws every figure
 # and table from the committed results/*.csv. To train again, delete $(OUT_DIR)/classifier_summary.csv and
 # classifier_metrics.csv (the comparison) and $(OUT_DIR)/byol.pt and byol_checkpoint.pt (the pretraining).
 STUDY_DATA_DIR ?= ../shared/data/PetImages
-STUDY_BYOL_ARGS ?= --epochs 12 --batch-size 64 --image-size 64 --cache-size 128 --optimizer lars --lr 0.25 \
-	--lars-trust 0.005 --weight-decay 1e-5 --tau-base 0.99 --crop-min-scale 0.2 --blur-sigma-min 0.029 \
-	--blur-sigma-max 0.571
-STUDY_CLASSIFIER_ARGS ?= --seeds 5 --n-labels 25,50,100,250 --epochs 30 --batch-size 32 --eval-every 3
+STUDY_BYOL_ARGS ?= @configs/study_byol.args
+STUDY_CLASSIFIER_ARGS ?= @configs/study_classifier.args
 resume_flag = $(if $(wildcard $(1)),--resume,)
 split_if_missing = [ -f "$(OUT_DIR)/splits.csv" ] || \
 	$(BIN)/python data_split.py --data-dir "$(STUDY_DATA_DIR)" --out-dir "$(OUT_DIR)"
@@ -72,31 +71,16 @@ study: setup
 		$(call resume_flag,$(OUT_DIR)/classifier_metrics.csv)
 	$(BIN)/python plot_results.py --out-dir "$(OUT_DIR)"
 
-# Short pretraining trials (5 epochs, 6,400 images, 64 px) that chose the study's recipe, each in
-# $(OUT_DIR)/recipe_search/NAME, then one table with k-NN and linear-probe accuracy per trial.
-TRIAL_BASE := --epochs 5 --batch-size 64 --image-size 64 --max-images 6400 --tau-base 0.99 --crop-min-scale 0.2
+# Short pretraining trials that chose the study's recipe, one file each in configs/trials/ (5 epochs,
+# 6,400 images, 64 px), each run in $(OUT_DIR)/recipe_search/NAME, then one table with k-NN and
+# linear-probe accuracy per trial. The order is the table's.
 TRIALS := adamw lars_cache80 lars_paper lars_eta002 rank_eta002 rank_eta0001 rank_eta0005 rank_eta002_wd1e4 \
 	long_eta002 long_eta0005
-TRIAL_adamw := --cache-size 80 --optimizer adamw --lr 1e-3 --weight-decay 1e-4
-TRIAL_lars_cache80 := --cache-size 80 --optimizer lars --lr 0.25 --weight-decay 1e-5
-TRIAL_lars_paper := --cache-size 128 --optimizer lars --lr 0.25 --weight-decay 1e-5
-TRIAL_lars_eta002 := --cache-size 128 --optimizer lars --lr 0.25 --weight-decay 1e-5 --lars-trust 0.02 \
-	--blur-sigma-min 0.029 --blur-sigma-max 0.571
-# Later trials, with the features' effective rank recorded (fp32: the CPU they ran on has no bf16).
-RANK_TRIAL := --cache-size 128 --optimizer lars --lr 0.25 --blur-sigma-min 0.029 --blur-sigma-max 0.571 \
-	--precision fp32
-TRIAL_rank_eta002 := $(RANK_TRIAL) --lars-trust 0.02 --weight-decay 1e-5
-TRIAL_rank_eta0001 := $(RANK_TRIAL) --lars-trust 0.001 --weight-decay 1e-5
-TRIAL_rank_eta0005 := $(RANK_TRIAL) --lars-trust 0.005 --weight-decay 1e-5
-TRIAL_rank_eta002_wd1e4 := $(RANK_TRIAL) --lars-trust 0.02 --weight-decay 1e-4
-# The two candidates again, three times as long (16 epochs of the same 6,400 images, 1,600 steps).
-TRIAL_long_eta002 := $(RANK_TRIAL) --epochs 16 --lars-trust 0.02 --weight-decay 1e-5
-TRIAL_long_eta0005 := $(RANK_TRIAL) --epochs 16 --lars-trust 0.005 --weight-decay 1e-5
 # One trial: its own folder sharing the study's split and image cache; skipped once it has byol.pt.
 trial_dir = $(OUT_DIR)/recipe_search/$(1)
 run_trial = (mkdir -p "$(trial_dir)" && cp "$(OUT_DIR)/splits.csv" "$(OUT_DIR)/split_config.json" "$(trial_dir)/" \
 	&& ln -sfn ../../cache "$(trial_dir)/cache" && ([ -f "$(trial_dir)/byol.pt" ] || $(BIN)/python train_byol.py \
-	--out-dir "$(trial_dir)" $(TRIAL_BASE) $(TRIAL_$(1)) $(call resume_flag,$(trial_dir)/byol_checkpoint.pt)))
+	--out-dir "$(trial_dir)" @configs/trials/$(1).args $(call resume_flag,$(trial_dir)/byol_checkpoint.pt)))
 recipe-search: setup
 	$(split_if_missing)
 	mkdir -p "$(OUT_DIR)/cache"

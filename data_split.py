@@ -12,16 +12,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from byol.cli import non_negative_int, positive_int, run_stage
+from byol.cli import StageArgumentParser, non_negative_int, positive_int, run_stage
 from byol.data import SPLITS_FILE, check_out_dir, make_split, save_split, summary_table
 from byol.device import available_cpus
 from byol.download import PETIMAGES_URL, download_and_extract
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = StageArgumentParser(description=__doc__)
     parser.add_argument(
         "--data-dir",
         type=Path,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from byol.cli import run_stage
+from byol.cli import StageArgumentParser, run_stage
 from byol.comparison import CONFIG_FILE, METRICS_FILE, REQUIRED_METRIC_COLUMNS, paired_summary, summarize
 from byol.data import SPLIT_CONFIG_FILE
 from byol.errors import UserError
@@ -27,9 +27,7 @@ from byol.pretrain import METRICS_FILE as BYOL_METRICS_FILE
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = StageArgumentParser(description=__doc__)
     parser.add_argument(
         "--out-dir", type=Path, default=Path("results"), help="reads the CSVs, writes PNGs here"
     )

@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from byol.cli import (
+    StageArgumentParser,
     add_batch_and_device_arguments,
     add_resume_arguments,
     non_negative_float,
@@ -29,9 +30,7 @@ from byol.pretrain import PretrainConfig, pretrain
 
 def get_args_parser() -> argparse.ArgumentParser:
     defaults = PretrainConfig()
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = StageArgumentParser(description=__doc__)
     parser.add_argument(
         "--out-dir", type=Path, default=Path("results"), help="reads splits.csv, writes byol.pt"
     )

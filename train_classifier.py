@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from byol.cli import (
+    StageArgumentParser,
     add_batch_and_device_arguments,
     add_resume_arguments,
     non_negative_float,
@@ -51,9 +52,7 @@ def comma_numbers(parse_one):
 
 def get_args_parser() -> argparse.ArgumentParser:
     defaults = ClassifierConfig()
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = StageArgumentParser(description=__doc__)
     parser.add_argument(
         "--out-dir", type=Path, default=Path("results"), help="reads the split and byol.pt here"
     )

@@ -16,6 +16,23 @@ from byol.errors import Stopped, UserError, first_line
 from byol.model import MIN_BATCH_SIZE, MIN_BATCH_SIZE_REASON
 
 
+class StageArgumentParser(argparse.ArgumentParser):
+    """argparse that also reads flags from files: `python train_byol.py @configs/study_byol.args`.
+
+    In the file, flags and values are separated by spaces or line breaks and `#` starts a comment, so
+    a recipe lives in one readable file that the Makefile, the README and notes point at. Flags after
+    the @file override it (argparse keeps the last value given).
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(
+            fromfile_prefix_chars="@", formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs
+        )
+
+    def convert_arg_line_to_args(self, arg_line: str) -> list[str]:
+        return arg_line.split("#", 1)[0].split()
+
+
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's `main`; a UserError becomes `error: ...` on stderr and exit status 2."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
