@@ -116,3 +116,14 @@ def split_dir(image_folder, tmp_path):
         return write_split(folder, tmp_path / "results", n_labelled, n_test)
 
     return make
+
+
+def assert_one_error_line(stderr: str) -> None:
+    """What a user sees for a bad flag, path or file: one `error: ...` line, or argparse's usage
+    followed by its one `prog: error: ...` line; no traceback, no progress bar, no second message."""
+    lines = stderr.strip().splitlines()
+    assert lines, "nothing on stderr"
+    if lines[0].startswith("usage:"):
+        assert ": error: " in lines[-1] and not any("error" in line for line in lines[:-1]), stderr
+    else:
+        assert len(lines) == 1 and lines[0].startswith("error: "), stderr

@@ -10,7 +10,7 @@ import signal
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_BYOL, run_script
+from conftest import TINY_BYOL, assert_one_error_line, run_script
 from torch import nn
 from torchvision.models import resnet18
 
@@ -21,7 +21,7 @@ from byol.capacity import byol_step_bytes, readable_size
 from byol.data import read_split
 from byol.errors import Stopped, UserError
 from byol.files import load_torch
-from byol.pretrain import PretrainConfig, pretrain
+from byol.pretrain import PretrainConfig, pretrain, pretraining_indices
 
 
 def tiny_config(**overrides) -> PretrainConfig:
@@ -260,6 +260,7 @@ def test_bad_input_is_one_line_and_exit_2(split_dir, args, message):
     result = run_script("train_byol.py", "--out-dir", out, "--epochs", "1", *TINY_BYOL[:6], *args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+    assert_one_error_line(result.stderr)
     assert not (out / "byol.pt").exists()
 
 
@@ -320,3 +321,12 @@ def test_an_earlier_run_needs_resume_or_overwrite_and_a_nan_loss_keeps_its_files
     assert "loss became" in result.stderr and "Traceback" not in result.stderr
     # Weights, checkpoint and metrics of the last good run survive a run that diverges.
     assert {name: (out / name).read_bytes() for name in kept[:3]} == {name: before[name] for name in kept[:3]}
+
+
+@pytest.mark.parametrize("max_images", [0, 20])
+def test_pretraining_never_sees_a_test_image(split_dir, max_images):
+    split = read_split(split_dir(per_class=24, n_labelled=8, n_test=16))
+    rows = pretraining_indices(split, max_images, seed=0)
+    assert not set(rows) & set(split.indices("test"))
+    assert len(rows) == (max_images or len(split.indices("labelled", "unlabelled")))
+    assert set(rows) <= set(split.indices("labelled", "unlabelled"))
