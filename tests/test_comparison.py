@@ -10,12 +10,19 @@ import matplotlib.image
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_BYOL, run_script, write_split
+from conftest import TINY_BYOL, assert_one_error_line, run_script, write_split
 from torch import nn
 from tqdm import tqdm
 
 from byol.cache import load_cache
-from byol.comparison import METRIC_COLUMNS, check_labelled, format_summary, paired_summary, summarize
+from byol.comparison import (
+    METRIC_COLUMNS,
+    check_labelled,
+    format_summary,
+    paired_summary,
+    resolve_sizes,
+    summarize,
+)
 from byol.data import read_split, splits_fingerprint
 from byol.demo_images import make_demo_images
 from byol.errors import UserError
@@ -24,6 +31,8 @@ from byol.finetune import (
     ClassifierConfig,
     balanced_subset,
     cross_validate,
+    load_byol_backbone,
+    make_backbone,
     probe_head,
     standardize,
     train_one_run,
@@ -272,6 +281,7 @@ def test_bad_input_is_one_line_exit_2(pretrained, prepare, args, message):
     result = run_script("train_classifier.py", "--out-dir", pretrained, *FAST, *args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+    assert_one_error_line(result.stderr)
     assert not (pretrained / "classifier_metrics.csv").exists()  # refused before any run trained
 
 
@@ -423,3 +433,16 @@ def test_lp_ft_starts_fine_tuning_from_the_probe_on_the_raw_features(tmp_path):
     features = extract_features(backbone, cache, list(range(len(cache))), 32, cpu)
     # The probe learnt on standardised features; folded into the head, it scores the raw ones as well.
     assert lr == 1e-2 and (head(features).argmax(1) == labels).float().mean() >= 0.9
+
+
+def test_the_byol_init_is_byol_pt_and_the_image_size_follows_it(pretrained):
+    weights = torch.load(pretrained / "byol.pt", weights_only=True)
+    backbone, byol_config = load_byol_backbone(pretrained)
+    state = backbone.state_dict()
+    byol = make_backbone("byol", 3, state).state_dict()
+    random = make_backbone("random", 3, None).state_dict()
+    assert all(torch.equal(byol[name], weights["backbone"][name]) for name in weights["backbone"])
+    assert not torch.equal(random["conv1.weight"], byol["conv1.weight"])
+    # Both inits train at the size byol.pt was pretrained at (32 px here), unless told otherwise.
+    assert resolve_sizes(ClassifierConfig(), byol_config).image_size == byol_config["image_size"] == 32
+    assert resolve_sizes(ClassifierConfig(image_size=48), byol_config).image_size == 48
