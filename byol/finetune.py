@@ -256,9 +256,10 @@ def choose_probe_lr(
             ranks,
         )[-1]
 
-    return cross_validate(
+    chosen, _ = cross_validate(
         config.probe_lrs, len(train_features), folds, seed, score_fold, progress, "probe lr"
     )
+    return chosen
 
 
 def choose_finetune_lr(
