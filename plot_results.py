@@ -10,7 +10,13 @@ import argparse
 from pathlib import Path
 
 from byol.cli import StageArgumentParser, run_stage
-from byol.comparison import CONFIG_FILE, METRICS_FILE, REQUIRED_METRIC_COLUMNS, paired_summary, summarize
+from byol.comparison import (
+    CLASSIFIER_CONFIG_FILE,
+    CLASSIFIER_METRICS_FILE,
+    REQUIRED_METRIC_COLUMNS,
+    paired_summary,
+    summarize,
+)
 from byol.data import SPLIT_CONFIG_FILE
 from byol.errors import UserError
 from byol.files import read_csv, read_json
@@ -22,8 +28,7 @@ from byol.plots import (
     stage_seconds,
     write_summary,
 )
-from byol.pretrain import CONFIG_FILE as BYOL_CONFIG_FILE
-from byol.pretrain import METRICS_FILE as BYOL_METRICS_FILE
+from byol.pretrain import BYOL_CONFIG_FILE, BYOL_METRICS_FILE
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -40,7 +45,7 @@ def read_json_if_present(path: Path) -> dict:
 
 def main() -> None:
     out_dir = get_args_parser().parse_args().out_dir
-    metrics_path = out_dir / METRICS_FILE
+    metrics_path = out_dir / CLASSIFIER_METRICS_FILE
     if not metrics_path.is_file():
         raise UserError(f"{metrics_path} not found: run train_classifier.py --out-dir {out_dir} first")
     metrics = read_csv(
@@ -67,7 +72,7 @@ def main() -> None:
     write_summary(
         summary,
         paired,
-        read_json_if_present(out_dir / CONFIG_FILE),
+        read_json_if_present(out_dir / CLASSIFIER_CONFIG_FILE),
         read_json_if_present(out_dir / BYOL_CONFIG_FILE),
         written[-1],
         stage_seconds(byol_metrics, metrics),

@@ -39,10 +39,10 @@ from byol.pretrain import PretrainConfig
 from byol.resume import check_fresh_start
 from byol.stats import paired_differences
 
-METRICS_FILE = "classifier_metrics.csv"
+CLASSIFIER_METRICS_FILE = "classifier_metrics.csv"
 SUMMARY_FILE = "classifier_summary.csv"
 PAIRED_FILE = "classifier_paired.csv"
-CONFIG_FILE = "classifier_config.json"
+CLASSIFIER_CONFIG_FILE = "classifier_config.json"
 METRIC_COLUMNS = [
     "init",
     "mode",
@@ -175,7 +175,7 @@ def run_classifiers(
     Under torchrun every process calls this; fine-tuning is data-parallel, rank 0 writes the files.
     """
     check_config(config)
-    check_fresh_start(Path(out_dir), (METRICS_FILE,), resume, overwrite)
+    check_fresh_start(Path(out_dir), (CLASSIFIER_METRICS_FILE,), resume, overwrite)
     with process_group(device_name) as (ranks, device):
         return _run_classifiers(config, Path(out_dir), ranks, device, precision_name, resume)
 
@@ -209,9 +209,9 @@ def _run_classifiers(
         if key not in ("inits", "modes", "seeds", "n_labels")
     }
     settings["world_size"] = ranks.world_size  # with batch_size, fixes the global batch
-    metrics_path = out_dir / METRICS_FILE
+    metrics_path = out_dir / CLASSIFIER_METRICS_FILE
     rows: list[dict] = []
-    config_path = out_dir / CONFIG_FILE
+    config_path = out_dir / CLASSIFIER_CONFIG_FILE
     if resume and metrics_path.is_file() and config_path.is_file():
         previous = read_json(config_path, "start over with --overwrite")
         if (previous.get("byol_config") or byol_config) != byol_config:  # {}: no BYOL runs before

@@ -52,8 +52,8 @@ CHECKPOINT_KEYS = {
     "loss_sum",
     "generator_state",
 }
-METRICS_FILE = "byol_metrics.csv"
-CONFIG_FILE = "byol_config.json"
+BYOL_METRICS_FILE = "byol_metrics.csv"
+BYOL_CONFIG_FILE = "byol_config.json"
 VIEWS_FIGURE = "byol_views.png"
 CHECKPOINT_EVERY_S = 600  # also save mid-epoch, so a killed session loses at most 10 minutes
 
@@ -299,7 +299,7 @@ def _pretrain(
     train_model = wrap(model, ranks, device)
     if ranks.is_main:
         write_json(
-            out_dir / CONFIG_FILE,
+            out_dir / BYOL_CONFIG_FILE,
             {
                 **asdict(config),
                 "device": str(device),
@@ -458,14 +458,14 @@ def _pretrain(
             batch_in_epoch, loss_sum = 0, 0.0
             save_checkpoint(0, None)
             if ranks.is_main:
-                write_csv(out_dir / METRICS_FILE, pd.DataFrame(metrics))
+                write_csv(out_dir / BYOL_METRICS_FILE, pd.DataFrame(metrics))
             if stop_after_epochs and epoch < config.epochs and epoch % stop_after_epochs == 0:
                 raise Stopped(
                     f"paused after epoch {epoch} as asked (--stop-after-epochs); continue with --resume", 0
                 )
 
     if ranks.is_main:
-        summary = summarize(metrics)
+        summary = summarize_pretraining(metrics)
         save_torch(
             out_dir / WEIGHTS_FILE,
             {
@@ -480,7 +480,7 @@ def _pretrain(
     return model
 
 
-def summarize(metrics: list[dict]) -> dict:
+def summarize_pretraining(metrics: list[dict]) -> dict:
     knn = [row["knn_acc"] for row in metrics if not math.isnan(row["knn_acc"])]
     trained = [row for row in metrics if row["epoch"] > 0]
     return {

@@ -18,12 +18,11 @@ from pathlib import Path
 import pandas as pd
 
 from byol.cli import run_stage
-from byol.comparison import METRICS_FILE as CLASSIFIER_METRICS_FILE
-from byol.comparison import run_classifiers, summarize
+from byol.comparison import CLASSIFIER_METRICS_FILE, run_classifiers, summarize
 from byol.errors import UserError
 from byol.files import read_csv, read_json, write_csv
 from byol.finetune import ClassifierConfig
-from byol.pretrain import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, PretrainConfig
+from byol.pretrain import BYOL_CONFIG_FILE, BYOL_METRICS_FILE, WEIGHTS_FILE, PretrainConfig
 
 RECIPE_FIELDS = [name for name in PretrainConfig.__dataclass_fields__ if name not in ("knn_every", "sync_bn")]
 PROBE = ClassifierConfig(modes=["frozen"], seeds=3, epochs=30)
@@ -55,14 +54,14 @@ def rank_columns(curve: pd.DataFrame) -> dict:
 
 
 def trial_row(run_dir: Path, device_name: str) -> dict:
-    for needed in (CONFIG_FILE, METRICS_FILE):
+    for needed in (BYOL_CONFIG_FILE, BYOL_METRICS_FILE):
         if not (run_dir / needed).is_file():
             raise UserError(
                 f"{run_dir / needed} not found: finish that train_byol.py run first, or leave it out"
             )
     remedy = "finish that train_byol.py run again, or leave it out"
-    config = read_json(run_dir / CONFIG_FILE, remedy)
-    curve = read_csv(run_dir / METRICS_FILE, ["epoch", "knn_acc"], remedy)
+    config = read_json(run_dir / BYOL_CONFIG_FILE, remedy)
+    curve = read_csv(run_dir / BYOL_METRICS_FILE, ["epoch", "knn_acc"], remedy)
     knn = curve.dropna(subset=["knn_acc"])
     probe = linear_probe(run_dir, device_name).set_index("init")
     defaults = PretrainConfig()
