@@ -170,7 +170,8 @@ def plot_pretraining(byol_metrics: pd.DataFrame, path: Path) -> None:
         rank_axis.set_ylim(bottom=0)
         handles += rank_axis.get_legend_handles_labels()[0]
         labels += ["feature rank (right axis)"]
-    knn_axis.legend(handles, labels, fontsize=8)
+    # Below the panel: inside it, the legend hid the curves of the twin (rank) axis.
+    knn_axis.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     for axis in (loss_axis, knn_axis):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("pretraining epoch")
