@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
+import os
+import runpy
 import struct
 import subprocess
 import sys
+import traceback
 import zlib
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from byol.demo_images import make_demo_images
@@ -32,7 +38,45 @@ TINY_BYOL = [
 
 
 def run_script(script: str, *args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run a stage script (`train_byol.py`) or a module (`byol.recipe_search`) the way a user does."""
+    """Run a stage script (`train_byol.py`, `benchmarks/bench_memory.py`) or a module
+    (`byol.recipe_search`) as a user does, with the same exit status, stdout and stderr (the log
+    lines included), but in this process: a new Python process costs seconds of importing torch.
+    `run_subprocess` runs it for real, for what only a separate process shows (signals, torchrun)."""
+    path = ROOT / script if script.endswith(".py") else None
+    argv = [str(path) if path else script, *map(str, args)]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, sys.argv, os.getcwd(), torch.get_num_threads())
+    root.handlers[:] = [handler]  # as run_stage's basicConfig sets up in a new process
+    root.setLevel(logging.INFO)
+    sys.argv = argv
+    returncode = 0
+    try:
+        os.chdir(cwd or ROOT)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                runpy.run_path(str(path), run_name="__main__") if path else runpy.run_module(
+                    script, run_name="__main__", alter_sys=True
+                )
+            except SystemExit as exit_:
+                returncode = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+                if isinstance(exit_.code, str):
+                    print(exit_.code, file=sys.stderr)
+            except Exception:  # what Python prints, and exit status 1, as for an uncaught error
+                traceback.print_exc()
+                returncode = 1
+    finally:
+        root.handlers[:], level, sys.argv, cwd_before, threads = saved
+        root.setLevel(level)
+        os.chdir(cwd_before)
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(argv, returncode, stdout.getvalue(), stderr.getvalue())
+
+
+def run_subprocess(script: str, *args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a stage script or module in a new Python process, exactly as a user does."""
     target = [str(ROOT / script)] if script.endswith(".py") else ["-m", script]
     return subprocess.run(
         [sys.executable, *target, *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT
