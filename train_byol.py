@@ -25,7 +25,7 @@ from byol.cli import (
     run_stage,
 )
 from byol.optim import BASE_LR_PER_256, OPTIMIZERS
-from byol.pretrain import PretrainConfig, pretrain
+from byol.pretrain import COMPILE_MIN_CPU_STEPS, COMPILE_MODES, PretrainConfig, pretrain
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -69,6 +69,17 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=defaults.lars_trust,
         help="LARS trust coefficient eta (--optimizer lars only): a step moves each weight tensor by about "
         "lr x eta x its norm",
+    )
+    parser.add_argument(
+        "--lars-clip",
+        action="store_true",
+        help="cap each weight tensor's LARS rate at --lr (LARC; solo-learn's clip_lars_lr, with eta 0.02)",
+    )
+    parser.add_argument(
+        "--predictor-lr-scale",
+        type=positive_float,
+        default=defaults.predictor_lr_scale,
+        help="the predictor's learning rate: this x the scheduled rate (e.g. 10)",
     )
     parser.add_argument(
         "--warmup-fraction",
@@ -119,6 +130,20 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=0,
         help="pause (checkpoint and exit) every N epochs, to split a long run into sessions",
     )
+    parser.add_argument(
+        "--snapshots",
+        default="",
+        metavar="EPOCHS",
+        help="also save the backbone after these epochs to --out-dir/snapshots/byol_epochNNNN.pt (byol.pt's "
+        "format): log2 (epochs 1, 2, 4, 8, ... and the last) or a comma list; default none",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default="auto",
+        help="torch.compile the training step (minutes of compiling per process, then faster steps). "
+        f"auto: on CUDA, and on a CPU when at least {COMPILE_MIN_CPU_STEPS} steps are left",
+    )
     return parser
 
 
@@ -133,6 +158,8 @@ def main() -> None:
         resume=args.resume,
         stop_after_epochs=args.stop_after_epochs,
         overwrite=args.overwrite,
+        snapshot_epochs=args.snapshots,
+        compile_mode=args.compile,
     )
 
 

@@ -205,6 +205,36 @@ def prepare_split(data_dir: Path | None, work_dir: Path, size: int) -> Path:
     return work_dir
 
 
+def compare_compile(
+    device: torch.device, precision: str, fmt: torch.memory_format, batch: int, next_views, rounds: int
+) -> dict[str, float]:
+    """Eager vs torch.compile'd training step on the same views: the compile's one-off cost, the
+    steady-state ratio (interleaved turns), and the run length from which compiling pays.
+
+    The one-off cost is the first 3 compiled steps' time less 3 eager steps (a second step may
+    recompile once when the optimiser's state appears), as `train_byol.py --compile on` pays once per
+    process: at the start, and again after each --resume.
+    """
+    eager = step_runner(*make_model(device, fmt, batch), device, precision, next_views)
+    compiled = step_runner(*make_model(device, fmt, batch, compile_model=True), device, precision, next_views)
+    eager_step = timed(eager, 3, 2, device)
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(3):
+        compiled()
+    synchronize(device)
+    compile_seconds = time.perf_counter() - started - 3 * eager_step
+    eager_s, compiled_s = interleaved([eager, compiled], rounds, 2, 1, device)
+    saved = eager_s - compiled_s
+    return {
+        "compile_seconds": compile_seconds,
+        "eager_images_per_s": batch / eager_s,
+        "compiled_images_per_s": batch / compiled_s,
+        "compiled_vs_eager": eager_s / compiled_s,
+        "break_even_steps": compile_seconds / saved if saved > 0 else float("inf"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -221,6 +251,11 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, help="keeps the split and cache between runs")
     parser.add_argument("--variants", action="store_true", help="also time each precision/memory format")
     parser.add_argument("--compile", action="store_true", help="with --variants: also torch.compile")
+    parser.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="only eager vs torch.compile (train_byol.py --compile): compile seconds, ratio, break-even",
+    )
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -274,6 +309,20 @@ def main() -> None:
             return step_views(images, rows_, views, generator, ranks, device, fmt)
 
         return next_views
+
+    if args.compile_only:
+        result = compare_compile(
+            device, precision, fmt, batch, pipeline_views(n_images), max(2, args.steps // 2)
+        )
+        print(
+            f"torch.compile: {result['compile_seconds']:.0f} s to compile; eager "
+            f"{result['eager_images_per_s']:.1f} vs compiled {result['compiled_images_per_s']:.1f} images/s "
+            f"(interleaved); pays after {result['break_even_steps']:.0f} steps"
+        )
+        print("RESULT " + " ".join(f"{name}={value:.2f}" for name, value in result.items()))
+        if temporary is not None:
+            temporary.cleanup()
+        return
 
     print("data side alone (views/s, two per image):", flush=True)
     small, large = min(SMALL, n_images), min(LARGE, n_images)

@@ -17,7 +17,12 @@ BASE_LR_PER_256 = {"lars": 0.2, "sgd": 0.05, "adamw": 1e-3}
 
 
 class LARS(torch.optim.Optimizer):
-    """SGD with momentum whose step for each weight tensor is scaled by eta * ||w|| / ||g + wd w||."""
+    """SGD with momentum whose step for each weight tensor is scaled by eta * ||w|| / ||g + wd w||.
+
+    With `clip` (LARC, as solo-learn's `clip_lars_lr` for small images) that scale is capped at 1:
+    a tensor's rate is min(eta * ||w|| / ||g + wd w||, lr) instead of lr times the ratio, so no
+    layer moves faster than plain SGD at lr would move it.
+    """
 
     def __init__(
         self,
@@ -26,6 +31,7 @@ class LARS(torch.optim.Optimizer):
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         trust_coefficient: float = 1e-3,
+        clip: bool = False,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -33,6 +39,7 @@ class LARS(torch.optim.Optimizer):
             "weight_decay": weight_decay,
             "lars": True,
             "trust_coefficient": trust_coefficient,
+            "clip": clip,
         }
         super().__init__(params, defaults)
 
@@ -55,6 +62,8 @@ class LARS(torch.optim.Optimizer):
                     group["trust_coefficient"] * param_norms / grad_norms,
                     torch.ones_like(param_norms),
                 )
+                if group["clip"] and group["lr"] > 0:
+                    trust = torch.clamp(trust / group["lr"], max=1.0)
                 grads = torch._foreach_mul(grads, list(trust.unbind()))
             buffers = []
             for param in params:
@@ -67,16 +76,33 @@ class LARS(torch.optim.Optimizer):
             torch._foreach_add_(params, buffers, alpha=-group["lr"])
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weights of Linear/Conv layers decay; biases and BatchNorm parameters (all 1-d) do not."""
-    decay, no_decay = [], []
-    for param in model.parameters():
+def parameter_groups(model: nn.Module, weight_decay: float, predictor_lr_scale: float = 1.0) -> list[dict]:
+    """Weights of Linear/Conv layers decay; biases and BatchNorm parameters (all 1-d) do not.
+
+    BYOL's predictor (a module named `predictor`) gets groups of its own whose rate is
+    `predictor_lr_scale` x the scheduled rate (see `set_learning_rates`).
+    """
+    groups = {}
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
+            own = name.startswith("predictor.") and predictor_lr_scale != 1.0
+            key = (param.ndim <= 1, own)
+            groups.setdefault(key, []).append(param)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {
+            "params": params,
+            "weight_decay": 0.0 if no_decay else weight_decay,
+            "lars": not no_decay,
+            "lr_scale": predictor_lr_scale if own else 1.0,
+        }
+        for (no_decay, own), params in sorted(groups.items())
     ]
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """This step's rate in every group: the schedule's `lr` times the group's own scale."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def default_lr(optimizer: str, batch_size: int) -> float:
@@ -84,12 +110,19 @@ def default_lr(optimizer: str, batch_size: int) -> float:
 
 
 def make_optimizer(
-    name: str, model: nn.Module, lr: float, weight_decay: float, lars_trust: float = 1e-3
+    name: str,
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    lars_trust: float = 1e-3,
+    lars_clip: bool = False,
+    predictor_lr_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, weight_decay)
+    groups = parameter_groups(model, weight_decay, predictor_lr_scale)
     if name == "lars":
-        groups[1]["lars"] = False
-        return LARS(groups, lr=lr, trust_coefficient=lars_trust)
+        return LARS(groups, lr=lr, trust_coefficient=lars_trust, clip=lars_clip)
+    for group in groups:  # LARS's own key; SGD and AdamW would keep it in their state for nothing
+        del group["lars"]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9)
     if name == "adamw":

@@ -12,12 +12,13 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from byol.augment import BYOLViews
@@ -40,18 +41,7 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "byol.pt"
 CHECKPOINT_FILE = "byol_checkpoint.pt"
-# What --resume reads from the checkpoint (world_size and grad_scaler are absent from the oldest ones).
-CHECKPOINT_KEYS = {
-    "model",
-    "optimizer",
-    "config",
-    "epoch",
-    "batch_in_epoch",
-    "step",
-    "metrics",
-    "loss_sum",
-    "generator_state",
-}
+CHECKPOINT_KEYS = {"model", "optimizer", "grad_scaler", "config", "world_size", "state"}  # TrainState
 BYOL_METRICS_FILE = "byol_metrics.csv"
 BYOL_CONFIG_FILE = "byol_config.json"
 VIEWS_FIGURE = "byol_views.png"
@@ -70,6 +60,8 @@ class PretrainConfig:
     lr: float = 0.0  # 0: BASE_LR_PER_256[optimizer] * batch_size / 256
     weight_decay: float = 1.5e-6
     lars_trust: float = 1e-3  # LARS's eta: each weight tensor moves by about lr x eta x its norm per step
+    lars_clip: bool = False  # cap each tensor's LARS rate at lr (LARC; solo-learn's clip_lars_lr)
+    predictor_lr_scale: float = 1.0  # the predictor's rate: this x the scheduled rate
     warmup_fraction: float = 0.1
     tau_base: float = 0.996
     crop_min_scale: float = 0.08
@@ -106,6 +98,10 @@ class PretrainConfig:
             raise UserError(f"--seed {self.seed}: use an integer from 0 to {2**32 - 1}")
         if self.optimizer != "lars" and self.lars_trust != PretrainConfig.lars_trust:
             raise UserError(f"--lars-trust applies to --optimizer lars only, not {self.optimizer}")
+        if self.optimizer != "lars" and self.lars_clip:
+            raise UserError(f"--lars-clip applies to --optimizer lars only, not {self.optimizer}")
+        if not (math.isfinite(self.predictor_lr_scale) and self.predictor_lr_scale > 0):
+            raise UserError(f"--predictor-lr-scale {self.predictor_lr_scale}: must be a finite number > 0")
         cache_size = self.cache_size or default_cache_size(self.image_size)
         check_view_size(self.image_size, cache_size)
         lr = self.lr or default_lr(self.optimizer, self.batch_size * world_size)
@@ -213,149 +209,226 @@ def pretrain(
     resume: bool = False,
     stop_after_epochs: int = 0,
     overwrite: bool = False,
+    snapshot_epochs: str = "",
+    compile_mode: str = "off",
 ) -> BYOL:
     """Run (or resume) BYOL pretraining and return the trained model.
 
     An earlier run in `out_dir` needs `resume` (continue it) or `overwrite` (start over).
     Under torchrun each process calls this; they train one model together (see byol.distributed).
+    `snapshot_epochs` and `compile_mode` change how the run goes, not its result, so a resumed run
+    may change them: see `parse_snapshot_epochs` and `use_compile`.
     """
-    check_fresh_start(Path(out_dir), (CHECKPOINT_FILE, WEIGHTS_FILE), resume, overwrite)
+    out_dir = Path(out_dir)
+    if compile_mode not in COMPILE_MODES:
+        raise UserError(f"--compile {compile_mode!r}: use one of {', '.join(COMPILE_MODES)}")
+    check_fresh_start(out_dir, (CHECKPOINT_FILE, WEIGHTS_FILE), resume, overwrite)
     with process_group(device_name) as (ranks, device):
-        return _pretrain(config, Path(out_dir), ranks, device, precision_name, resume, stop_after_epochs)
+        checkpoint = read_checkpoint(out_dir / CHECKPOINT_FILE, ranks) if resume else None
+        if checkpoint is not None:
+            config = check_resume_config(checkpoint["config"], config)
+        config = config.resolved(ranks.world_size)
+        snapshots = parse_snapshot_epochs(snapshot_epochs, config.epochs)
+        run = build_run(config, out_dir, ranks, device, precision_name)
+        state = restore(run, checkpoint) if checkpoint is not None else TrainState()
+        if use_compile(compile_mode, device, run.total_steps - state.step):
+            run.train_model = torch.compile(run.train_model)
+        start_run(run, state, show_views=not resume)
+        with StopRequest() as stop:
+            while state.epoch < run.config.epochs:
+                first_batch = state.batch_in_epoch
+                seconds = train_one_epoch(run, state, stop)
+                end_epoch(run, state, first_batch, seconds, snapshots)
+                if (
+                    stop_after_epochs
+                    and state.epoch < run.config.epochs
+                    and state.epoch % stop_after_epochs == 0
+                ):
+                    raise Stopped(
+                        f"paused after epoch {state.epoch} as asked (--stop-after-epochs); "
+                        "continue with --resume",
+                        0,
+                    )
+        if ranks.is_main:
+            path = save_weights(run, state, out_dir / WEIGHTS_FILE)
+            log.info(f"wrote {path}: {json.dumps(summarize_pretraining(state.metrics))}")
+        return run.model
 
 
-def _pretrain(
-    config: PretrainConfig,
-    out_dir: Path,
-    ranks: Ranks,
-    device: torch.device,
-    precision_name: str,
-    resume: bool,
-    stop_after_epochs: int,
-) -> BYOL:
-    checkpoint_path = out_dir / CHECKPOINT_FILE
-    checkpoint = None
-    if resume:
-        if not checkpoint_path.is_file():
-            raise UserError(f"--resume: no checkpoint {checkpoint_path}; run without --resume to start")
-        checkpoint = load_torch(checkpoint_path, "start over with --overwrite")
-        if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys():
-            raise UserError(
-                f"{checkpoint_path} is not a train_byol.py checkpoint; start over with --overwrite"
-            )
-        config = check_resume_config(checkpoint["config"], config)
-        if checkpoint.get("world_size", 1) != ranks.world_size:
-            raise UserError(
-                f"--resume: the checkpoint was trained by {checkpoint.get('world_size', 1)} process(es), "
-                f"this run has {ranks.world_size}; resume with the same number"
-            )
-    config = config.resolved(ranks.world_size)
+@dataclass
+class TrainState:
+    """Where a run stands. With the model's, optimiser's and loss scaler's states it is the checkpoint."""
+
+    epoch: int = 0  # epochs finished
+    batch_in_epoch: int = 0  # the next batch of epoch `epoch`
+    step: int = 0  # optimiser steps taken
+    metrics: list[dict] = field(default_factory=list)  # byol_metrics.csv's rows so far
+    loss_sum: float = 0.0  # over the batches of the current epoch so far
+    generator_state: torch.Tensor | None = None  # the augmentations' generator mid-epoch; None at its start
+
+
+@dataclass
+class Run:
+    """What a pretraining run builds once from its config: data, model, optimiser, and where it runs."""
+
+    config: PretrainConfig
+    out_dir: Path
+    ranks: Ranks
+    device: torch.device
+    precision: str
+    train_indices: list[int]  # cache rows BYOL trains on (never test)
+    watched: MonitorRows
+    images: torch.Tensor  # (N, 3, S, S) uint8, every cache row
+    views: BYOLViews
+    model: BYOL
+    train_model: nn.Module  # `model`, or its DDP (and/or torch.compile) wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch_size * self.ranks.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_indices) // self.global_batch  # the last partial batch is dropped
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.epochs * self.steps_per_epoch
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(self.config.warmup_fraction * self.total_steps)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_FILE
+
+
+def read_checkpoint(path: Path, ranks: Ranks) -> dict:
+    if not path.is_file():
+        raise UserError(f"--resume: no checkpoint {path}; run without --resume to start")
+    checkpoint = load_torch(path, "start over with --overwrite")
+    if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys():
+        raise UserError(f"{path} is not a train_byol.py checkpoint; start over with --overwrite")
+    if checkpoint["world_size"] != ranks.world_size:
+        raise UserError(
+            f"--resume: the checkpoint was trained by {checkpoint['world_size']} process(es), "
+            f"this run has {ranks.world_size}; resume with the same number"
+        )
+    return checkpoint
+
+
+def build_run(
+    config: PretrainConfig, out_dir: Path, ranks: Ranks, device: torch.device, precision_name: str
+) -> Run:
+    """Check that the run fits, then load the split and its cache and build the model and optimiser."""
     precision = resolve_precision(precision_name, device)
     if device.type == "cpu":  # a CUDA allocation that fails raises, and run_stage reports it
         check_cpu_memory(config.batch_size, config.image_size, precision)
-    fmt = MEMORY_FORMAT
-    nan_remedy = "Lower --lr and start again"
-    if precision == "fp16":  # its activations overflow at 65,504
-        nan_remedy = "Lower --lr, or train in --precision fp32 or bf16, and start again"
-
     split = read_split(out_dir)
     train_indices = pretraining_indices(split, config.max_images, config.seed)
-    watched = monitor_rows(split, config.diag_voters)
-    global_batch = config.batch_size * ranks.world_size
-    if global_batch > len(train_indices):
+    if config.batch_size * ranks.world_size > len(train_indices):
         processes = f" x {ranks.world_size} processes" if ranks.distributed else ""
         raise UserError(
             f"--batch-size {config.batch_size}{processes} is larger than the {len(train_indices)} "
             "pretraining images; lower --batch-size"
         )
-    images = load_cache(split, out_dir, config.cache_size, device, ranks)  # (N, 3, S, S) uint8
-    steps_per_epoch = len(train_indices) // global_batch  # the last partial batch is dropped
-    total_steps = config.epochs * steps_per_epoch
-    warmup_steps = int(config.warmup_fraction * total_steps)
+    images = load_cache(split, out_dir, config.cache_size, device, ranks)
     views = BYOLViews(
         config.image_size,
         crop_scale=(config.crop_min_scale, 1.0),
         blur_sigma=(config.blur_sigma_min, config.blur_sigma_max),
     )
-
     torch.manual_seed(config.seed)
     model = BYOL(resnet18_backbone(), RESNET18_FEATURES)
     if config.sync_bn and ranks.distributed:
         model = sync_batchnorm(model, device)
-    model = model.to(device, memory_format=fmt)
-    optimizer = make_optimizer(config.optimizer, model, config.lr, config.weight_decay, config.lars_trust)
-    scaler = grad_scaler(device, precision)
-    epoch, batch_in_epoch, step, metrics = 0, 0, 0, []
-    generator_state, loss_sum = None, 0.0
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if scaler.is_enabled() and checkpoint.get("grad_scaler"):  # empty unless it was an fp16 run
-            scaler.load_state_dict(checkpoint["grad_scaler"])
-        epoch, batch_in_epoch, step = checkpoint["epoch"], checkpoint["batch_in_epoch"], checkpoint["step"]
-        metrics, loss_sum = checkpoint["metrics"], checkpoint["loss_sum"]
-        generator_state = checkpoint["generator_state"]
-        log.info(f"resuming at epoch {epoch + 1}, batch {batch_in_epoch} of {steps_per_epoch}")
-    train_model = wrap(model, ranks, device)
+    model = model.to(device, memory_format=MEMORY_FORMAT)
+    optimizer = make_optimizer(
+        config.optimizer,
+        model,
+        config.lr,
+        config.weight_decay,
+        config.lars_trust,
+        config.lars_clip,
+        config.predictor_lr_scale,
+    )
+    return Run(
+        config=config,
+        out_dir=out_dir,
+        ranks=ranks,
+        device=device,
+        precision=precision,
+        train_indices=train_indices,
+        watched=monitor_rows(split, config.diag_voters),
+        images=images,
+        views=views,
+        model=model,
+        train_model=wrap(model, ranks, device),
+        optimizer=optimizer,
+        scaler=grad_scaler(device, precision),
+    )
+
+
+def restore(run: Run, checkpoint: dict) -> TrainState:
+    run.model.load_state_dict(checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    if run.scaler.is_enabled():  # its state is empty unless the run trains in fp16
+        run.scaler.load_state_dict(checkpoint["grad_scaler"])
+    state = TrainState(**checkpoint["state"])
+    log.info(f"resuming at epoch {state.epoch + 1}, batch {state.batch_in_epoch} of {run.steps_per_epoch}")
+    return state
+
+
+def save_checkpoint(run: Run, state: TrainState) -> None:
+    if not run.ranks.is_main:  # every rank holds the same state; one copy is enough
+        return
+    save_torch(
+        run.checkpoint_path,
+        {
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "grad_scaler": run.scaler.state_dict(),
+            "config": asdict(run.config),
+            "world_size": run.ranks.world_size,
+            "state": asdict(state),
+        },
+    )
+
+
+def start_run(run: Run, state: TrainState, show_views: bool) -> None:
+    """Write the run's config, say what it is about to do, and score the random init (epoch 0)."""
+    config, ranks = run.config, run.ranks
     if ranks.is_main:
         write_json(
-            out_dir / BYOL_CONFIG_FILE,
+            run.out_dir / BYOL_CONFIG_FILE,
             {
                 **asdict(config),
-                "device": str(device),
-                "precision": precision,
+                "device": str(run.device),
+                "precision": run.precision,
                 "world_size": ranks.world_size,
-                "global_batch_size": global_batch,
-                "pretraining_images": len(train_indices),
+                "global_batch_size": run.global_batch,
+                "pretraining_images": len(run.train_indices),
             },
         )
     log.info(
-        f"BYOL: {len(train_indices)} images, {steps_per_epoch} steps/epoch x {config.epochs} epochs, "
-        f"global batch {global_batch} ({ranks.world_size} process(es)), {config.optimizer} lr "
-        f"{config.lr:g}, device {device}, precision {precision}; k-NN monitor: {len(watched.labelled)} "
-        f"labelled voters, {len(watched.voters)} diagnostic voters (non-test images with their labels)"
+        f"BYOL: {len(run.train_indices)} images, {run.steps_per_epoch} steps/epoch x {config.epochs} epochs, "
+        f"global batch {run.global_batch} ({ranks.world_size} process(es)), {config.optimizer} lr "
+        f"{config.lr:g}, device {run.device}, precision {run.precision}; k-NN monitor: "
+        f"{len(run.watched.labelled)} labelled voters, {len(run.watched.voters)} diagnostic voters "
+        "(non-test images with their labels)"
     )
-
-    def save_checkpoint(next_batch: int, generator_state: torch.Tensor | None) -> None:
-        if not ranks.is_main:  # every rank holds the same state; one copy is enough
-            return
-        save_torch(
-            checkpoint_path,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "grad_scaler": scaler.state_dict(),
-                "config": asdict(config),
-                "world_size": ranks.world_size,
-                "epoch": epoch,
-                "batch_in_epoch": next_batch,
-                "step": step,
-                "metrics": metrics,
-                "loss_sum": loss_sum,
-                "generator_state": generator_state,
-            },
-        )
-
-    def monitor() -> dict[str, float]:
-        """k-NN on rank 0 only (the others wait): every rank's backbone is the same."""
-        result = NOT_MONITORED
-        if ranks.is_main:
-            result = knn_monitor(model, images, watched, config.image_size, device, precision, fmt)
-        ranks.barrier()
-        return result
-
-    if ranks.is_main and not resume:  # what the network is about to see, to check the views by eye
+    if ranks.is_main and show_views:  # what the network is about to see, to check the views by eye
         # Spread over the training rows: they follow the split's order, so the first few are one class.
-        shown = [train_indices[i] for i in torch.linspace(0, len(train_indices) - 1, 6).long().tolist()]
-        plot_views(
-            images[shown],
-            views,
-            torch.Generator().manual_seed(config.seed),
-            out_dir / VIEWS_FIGURE,
-        )
-    if not metrics:  # epoch 0: the random-init baseline of the k-NN monitor
-        monitored = monitor()
-        metrics.append(
+        rows = run.train_indices
+        shown = [rows[i] for i in torch.linspace(0, len(rows) - 1, 6).long().tolist()]
+        generator = torch.Generator().manual_seed(config.seed)
+        plot_views(run.images[shown], run.views, generator, run.out_dir / VIEWS_FIGURE)
+    if not state.metrics:  # epoch 0: the random-init baseline of the k-NN monitor
+        monitored = monitor(run)
+        state.metrics.append(
             {
                 "epoch": 0,
                 "step": 0,
@@ -369,115 +442,186 @@ def _pretrain(
         )
         log.info(f"epoch 0: {describe_monitor(monitored)}")
 
-    with StopRequest() as stop:
-        while epoch < config.epochs:
-            permutation = torch.randperm(
-                len(train_indices), generator=seeded_generator(config.seed, epoch, "cpu")
-            )
-            epoch_rows = torch.tensor(train_indices)[permutation]
-            generator = seeded_generator(config.seed, epoch, device)
-            if generator_state is not None:  # resuming mid-epoch: replay the same augmentations
-                generator.set_state(generator_state)
-                generator_state = None
-            started = last_save = time.perf_counter()
-            first_batch = batch_in_epoch
-            bar = tqdm(
-                range(first_batch, steps_per_epoch),
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-                unit="step",
-                leave=False,
-                disable=not ranks.is_main,
-            )
-            for batch_in_epoch in bar:
-                global_rows = epoch_rows[batch_in_epoch * global_batch : (batch_in_epoch + 1) * global_batch]
-                view_1, view_2 = step_views(images, global_rows, views, generator, ranks, device, fmt)
-                loss = train_step(
-                    train_model,
-                    model,
-                    optimizer,
-                    view_1,
-                    view_2,
-                    lr_at(step, total_steps, warmup_steps, config.lr),
-                    tau_at(step, total_steps, config.tau_base),
-                    device,
-                    precision,
-                    scaler,
-                )
-                step += 1
-                # One small all-reduce per step: the mean loss over ranks, and whether any rank was
-                # asked to stop, so that every rank stops (or fails) at the same step.
-                shared = ranks.all_reduce_sum(
-                    torch.stack(
-                        [loss.float() / ranks.world_size, loss.new_tensor(float(bool(stop.signal_name)))]
-                    )
-                ).tolist()
-                loss_value, stop_asked = shared[0], shared[1] > 0
-                if not math.isfinite(loss_value):
-                    raise UserError(
-                        f"the loss became {loss_value} at epoch {epoch + 1}, step {step}; "
-                        f"stopped, the last good checkpoint {checkpoint_path} is kept. {nan_remedy}"
-                    )
-                loss_sum += loss_value
-                images_per_s = (
-                    (batch_in_epoch + 1 - first_batch) * global_batch / (time.perf_counter() - started)
-                )
-                bar.set_postfix(loss=f"{loss_value:.3f}", images_per_s=f"{images_per_s:.1f}")
-                if stop_asked or (ranks.is_main and time.perf_counter() - last_save > CHECKPOINT_EVERY_S):
-                    save_checkpoint(batch_in_epoch + 1, generator.get_state())
-                    last_save = time.perf_counter()
-                    if stop_asked:
-                        bar.close()
-                        raise Stopped(
-                            f"stopped by {stop.signal_name or 'a signal to another process'}; checkpoint "
-                            f"saved in {checkpoint_path}, continue with --resume",
-                            stop.exit_code or 143,
-                        )
-            bar.close()
-            seconds = time.perf_counter() - started
-            average_buffers(model, ranks)
-            epoch += 1
-            monitored = NOT_MONITORED
-            if epoch == config.epochs or (config.knn_every and epoch % config.knn_every == 0):
-                monitored = monitor()
-            metrics.append(
-                {
-                    "epoch": epoch,
-                    "step": step,
-                    "loss": loss_sum / steps_per_epoch,
-                    "tau": tau_at(step, total_steps, config.tau_base),
-                    "lr": lr_at(step - 1, total_steps, warmup_steps, config.lr),
-                    **monitored,
-                    "images_per_s": (steps_per_epoch - first_batch) * global_batch / seconds,
-                    "seconds": seconds,
-                }
-            )
-            log.info(
-                f"epoch {epoch}: loss {metrics[-1]['loss']:.4f} {describe_monitor(monitored)} "
-                f"{metrics[-1]['images_per_s']:.1f} images/s"
-            )
-            batch_in_epoch, loss_sum = 0, 0.0
-            save_checkpoint(0, None)
-            if ranks.is_main:
-                write_csv(out_dir / BYOL_METRICS_FILE, pd.DataFrame(metrics))
-            if stop_after_epochs and epoch < config.epochs and epoch % stop_after_epochs == 0:
-                raise Stopped(
-                    f"paused after epoch {epoch} as asked (--stop-after-epochs); continue with --resume", 0
-                )
 
-    if ranks.is_main:
-        summary = summarize_pretraining(metrics)
-        save_torch(
-            out_dir / WEIGHTS_FILE,
-            {
-                "backbone": model.backbone.state_dict(),
-                "arch": "resnet18",
-                "feature_dim": RESNET18_FEATURES,
-                "config": asdict(config),
-                "metrics": summary,
-            },
+def monitor(run: Run) -> dict[str, float]:
+    """The k-NN monitor on rank 0 only (the others wait): every rank's backbone is the same."""
+    result = NOT_MONITORED
+    if run.ranks.is_main:
+        result = knn_monitor(
+            run.model,
+            run.images,
+            run.watched,
+            run.config.image_size,
+            run.device,
+            run.precision,
+            MEMORY_FORMAT,
         )
-        log.info(f"wrote {out_dir / WEIGHTS_FILE}: {json.dumps(summary)}")
-    return model
+    run.ranks.barrier()
+    return result
+
+
+def train_one_epoch(run: Run, state: TrainState, stop: StopRequest) -> float:
+    """Train from `state.batch_in_epoch` to the end of epoch `state.epoch`; returns the seconds taken.
+
+    Checkpoints every CHECKPOINT_EVERY_S and when a signal asks to stop (then raises Stopped).
+    """
+    config, ranks = run.config, run.ranks
+    permutation = torch.randperm(
+        len(run.train_indices), generator=seeded_generator(config.seed, state.epoch, "cpu")
+    )
+    epoch_rows = torch.tensor(run.train_indices)[permutation]
+    generator = seeded_generator(config.seed, state.epoch, run.device)
+    if state.generator_state is not None:  # resuming mid-epoch: replay the same augmentations
+        generator.set_state(state.generator_state)
+        state.generator_state = None
+    started = last_save = time.perf_counter()
+    first_batch = state.batch_in_epoch
+    nan_remedy = "Lower --lr and start again"
+    if run.precision == "fp16":  # its activations overflow at 65,504
+        nan_remedy = "Lower --lr, or train in --precision fp32 or bf16, and start again"
+    bar = tqdm(
+        range(first_batch, run.steps_per_epoch),
+        desc=f"epoch {state.epoch + 1}/{config.epochs}",
+        unit="step",
+        leave=False,
+        disable=not ranks.is_main,
+    )
+    for batch in bar:
+        global_rows = epoch_rows[batch * run.global_batch : (batch + 1) * run.global_batch]
+        view_1, view_2 = step_views(
+            run.images, global_rows, run.views, generator, ranks, run.device, MEMORY_FORMAT
+        )
+        loss = train_step(
+            run.train_model,
+            run.model,
+            run.optimizer,
+            view_1,
+            view_2,
+            lr_at(state.step, run.total_steps, run.warmup_steps, config.lr),
+            tau_at(state.step, run.total_steps, config.tau_base),
+            run.device,
+            run.precision,
+            run.scaler,
+        )
+        state.step += 1
+        # One small all-reduce per step: the mean loss over ranks, and whether any rank was asked to
+        # stop, so that every rank stops (or fails) at the same step.
+        stop_flag = loss.new_tensor(float(bool(stop.signal_name)))
+        shared = ranks.all_reduce_sum(torch.stack([loss.float() / ranks.world_size, stop_flag])).tolist()
+        loss_value, stop_asked = shared[0], shared[1] > 0
+        if not math.isfinite(loss_value):
+            raise UserError(
+                f"the loss became {loss_value} at epoch {state.epoch + 1}, step {state.step}; "
+                f"stopped, the last good checkpoint {run.checkpoint_path} is kept. {nan_remedy}"
+            )
+        state.loss_sum += loss_value
+        state.batch_in_epoch = batch + 1
+        images_per_s = (batch + 1 - first_batch) * run.global_batch / (time.perf_counter() - started)
+        bar.set_postfix(loss=f"{loss_value:.3f}", images_per_s=f"{images_per_s:.1f}")
+        if stop_asked or (ranks.is_main and time.perf_counter() - last_save > CHECKPOINT_EVERY_S):
+            state.generator_state = generator.get_state()
+            save_checkpoint(run, state)
+            state.generator_state = None
+            last_save = time.perf_counter()
+            if stop_asked:
+                bar.close()
+                raise Stopped(
+                    f"stopped by {stop.signal_name or 'a signal to another process'}; checkpoint "
+                    f"saved in {run.checkpoint_path}, continue with --resume",
+                    stop.exit_code or 143,
+                )
+    bar.close()
+    return time.perf_counter() - started
+
+
+def end_epoch(run: Run, state: TrainState, first_batch: int, seconds: float, snapshots: set[int]) -> None:
+    """After an epoch's last step: BatchNorm buffers, monitor, metrics row, snapshot, checkpoint, CSV."""
+    config = run.config
+    average_buffers(run.model, run.ranks)
+    state.epoch += 1
+    monitored = NOT_MONITORED
+    if state.epoch == config.epochs or (config.knn_every and state.epoch % config.knn_every == 0):
+        monitored = monitor(run)
+    state.metrics.append(
+        {
+            "epoch": state.epoch,
+            "step": state.step,
+            "loss": state.loss_sum / run.steps_per_epoch,
+            "tau": tau_at(state.step, run.total_steps, config.tau_base),
+            "lr": lr_at(state.step - 1, run.total_steps, run.warmup_steps, config.lr),
+            **monitored,
+            "images_per_s": (run.steps_per_epoch - first_batch) * run.global_batch / seconds,
+            "seconds": seconds,
+        }
+    )
+    row = state.metrics[-1]
+    log.info(
+        f"epoch {state.epoch}: loss {row['loss']:.4f} {describe_monitor(monitored)} "
+        f"{row['images_per_s']:.1f} images/s"
+    )
+    state.batch_in_epoch, state.loss_sum = 0, 0.0
+    if run.ranks.is_main and state.epoch in snapshots:
+        save_weights(run, state, snapshot_path(run.out_dir, state.epoch))
+    save_checkpoint(run, state)
+    if run.ranks.is_main:
+        write_csv(run.out_dir / BYOL_METRICS_FILE, pd.DataFrame(state.metrics))
+
+
+def save_weights(run: Run, state: TrainState, path: Path) -> Path:
+    """The backbone in byol.pt's format: it loads into a stock resnet18 with fc = nn.Identity()."""
+    save_torch(
+        path,
+        {
+            "backbone": run.model.backbone.state_dict(),
+            "arch": "resnet18",
+            "feature_dim": RESNET18_FEATURES,
+            "config": asdict(run.config),
+            "metrics": summarize_pretraining(state.metrics),
+            "epoch": state.epoch,
+            "step": state.step,
+        },
+    )
+    return path
+
+
+SNAPSHOT_DIR = "snapshots"
+
+
+def snapshot_path(out_dir: Path, epoch: int) -> Path:
+    return Path(out_dir) / SNAPSHOT_DIR / f"byol_epoch{epoch:04d}.pt"
+
+
+def parse_snapshot_epochs(spec: str, epochs: int) -> set[int]:
+    """--snapshots: "" (none), "log2" (epochs 1, 2, 4, 8, ... and the last) or a comma list of epochs."""
+    spec = spec.strip()
+    if not spec:
+        return set()
+    if spec == "log2":
+        return {2**i for i in range(epochs.bit_length()) if 2**i <= epochs} | {epochs}
+    try:
+        chosen = {int(part) for part in spec.split(",") if part.strip()}
+    except ValueError:
+        chosen = set()
+    if not chosen or not all(1 <= epoch <= epochs for epoch in chosen):
+        raise UserError(
+            f"--snapshots {spec!r}: use log2 (epochs 1, 2, 4, ... and the last) or a comma list of "
+            f"epochs from 1 to --epochs {epochs}"
+        )
+    return chosen
+
+
+COMPILE_MODES = ("auto", "on", "off")
+# --compile auto on a CPU: compile when at least this many steps are left. Compiling costs minutes once
+# per process and saves a share of each step (benchmarks/bench_byol.py --compile measures both).
+COMPILE_MIN_CPU_STEPS = 3000
+
+
+def use_compile(mode: str, device: torch.device, steps_left: int) -> bool:
+    """--compile: torch.compile the training step's forward and backward. auto: on CUDA, and on a CPU
+    for a run long enough to pay back the compile time."""
+    if mode == "auto":
+        return steps_left > 0 and (device.type == "cuda" or steps_left >= COMPILE_MIN_CPU_STEPS)
+    return mode == "on"
 
 
 def summarize_pretraining(metrics: list[dict]) -> dict:

@@ -13,6 +13,7 @@ from byol.augment import BYOLViews
 from byol.device import autocast
 from byol.distributed import Ranks
 from byol.model import BYOL
+from byol.optim import set_learning_rates
 
 
 def seeded_generator(seed: int, epoch: int, device: torch.device | str) -> torch.Generator:
@@ -54,13 +55,21 @@ def train_step(
     gradients across ranks during backward). `scaler` (byol.device.grad_scaler) scales the loss in
     fp16 and skips the step when the gradients overflowed; in fp32 and bf16 it does nothing.
     """
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    set_learning_rates(optimizer, lr)
     with autocast(device, precision):
         loss = train_model(view_1, view_2)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)  # unscales first, so LARS's trust ratios see the true gradients
-    scaler.update()
+    backward_step(optimizer, scaler, loss)
     model.update_target(tau)
     return loss.detach()
+
+
+def backward_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor) -> None:
+    """Zero the gradients, backpropagate the loss (scaled in fp16), step and update the loss scale.
+
+    `scaler.step` unscales the gradients first, so LARS's trust ratios see the true ones, and skips
+    the step when they overflowed; in fp32 and bf16 the scaler does nothing. Both stages step here.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()

@@ -97,13 +97,14 @@ def test_a_users_own_backbone_learns_with_the_public_api():
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
 
 
-@pytest.mark.parametrize("trust", [1e-3, 0.02])
-def test_lars_matches_the_papers_update_rule(trust):
+@pytest.mark.parametrize("trust, clip", [(1e-3, False), (0.02, False), (0.02, True), (50.0, True)])
+def test_lars_matches_the_papers_update_rule(trust, clip):
     from byol.optim import make_optimizer
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
-    optimizer = make_optimizer("lars", model, lr=0.1, weight_decay=0.01, lars_trust=trust)
+    optimizer = make_optimizer("lars", model, lr=0.1, weight_decay=0.01, lars_trust=trust, lars_clip=clip)
+    capped = []
     expected = {name: param.detach().clone() for name, param in model.named_parameters()}
     momentum = {name: torch.zeros_like(param) for name, param in expected.items()}
     for _ in range(3):
@@ -112,7 +113,11 @@ def test_lars_matches_the_papers_update_rule(trust):
             param.grad = grads[name].clone()
             if param.ndim > 1:  # weights: decay and the trust ratio eta * |w| / |g + wd w|
                 update = grads[name] + 0.01 * expected[name]
-                update = update * trust * expected[name].norm() / update.norm()
+                ratio = trust * expected[name].norm() / update.norm()
+                if clip:  # LARC: the tensor's rate lr x ratio is capped at lr
+                    capped.append(bool(ratio / 0.1 > 1))
+                    ratio = min(ratio / 0.1, 1.0)
+                update = update * ratio
             else:  # biases and BatchNorm: plain momentum SGD, no decay
                 update = grads[name]
             momentum[name] = 0.9 * momentum[name] + update
@@ -120,3 +125,21 @@ def test_lars_matches_the_papers_update_rule(trust):
         optimizer.step()
         for name, param in model.named_parameters():
             torch.testing.assert_close(param.detach(), expected[name], msg=name)
+    if clip:  # eta 0.02 never reaches the cap here, eta 50 always does: both branches are checked
+        assert all(capped) if trust > 1 else not any(capped)
+
+
+def test_the_predictor_gets_its_own_rate_and_every_parameter_one_group():
+    from byol.optim import make_optimizer, set_learning_rates
+
+    model = BYOL(nn.Sequential(nn.Flatten(), nn.Linear(12, 8)), 8, projection_dim=4, hidden_dim=16)
+    for name in ("lars", "sgd", "adamw"):
+        optimizer = make_optimizer(name, model, lr=0.5, weight_decay=1e-4, predictor_lr_scale=10.0)
+        set_learning_rates(optimizer, 0.25)
+        rate = {id(param): group["lr"] for group in optimizer.param_groups for param in group["params"]}
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        assert len(rate) == sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
+        for param_name, param in trainable:
+            assert rate[id(param)] == (2.5 if param_name.startswith("predictor.") else 0.25), param_name
+    plain = make_optimizer("lars", model, lr=0.5, weight_decay=1e-4)
+    assert len(plain.param_groups) == 2  # without a scale, the paper's two groups

@@ -21,6 +21,7 @@ from byol.capacity import byol_step_bytes, readable_size
 from byol.data import read_split
 from byol.errors import Stopped, UserError
 from byol.files import load_torch
+from byol.model import BYOL, RESNET18_FEATURES, resnet18_backbone
 from byol.pretrain import PretrainConfig, pretrain, pretraining_indices
 
 
@@ -96,13 +97,30 @@ def test_two_epochs_equal_one_epoch_then_resume(split_dir, tmp_path):
     out = split_dir()
     straight = tmp_path / "straight"
     shutil.copytree(out, straight)
-    pretrain(tiny_config(), straight, device_name="cpu")
+    pretrain(tiny_config(), straight, device_name="cpu", snapshot_epochs="log2")
 
     with pytest.raises(Stopped) as paused:
-        pretrain(tiny_config(), out, device_name="cpu", stop_after_epochs=1)
+        pretrain(tiny_config(), out, device_name="cpu", stop_after_epochs=1, snapshot_epochs="1")
     assert paused.value.exit_code == 0 and not (out / "byol.pt").exists()
     pretrain(PretrainConfig(), out, device_name="cpu", resume=True)  # the saved config wins
     assert_same_weights(straight, out)
+    # Snapshots: byol.pt's format after the epochs asked for; the last one is byol.pt's backbone.
+    assert sorted(path.name for path in (straight / "snapshots").iterdir()) == [
+        "byol_epoch0001.pt",
+        "byol_epoch0002.pt",
+    ]
+    assert [path.name for path in (out / "snapshots").iterdir()] == ["byol_epoch0001.pt"]
+    first, last = (load_torch(straight / "snapshots" / f"byol_epoch000{n}.pt") for n in (1, 2))
+    assert (first["epoch"], first["step"], last["epoch"]) == (1, 4, 2)
+    assert all(
+        torch.equal(last["backbone"][k], v) for k, v in load_torch(straight / "byol.pt")["backbone"].items()
+    )
+    resumed_first = load_torch(out / "snapshots" / "byol_epoch0001.pt")["backbone"]
+    assert all(torch.equal(resumed_first[k], v) for k, v in first["backbone"].items())
+    assert not all(torch.equal(last["backbone"][k], v) for k, v in first["backbone"].items())
+    stock = resnet18()
+    stock.fc = nn.Identity()
+    stock.load_state_dict(first["backbone"], strict=True)
     timings = ["images_per_s", "seconds", "monitor_seconds"]  # wall-clock: never equal twice
     pd.testing.assert_frame_equal(
         pd.read_csv(straight / "byol_metrics.csv").drop(columns=timings),
@@ -136,12 +154,31 @@ def test_a_nan_loss_in_fp16_also_suggests_another_precision(split_dir):
 
 
 def assert_same_weights(dir_a, dir_b):
+    """Bit for bit (same process, same CPU): online, predictor and target networks, BatchNorm buffers
+    and optimiser state; and training moved every weight far from its initial value, so that equal
+    weights are not two runs that barely started.
+
+    At these sizes LARS moves a conv weight by about 1e-6 over a run, below any tolerance a float
+    comparison would use; only an exact comparison tells a wrong resume from a right one.
+    """
     a, b = load_torch(dir_a / "byol.pt")["backbone"], load_torch(dir_b / "byol.pt")["backbone"]
+    assert a.keys() == b.keys()
     for name in a:
-        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0, msg=name)
+        assert torch.equal(a[name], b[name]), name
     ckpt_a, ckpt_b = load_torch(dir_a / "byol_checkpoint.pt"), load_torch(dir_b / "byol_checkpoint.pt")
-    for name in ckpt_a["model"]:  # online, predictor and target networks
-        torch.testing.assert_close(ckpt_a["model"][name], ckpt_b["model"][name], atol=1e-5, rtol=0, msg=name)
+    for name in ckpt_a["model"]:
+        assert torch.equal(ckpt_a["model"][name], ckpt_b["model"][name]), name
+    moments_a, moments_b = ckpt_a["optimizer"]["state"], ckpt_b["optimizer"]["state"]
+    assert moments_a.keys() == moments_b.keys()
+    for index in moments_a:
+        for key, value in moments_a[index].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(moments_b[index][key])), (index, key)
+    config = PretrainConfig(**ckpt_a["config"])
+    torch.manual_seed(config.seed)
+    initial = BYOL(resnet18_backbone(), RESNET18_FEATURES).state_dict()
+    for name, value in ckpt_a["model"].items():
+        if value.is_floating_point() and value.dim() > 1:  # conv and linear weights, target included
+            assert not torch.equal(value, initial[name]), f"{name} never moved"
 
 
 def test_sigterm_mid_epoch_saves_and_resume_is_exact(split_dir, tmp_path, monkeypatch):
@@ -164,7 +201,7 @@ def test_sigterm_mid_epoch_saves_and_resume_is_exact(split_dir, tmp_path, monkey
         pretrain(tiny_config(), out, device_name="cpu")
     assert stopped.value.exit_code == 128 + signal.SIGTERM
     checkpoint = load_torch(out / "byol_checkpoint.pt")
-    assert (checkpoint["epoch"], checkpoint["batch_in_epoch"]) == (1, 2)
+    assert (checkpoint["state"]["epoch"], checkpoint["state"]["batch_in_epoch"]) == (1, 2)
     monkeypatch.setattr(pretrain_module, "step_views", real_step_views)
     pretrain(tiny_config(), out, device_name="cpu", resume=True)
     assert_same_weights(straight, out)
@@ -254,6 +291,8 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_a_byte_is_written(split_
         (["--batch-size", "1"], "--batch-size: must be 2 or more"),
         (["--image-size", "7", "--cache-size", "8"], "--image-size 7: must be 8 px or more"),
         (["--seed", "99999999999999"], "--seed 99999999999999: use an integer from 0 to 4294967295"),
+        (["--snapshots", "2"], "--snapshots '2': use log2"),
+        (["--compile", "yes"], "--compile: invalid choice: 'yes'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(split_dir, args, message):
@@ -331,3 +370,49 @@ def test_pretraining_never_sees_a_test_image(split_dir, max_images):
     assert not set(rows) & set(split.indices("test"))
     assert len(rows) == (max_images or len(split.indices("labelled", "unlabelled")))
     assert set(rows) <= set(split.indices("labelled", "unlabelled"))
+
+
+@pytest.mark.parametrize(
+    "spec, epochs, expected",
+    [
+        ("", 100, set()),
+        ("log2", 100, {1, 2, 4, 8, 16, 32, 64, 100}),
+        ("log2", 64, {1, 2, 4, 8, 16, 32, 64}),
+        ("log2", 1, {1}),
+        ("3, 7,7", 10, {3, 7}),
+    ],
+)
+def test_snapshot_epochs(spec, epochs, expected):
+    assert pretrain_module.parse_snapshot_epochs(spec, epochs) == expected
+
+
+@pytest.mark.parametrize("spec", ["0", "11", "two", "log", ","])
+def test_bad_snapshot_epochs_name_the_flag(spec):
+    with pytest.raises(UserError, match=r"--snapshots .*log2 .*--epochs 10"):
+        pretrain_module.parse_snapshot_epochs(spec, 10)
+
+
+def test_compile_auto_pays_on_cuda_and_on_long_cpu_runs_only():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    long_run = pretrain_module.COMPILE_MIN_CPU_STEPS
+    assert not pretrain_module.use_compile("auto", cpu, long_run - 1)
+    assert pretrain_module.use_compile("auto", cpu, long_run)
+    assert pretrain_module.use_compile("auto", cuda, 10) and not pretrain_module.use_compile("auto", cuda, 0)
+    assert pretrain_module.use_compile("on", cpu, 1) and not pretrain_module.use_compile("off", cuda, 10**6)
+    with pytest.raises(UserError, match="--compile 'yes'"):
+        pretrain(tiny_config(), "unused", compile_mode="yes")
+
+
+def test_compile_wraps_the_training_step_and_keeps_plain_weights(split_dir, monkeypatch):
+    compiled = []
+
+    def fake_compile(module):  # records what train_byol.py --compile on hands to torch.compile
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    out = split_dir()
+    model = pretrain(tiny_config(epochs=1), out, device_name="cpu", compile_mode="on")
+    assert compiled == [model]  # the whole BYOL forward (both views, both networks), once
+    weights = load_torch(out / "byol.pt")["backbone"]
+    assert not any(name.startswith("_orig_mod") for name in weights)
