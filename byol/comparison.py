@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from byol.cache import check_view_size, default_cache_size, load_cache
 from byol.data import Split, read_split
-from byol.device import MEMORY_FORMAT, resolve_precision
-from byol.distributed import Ranks, process_group
+from byol.device import resolve_precision
+from byol.distributed import Ranks, Runtime, process_group
 from byol.errors import UserError
 from byol.evaluate import extract_features
 from byol.files import read_csv, read_json, write_csv, write_json
@@ -28,10 +28,11 @@ from byol.finetune import (
     balanced_subset,
     choose_finetune_lr,
     cv_training_size,
+    fine_tune,
     images_per_step,
     load_byol_backbone,
     make_backbone,
-    train_one_run,
+    train_probe,
 )
 from byol.model import MIN_BATCH_SIZE, MIN_BATCH_SIZE_REASON
 from byol.plots import mean_and_std, paired_text
@@ -40,7 +41,7 @@ from byol.resume import check_fresh_start
 from byol.stats import paired_differences
 
 CLASSIFIER_METRICS_FILE = "classifier_metrics.csv"
-SUMMARY_FILE = "classifier_summary.csv"
+CLASSIFIER_SUMMARY_FILE = "classifier_summary.csv"
 PAIRED_FILE = "classifier_paired.csv"
 CLASSIFIER_CONFIG_FILE = "classifier_config.json"
 METRIC_COLUMNS = [
@@ -202,7 +203,9 @@ def _run_classifiers(
     check_labelled(split, config, ranks.world_size)
     images = load_cache(split, out_dir, config.cache_size, torch.device("cpu"), ranks)  # (N, 3, S, S) uint8
     labels = torch.tensor(split.table["label"].to_numpy())
-    fmt = MEMORY_FORMAT
+    n_classes = len(split.classes)
+    runtime = Runtime(device, precision, ranks)
+    fmt = runtime.memory_format
 
     settings = {
         key: value
@@ -283,12 +286,10 @@ def _run_classifiers(
                     byol_state,
                     images[cv_rows],
                     labels[cv_rows],
-                    len(split.classes),
+                    n_classes,
                     config,
-                    device,
-                    precision,
+                    runtime,
                     progress,
-                    ranks,
                 )
             run_config = replace(config, finetune_lrs=[finetune_lrs[choice]])
         backbone = make_backbone(init, seed, byol_state)
@@ -311,21 +312,16 @@ def _run_classifiers(
             test_inputs = torch.stack([lookup[row] for row in test_rows])
         else:
             train_inputs, test_inputs = images[train_rows], images[test_rows]
-        run_rows = train_one_run(
-            backbone,
-            train_inputs,
-            labels[train_rows],
-            test_inputs,
-            labels[test_rows],
-            mode,
-            seed,
-            len(split.classes),
-            run_config,
-            device,
-            precision,
-            progress,
-            ranks,
-        )
+        if mode == "frozen":
+            run_rows = train_probe(
+                train_inputs, labels[train_rows], test_inputs, labels[test_rows], seed, n_classes, run_config,
+                runtime, progress,
+            )  # fmt: skip
+        else:
+            run_rows = fine_tune(
+                backbone, train_inputs, labels[train_rows], test_inputs, labels[test_rows], seed, n_classes,
+                run_config, runtime, progress,
+            )  # fmt: skip
         rows.extend(
             {"init": init, "mode": mode, "seed": seed, "n_labels": len(train_rows), **row} for row in run_rows
         )
@@ -335,7 +331,7 @@ def _run_classifiers(
     metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     summary = summarize(metrics)
     if ranks.is_main:
-        write_csv(out_dir / SUMMARY_FILE, summary)
+        write_csv(out_dir / CLASSIFIER_SUMMARY_FILE, summary)
         write_csv(out_dir / PAIRED_FILE, paired_summary(metrics))
     return summary
 

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from byol.device import resolve_device
+from byol.device import MEMORY_FORMAT, resolve_device
 from byol.errors import UserError
 
 
@@ -60,6 +60,17 @@ class Ranks:
 
 
 SINGLE_PROCESS = Ranks()
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a stage computes: the device, the autocast precision (byol.device.resolve_precision),
+    this process's place among the torchrun processes, and the images' memory format."""
+
+    device: torch.device
+    precision: str = "fp32"
+    ranks: Ranks = SINGLE_PROCESS
+    memory_format: torch.memory_format = MEMORY_FORMAT
 
 
 @contextlib.contextmanager

@@ -20,14 +20,15 @@ from tqdm import tqdm
 
 from byol.augment import ViewConfig, make_view
 from byol.data import Split
-from byol.device import MEMORY_FORMAT, autocast, grad_scaler
-from byol.distributed import SINGLE_PROCESS, Ranks, average_buffers, sync_batchnorm, wrap
+from byol.device import autocast, grad_scaler
+from byol.distributed import SINGLE_PROCESS, Ranks, Runtime, average_buffers, sync_batchnorm, wrap
 from byol.errors import UserError, first_line
 from byol.evaluate import eval_view, extract_features
 from byol.files import load_torch
 from byol.model import MIN_BATCH_SIZE, RESNET18_FEATURES, resnet18_backbone
 from byol.pretrain import WEIGHTS_FILE
 from byol.schedules import lr_at
+from byol.step import backward_step
 
 log = logging.getLogger(__name__)
 
@@ -134,31 +135,30 @@ def evaluate_head(
     inputs: torch.Tensor,
     labels: torch.Tensor,
     image_size: int,
-    device: torch.device,
-    precision: str,
-    fmt: torch.memory_format,
-    ranks: Ranks = SINGLE_PROCESS,
+    runtime: Runtime,
+    shards: Ranks = SINGLE_PROCESS,
     batch_size: int = 256,
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy; `inputs` are cached images, or features when backbone is None.
 
-    Under torchrun each rank scores its own shard of `inputs` and the sums are added up.
+    With `shards` (the processes under torchrun) each rank scores its own shard and the sums are added up.
     """
     head.eval()
     if backbone is not None:
         backbone.eval()
-    start, stop = ranks.shard_bounds(len(inputs))
+    device = runtime.device
+    start, stop = shards.shard_bounds(len(inputs))
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct
     for first in range(start, stop, batch_size):
         last = min(first + batch_size, stop)
         batch, target = inputs[first:last].to(device), labels[first:last].to(device)
-        with autocast(device, precision):
+        with autocast(device, runtime.precision):
             if backbone is not None:
-                batch = backbone(eval_view(batch, image_size).contiguous(memory_format=fmt))
+                batch = backbone(eval_view(batch, image_size).contiguous(memory_format=runtime.memory_format))
             logits = head(batch)
         totals[0] += F.cross_entropy(logits.float(), target, reduction="sum")
         totals[1] += (logits.argmax(1) == target).sum()
-    loss_sum, correct = ranks.all_reduce_sum(totals).tolist()
+    loss_sum, correct = shards.all_reduce_sum(totals).tolist()
     return loss_sum / len(inputs), correct / len(inputs)
 
 
@@ -220,10 +220,8 @@ def choose_probe_lr(
     seed: int,
     n_classes: int,
     config: ClassifierConfig,
-    device: torch.device,
-    precision: str,
+    runtime: Runtime,
     progress: tqdm,
-    ranks: Ranks = SINGLE_PROCESS,
 ) -> float:
     """The probe learning rate chosen by PROBE_FOLDS-fold cross-validation on the training features.
 
@@ -239,21 +237,17 @@ def choose_probe_lr(
 
     def score_fold(lr: float, kept: torch.Tensor, held_out: torch.Tensor) -> dict:
         trial = replace(config, probe_lrs=[lr], eval_every=config.epochs)
-        # ranks: the same global batch as the probe it chooses for
-        return train_one_run(
-            None,
+        # the runtime's processes: the same global batch as the probe it chooses for
+        return train_probe(
             train_features[kept],
             train_labels[kept],
             train_features[held_out],
             train_labels[held_out],
-            "frozen",
             seed,
             n_classes,
             trial,
-            device,
-            precision,
+            runtime,
             silent,
-            ranks,
         )[-1]
 
     chosen, _ = cross_validate(
@@ -270,10 +264,8 @@ def choose_finetune_lr(
     train_labels: torch.Tensor,
     n_classes: int,
     config: ClassifierConfig,
-    device: torch.device,
-    precision: str,
+    runtime: Runtime,
     progress: tqdm,
-    ranks: Ranks = SINGLE_PROCESS,
 ) -> float:
     """The fine-tuning backbone rate chosen by config.finetune_folds-fold cross-validation: each fold
     fine-tunes a fresh `init` backbone (seed `seed`) on the rest of `train_images` for the whole budget
@@ -288,20 +280,17 @@ def choose_finetune_lr(
 
     def score_fold(lr: float, kept: torch.Tensor, held_out: torch.Tensor) -> dict:
         trial = replace(config, finetune_lrs=[lr], eval_every=config.epochs)
-        return train_one_run(
+        return fine_tune(
             make_backbone(init, seed, byol_state),
             train_images[kept],
             train_labels[kept],
             train_images[held_out],
             train_labels[held_out],
-            "finetune",
             seed,
             n_classes,
             trial,
-            device,
-            precision,
+            runtime,
             silent,
-            ranks,
         )[-1]
 
     folds = config.finetune_folds
@@ -324,39 +313,27 @@ def probe_head(
     seed: int,
     n_classes: int,
     config: ClassifierConfig,
-    device: torch.device,
-    precision: str,
+    runtime: Runtime,
     progress: tqdm,
-    ranks: Ranks = SINGLE_PROCESS,
 ) -> tuple[nn.Linear, float]:
     """LP-FT's first stage: the frozen-backbone linear probe on `train_images` (its rate chosen by
     cross-validation, as in frozen mode), returned as a head on the raw features, and its rate."""
-    backbone = backbone.to(device, memory_format=MEMORY_FORMAT)
+    backbone = backbone.to(runtime.device, memory_format=runtime.memory_format)
     features = extract_features(
-        backbone, train_images, list(range(len(train_images))), config.image_size, device, precision
+        backbone,
+        train_images,
+        list(range(len(train_images))),
+        config.image_size,
+        runtime.device,
+        runtime.precision,
     )
-    lr = choose_probe_lr(features, train_labels, seed, n_classes, config, device, precision, progress, ranks)
+    lr = choose_probe_lr(features, train_labels, seed, n_classes, config, runtime, progress)
     torch.manual_seed(seed + 1)
-    head = nn.Linear(RESNET18_FEATURES, n_classes).to(device)
+    head = nn.Linear(RESNET18_FEATURES, n_classes).to(runtime.device)
     trial = replace(config, probe_lrs=[lr], eval_every=config.epochs)
+    # Scored on its own training features (no test split here): every run scores something.
     silent = tqdm(disable=True)
-    # Scored on its own training features (no test split here): train_one_run always scores something.
-    train_one_run(
-        None,
-        features,
-        train_labels,
-        features,
-        train_labels,
-        "frozen",
-        seed,
-        n_classes,
-        trial,
-        device,
-        precision,
-        silent,
-        ranks,
-        head=head,
-    )
+    train_probe(features, train_labels, features, train_labels, seed, n_classes, trial, runtime, silent, head)
     # The probe saw standardised features, (x - mean) * scale: fold that into the head's weights.
     mean, scale = standardizer(features)
     with torch.no_grad():
@@ -370,65 +347,139 @@ def cv_training_size(n_items: int, folds: int) -> int:
     return n_items - math.ceil(n_items / folds)
 
 
-def train_one_run(
-    backbone: nn.Module | None,
-    train_inputs: torch.Tensor,
+def new_head(seed: int, n_classes: int, device: torch.device) -> nn.Linear:
+    """The linear head every condition of a seed starts from."""
+    torch.manual_seed(seed + 1)
+    return nn.Linear(RESNET18_FEATURES, n_classes).to(device)
+
+
+def train_probe(
+    train_features: torch.Tensor,
     train_labels: torch.Tensor,
-    test_inputs: torch.Tensor,
+    test_features: torch.Tensor,
     test_labels: torch.Tensor,
-    mode: str,
     seed: int,
     n_classes: int,
     config: ClassifierConfig,
-    device: torch.device,
-    precision: str,
+    runtime: Runtime,
     progress: tqdm,
-    ranks: Ranks = SINGLE_PROCESS,
     head: nn.Linear | None = None,
 ) -> list[dict]:
-    """Train a linear head (and, in finetune mode, the backbone); one metrics dict per epoch.
+    """Frozen mode: a linear head on precomputed backbone features; one metrics dict per epoch.
 
-    In frozen mode `train_inputs`/`test_inputs` are precomputed features (standardised here by the
-    training features' statistics), `backbone` is unused and the head's learning rate is chosen by
-    choose_probe_lr (each row's head_lr says which); every rank trains the same head (it
-    takes seconds). Fine-tuning trains the backbone at config.finetune_lrs' one value (backbone_lr)
-    and, with --lp-ft, starts from probe_head's head. Under torchrun it splits each global batch across
-    ranks, with the views each image would get in a single process. `head` (default: a fresh one,
-    seeded by `seed`) is trained in place.
+    The features are standardised by the training features' statistics; the head's rate is chosen
+    by choose_probe_lr (each row's head_lr says which). Every process trains the same head (it takes
+    seconds), with the global batch of the runtime's processes. `head` (default: new_head) is
+    trained in place.
     """
-    fmt = MEMORY_FORMAT
-    finetune = mode == "finetune"
-    if finetune and len(config.finetune_lrs) != 1:
+    started = time.perf_counter()
+    head_lr = choose_probe_lr(train_features, train_labels, seed, n_classes, config, runtime, progress)
+    train_features, test_features = standardize(train_features, test_features)
+    choosing_seconds = time.perf_counter() - started
+    head = head if head is not None else new_head(seed, n_classes, runtime.device)
+    optimizer = torch.optim.AdamW(
+        [{"params": head.parameters(), "lr": head_lr}], weight_decay=config.weight_decay
+    )
+    return _fit(
+        head,
+        head,
+        None,
+        optimizer,
+        (train_features, train_labels, test_features, test_labels),
+        seed,
+        config,
+        runtime,
+        SINGLE_PROCESS,
+        progress,
+        {"head_lr": head_lr, "backbone_lr": math.nan},
+        choosing_seconds,
+    )
+
+
+def fine_tune(
+    backbone: nn.Module,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    seed: int,
+    n_classes: int,
+    config: ClassifierConfig,
+    runtime: Runtime,
+    progress: tqdm,
+) -> list[dict]:
+    """Fine-tune the backbone and a linear head on cached images; one metrics dict per epoch.
+
+    The backbone trains at config.finetune_lrs' one value (backbone_lr), the new head at head_lr, or,
+    with --lp-ft, the head starts from probe_head's and trains at the backbone's rate. Under torchrun
+    each global batch is split across the processes, with the views each image would get in one.
+    """
+    if len(config.finetune_lrs) != 1:
         raise ValueError("choose the fine-tuning rate first (choose_finetune_lr), then pass that one")
-    backbone_lr = config.finetune_lrs[0] if finetune else math.nan
-    head_lr, choosing_started = config.head_lr, time.perf_counter()
-    if not finetune:
-        head_lr = choose_probe_lr(
-            train_inputs, train_labels, seed, n_classes, config, device, precision, progress, ranks
-        )
-        train_inputs, test_inputs = standardize(train_inputs, test_inputs)
-    elif config.lp_ft:  # the head starts as the probe; then everything trains at the backbone's rate
+    backbone_lr = config.finetune_lrs[0]
+    started, head, head_lr = time.perf_counter(), None, config.head_lr
+    if config.lp_ft:  # the head starts as the probe; then everything trains at the backbone's rate
         head, head_lr = probe_head(
-            backbone, train_inputs, train_labels, seed, n_classes, config, device, precision, progress, ranks
+            backbone, train_images, train_labels, seed, n_classes, config, runtime, progress
         )
-    choosing_seconds = time.perf_counter() - choosing_started  # counted in the first epoch's seconds
-    if head is None:
-        torch.manual_seed(seed + 1)
-        head = nn.Linear(RESNET18_FEATURES, n_classes).to(device)
-    groups = [{"params": head.parameters(), "lr": backbone_lr if config.lp_ft and finetune else head_lr}]
-    model, shards = head, SINGLE_PROCESS  # frozen: the whole batch on every rank
-    if finetune:
-        if config.sync_bn and ranks.distributed:
-            backbone = sync_batchnorm(backbone, device)
-        backbone = backbone.to(device, memory_format=fmt)
-        groups.append({"params": backbone.parameters(), "lr": backbone_lr})
-        model, shards = wrap(nn.Sequential(backbone, head), ranks, device), ranks
+    choosing_seconds = time.perf_counter() - started
+    head = head if head is not None else new_head(seed, n_classes, runtime.device)
+    ranks = runtime.ranks
+    if config.sync_bn and ranks.distributed:
+        backbone = sync_batchnorm(backbone, runtime.device)
+    backbone = backbone.to(runtime.device, memory_format=runtime.memory_format)
+    groups = [
+        {"params": head.parameters(), "lr": backbone_lr if config.lp_ft else head_lr},
+        {"params": backbone.parameters(), "lr": backbone_lr},
+    ]
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    return _fit(
+        wrap(nn.Sequential(backbone, head), ranks, runtime.device),
+        head,
+        backbone,
+        optimizer,
+        (train_images, train_labels, test_images, test_labels),
+        seed,
+        config,
+        runtime,
+        ranks,
+        progress,
+        {"head_lr": head_lr, "backbone_lr": backbone_lr},
+        choosing_seconds,
+    )
+
+
+def _fit(
+    model: nn.Module,
+    head: nn.Module,
+    backbone: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    seed: int,
+    config: ClassifierConfig,
+    runtime: Runtime,
+    shards: Ranks,
+    progress: tqdm,
+    rates: dict[str, float],
+    choosing_seconds: float,
+) -> list[dict]:
+    """The epochs both modes share: cosine-decayed rates, one optimiser step per batch, a metrics row
+    per epoch (scored on the test inputs every config.eval_every epochs and at the last).
+
+    `model` maps a batch of `data`'s inputs to logits: `head` alone on features (backbone None), or
+    backbone + head on images (augmented here, each batch split over `shards`). `rates` and the
+    seconds spent choosing them (counted in the first epoch's) go in every row.
+    """
+    train_inputs, train_labels, test_inputs, test_labels = data
+    device, precision, fmt = runtime.device, runtime.precision, runtime.memory_format
+    finetune = backbone is not None
     scaler = grad_scaler(device, precision)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     generator = torch.Generator(device=device).manual_seed(seed)
     order_generator = torch.Generator().manual_seed(seed)
-    global_batch = config.batch_size * ranks.world_size  # in frozen mode too: the same steps everywhere
+    global_batch = (
+        config.batch_size * runtime.ranks.world_size
+    )  # in frozen mode too: the same steps everywhere
     steps_per_epoch = math.ceil(len(train_inputs) / global_batch)
     total_steps, step = config.epochs * steps_per_epoch, 0
     rows = []
@@ -456,10 +507,7 @@ def train_one_run(
                     ).contiguous(memory_format=fmt)
                 logits = model(batch)
             loss = F.cross_entropy(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            backward_step(optimizer, scaler, loss)
             step += 1
             totals += torch.stack(
                 [
@@ -469,7 +517,7 @@ def train_one_run(
                 ]
             )
         if finetune:
-            average_buffers(backbone, ranks)
+            average_buffers(backbone, runtime.ranks)
         loss_sum, correct, seen = shards.all_reduce_sum(totals).tolist()
         row = {
             "epoch": epoch,
@@ -480,22 +528,12 @@ def train_one_run(
         }
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             row["test_loss"], row["test_acc"] = evaluate_head(
-                backbone if finetune else None,
-                head,
-                test_inputs,
-                test_labels,
-                config.image_size,
-                device,
-                precision,
-                fmt,
-                shards,
+                backbone, head, test_inputs, test_labels, config.image_size, runtime, shards
             )
         row["seconds"] = time.perf_counter() - started  # training and, when due, testing
         if epoch == 1:
             row["seconds"] += choosing_seconds
-        row["head_lr"] = head_lr
-        row["backbone_lr"] = backbone_lr
-        rows.append(row)
+        rows.append({**row, **rates})
         progress.set_postfix(
             epoch=epoch, train_loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_acc']:.3f}"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 import matplotlib.image
@@ -14,6 +15,7 @@ from conftest import TINY_BYOL, assert_one_error_line, run_script, write_split
 from torch import nn
 from tqdm import tqdm
 
+from byol import comparison
 from byol.cache import load_cache
 from byol.comparison import (
     METRIC_COLUMNS,
@@ -21,24 +23,29 @@ from byol.comparison import (
     format_summary,
     paired_summary,
     resolve_sizes,
+    run_classifiers,
     summarize,
 )
 from byol.data import read_split, splits_fingerprint
 from byol.demo_images import make_demo_images
+from byol.distributed import Runtime
 from byol.errors import UserError
 from byol.evaluate import extract_features
 from byol.finetune import (
     ClassifierConfig,
     balanced_subset,
     cross_validate,
+    fine_tune,
     load_byol_backbone,
     make_backbone,
     probe_head,
     standardize,
-    train_one_run,
+    train_probe,
 )
 from byol.model import resnet18_backbone
 from byol.plots import plot_accuracy, plot_label_efficiency, plot_loss_curves, summary_markdown
+
+CPU = Runtime(torch.device("cpu"))
 
 FAST = ["--epochs", "2", "--batch-size", "8", "--image-size", "32", "--cache-size", "36", "--device", "cpu"]
 ONE_FINETUNE_LR = ["--finetune-lrs", "1e-3"]  # no cross-validated choice: for tests about something else
@@ -103,29 +110,22 @@ def test_n_labels_subsets_are_balanced_with_a_remainder(pretrained):
     assert counts == [3, 4]
 
 
-def test_frozen_mode_keeps_the_backbone_fixed(pretrained):
-    split = read_split(pretrained)
-    backbone = resnet18_backbone()
-    before = {name: value.clone() for name, value in backbone.state_dict().items()}
-    features = torch.randn(12, 512)
-    rows = train_one_run(
-        backbone,
-        features,
-        torch.tensor([0, 1] * 6),
-        features[:4],
-        torch.tensor([0, 1, 0, 1]),
-        "frozen",
-        0,
-        2,
-        ClassifierConfig(epochs=3, batch_size=4),
-        torch.device("cpu"),
-        "fp32",
-        tqdm(disable=True),
-    )
-    assert len(rows) == 3
-    after = backbone.state_dict()
-    assert all(torch.equal(before[name], after[name]) for name in before)  # weights and BN statistics
-    assert split  # the fixture's split exists
+def test_frozen_mode_keeps_the_backbone_fixed(pretrained, monkeypatch):
+    made = []  # every backbone the grid builds: its init, its state when built, the module itself
+
+    def recording(init, seed, byol_state):
+        backbone = real_make_backbone(init, seed, byol_state)
+        made.append((init, {name: value.clone() for name, value in backbone.state_dict().items()}, backbone))
+        return backbone
+
+    real_make_backbone = comparison.make_backbone
+    monkeypatch.setattr(comparison, "make_backbone", recording)
+    config = ClassifierConfig(modes=["frozen"], seeds=2, epochs=2, batch_size=4, probe_lrs=[1e-2])
+    run_classifiers(config, pretrained, device_name="cpu", overwrite=True)
+    assert sorted(init for init, _, _ in made) == ["byol", "byol", "random", "random"]
+    for init, before, backbone in made:  # weights, BatchNorm statistics and counters alike
+        after = backbone.state_dict()
+        assert all(torch.equal(before[name], after[name]) for name in before), init
 
 
 def test_frozen_probe_standardises_by_the_training_features_only():
@@ -160,18 +160,16 @@ def test_finetune_mode_changes_the_backbone(pretrained, precision, epochs):
     before = backbone.conv1.weight.detach().clone()
     images = torch.randint(0, 256, (8, 3, 36, 36), dtype=torch.uint8)
     labels = torch.tensor([0, 1] * 4)
-    rows = train_one_run(
+    rows = fine_tune(
         backbone,
         images,
         labels,
         images,
         labels,
-        "finetune",
         0,
         2,
         ClassifierConfig(epochs=epochs, batch_size=4, image_size=32, finetune_lrs=[1e-3]),
-        torch.device("cpu"),
-        precision,
+        Runtime(torch.device("cpu"), precision),
         tqdm(disable=True),
     )
     assert not torch.equal(before, backbone.conv1.weight.detach())
@@ -187,10 +185,10 @@ def test_probe_lr_is_chosen_on_the_training_images_only():
     config = ClassifierConfig(epochs=5, batch_size=8, probe_lrs=[1e-9, 1e-1])
 
     def head_lrs(test_labels, config=config, mode="frozen", inputs=features, test_inputs=test_features):
-        rows = train_one_run(
-            resnet18_backbone(), inputs, labels[: len(inputs)], test_inputs, test_labels, mode, 0, 2, config,
-            torch.device("cpu"), "fp32", tqdm(disable=True),
-        )  # fmt: skip
+        train = train_probe if mode == "frozen" else partial(fine_tune, resnet18_backbone())
+        rows = train(
+            inputs, labels[: len(inputs)], test_inputs, test_labels, 0, 2, config, CPU, tqdm(disable=True)
+        )
         return {row["head_lr"] for row in rows}
 
     # The held-out folds of the training images tell a probe that learns (1e-1) from one that cannot.
@@ -429,7 +427,7 @@ def test_lp_ft_starts_fine_tuning_from_the_probe_on_the_raw_features(tmp_path):
     backbone = resnet18_backbone()
     config = ClassifierConfig(epochs=20, batch_size=8, image_size=32, probe_lrs=[1e-2])
     cpu = torch.device("cpu")
-    head, lr = probe_head(backbone, cache, labels, 0, 2, config, cpu, "fp32", tqdm(disable=True))
+    head, lr = probe_head(backbone, cache, labels, 0, 2, config, CPU, tqdm(disable=True))
     features = extract_features(backbone, cache, list(range(len(cache))), 32, cpu)
     # The probe learnt on standardised features; folded into the head, it scores the raw ones as well.
     assert lr == 1e-2 and (head(features).argmax(1) == labels).float().mean() >= 0.9
