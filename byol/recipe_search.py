@@ -53,6 +53,21 @@ def rank_columns(curve: pd.DataFrame) -> dict:
     }
 
 
+def diagnostic_columns(curve: pd.DataFrame) -> dict:
+    """The 5,000-voter diagnostic k-NN (k=20 and k=200) at random init and at the end, and its curve:
+    the instrument that ranks recipes (its 95 % interval is about +-0.01 on 2,500 test images)."""
+    columns = {}
+    for k in (20, 200):
+        name = f"diag_knn_k{k}"
+        scored = curve.dropna(subset=[name])[name] if name in curve else pd.Series(dtype=float)
+        columns[f"diag_k{k}_random_init"] = scored.iloc[0] if len(scored) else math.nan
+        columns[f"diag_k{k}_last"] = scored.iloc[-1] if len(scored) else math.nan
+        if k == 20:
+            columns["diag_k20_best"] = scored.max() if len(scored) else math.nan
+            columns["diag_k20_curve"] = " ".join(f"{value:.4f}" for value in scored)
+    return columns
+
+
 def trial_row(run_dir: Path, device_name: str) -> dict:
     for needed in (BYOL_CONFIG_FILE, BYOL_METRICS_FILE):
         if not (run_dir / needed).is_file():
@@ -76,7 +91,9 @@ def trial_row(run_dir: Path, device_name: str) -> dict:
         "knn_last": knn["knn_acc"].iloc[-1],
         "knn_best": knn["knn_acc"].max(),
         "knn_curve": " ".join(f"{value:.4f}" for value in knn["knn_acc"]),
+        **diagnostic_columns(curve),
         **rank_columns(curve),
+        "hours": curve["seconds"].sum() / 3600 if "seconds" in curve else math.nan,
         "probe_random": probe.loc["random", "test_acc_mean"],
         "probe_byol": probe.loc["byol", "test_acc_mean"],
         "probe_byol_std": probe.loc["byol", "test_acc_std"],
@@ -94,7 +111,17 @@ def main() -> None:
     args = parser.parse_args()
     table = pd.DataFrame([trial_row(run_dir, args.device) for run_dir in args.run_dirs])
     write_csv(args.out, table)
-    print(table[["run", "steps", "loss_last_epoch", "knn_last", "rank_last", "probe_random", "probe_byol"]])
+    shown = [
+        "run",
+        "steps",
+        "hours",
+        "knn_last",
+        "diag_k20_last",
+        "diag_k200_last",
+        "rank_last",
+        "probe_byol",
+    ]
+    print(table[shown].to_string(index=False))
     print(f"wrote {args.out}")
 
 

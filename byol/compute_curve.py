@@ -1,0 +1,194 @@
+"""What more pretraining buys: each snapshot of a long run, scored as the study scores byol.pt.
+
+For every `train_byol.py --snapshots` backbone in RUN_DIR/snapshots (and the random init, epoch 0):
+the run's own monitor at that epoch (the 5,000-voter diagnostic k-NN, the 250-voter k-NN, the
+features' effective rank, from byol_metrics.csv) and a frozen-backbone linear probe at --n-labels
+labels over --seeds seeds, as train_classifier.py trains it (probe rate cross-validated on the
+labelled images), against the random init on the same seeds: BYOL − random as a paired difference
+with its 95 % interval. One classifier folder per snapshot under RUN_DIR/compute_curve/ (resumable:
+a snapshot already scored is read back, not trained again); the random init is trained once.
+
+    python -m byol.compute_curve RUN_DIR [--out-dir results] [--seeds 5] [--n-labels 250]
+
+writes compute_curve.csv and compute_curve.png (accuracy against pretraining images seen, log scale,
+the random-init levels as lines, and the hours of pretraining on RUN_DIR's machine on a second axis).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from byol.cli import StageArgumentParser, positive_int, run_stage
+from byol.comparison import CLASSIFIER_METRICS_FILE, CLASSIFIER_SUMMARY_FILE, final_rows, run_classifiers
+from byol.data import SPLIT_CONFIG_FILE, SPLITS_FILE
+from byol.errors import UserError
+from byol.files import read_csv, read_json, write_csv
+from byol.finetune import ClassifierConfig
+from byol.plots import INIT_COLOURS, save_figure
+from byol.pretrain import BYOL_CONFIG_FILE, BYOL_METRICS_FILE, SNAPSHOT_DIR, WEIGHTS_FILE
+from byol.stats import paired_interval, verdict
+
+CURVE_FILE = "compute_curve.csv"
+CURVE_FIGURE = "compute_curve.png"
+WORK_DIR = "compute_curve"
+MONITOR_COLUMNS = ["knn_acc", "diag_knn_k20", "diag_knn_k200", "feature_rank"]
+
+
+def snapshot_epochs(run_dir: Path) -> list[int]:
+    """The epochs RUN_DIR/snapshots holds, in order (byol_epoch0004.pt -> 4)."""
+    folder = run_dir / SNAPSHOT_DIR
+    epochs = sorted(int(path.stem.removeprefix("byol_epoch")) for path in folder.glob("byol_epoch*.pt"))
+    if not epochs:
+        raise UserError(
+            f"{folder} holds no snapshots: pretrain with train_byol.py --snapshots log2 (or a list of epochs)"
+        )
+    return epochs
+
+
+def probe_folder(run_dir: Path, name: str, weights: Path | None) -> Path:
+    """A classifier folder that shares RUN_DIR's split and cache, with `weights` as its byol.pt."""
+    folder = run_dir / WORK_DIR / name
+    folder.mkdir(parents=True, exist_ok=True)
+    links = {SPLITS_FILE: run_dir / SPLITS_FILE, SPLIT_CONFIG_FILE: run_dir / SPLIT_CONFIG_FILE}
+    links["cache"] = run_dir / "cache"
+    links[BYOL_CONFIG_FILE] = run_dir / BYOL_CONFIG_FILE
+    if weights is not None:
+        links[WEIGHTS_FILE] = weights
+    for link_name, target in links.items():
+        link = folder / link_name
+        if not link.is_symlink() and target.exists():
+            link.symlink_to(target.resolve())
+    return folder
+
+
+def probe(folder: Path, inits: list[str], config: ClassifierConfig, device: str) -> pd.DataFrame:
+    """The linear probe's final rows (init, seed, test_acc), trained once and then read back."""
+    if not (folder / CLASSIFIER_SUMMARY_FILE).is_file():
+        resume = (folder / CLASSIFIER_METRICS_FILE).is_file()
+        probe_config = ClassifierConfig(**{**vars(config), "inits": inits})
+        run_classifiers(probe_config, folder, device_name=device, resume=resume)
+    metrics = read_csv(folder / CLASSIFIER_METRICS_FILE, ["init", "seed", "test_acc"], "delete its folder")
+    return final_rows(metrics)[["init", "seed", "test_acc"]]
+
+
+def curve_rows(run_dir: Path, config: ClassifierConfig, device: str) -> pd.DataFrame:
+    monitor = read_csv(run_dir / BYOL_METRICS_FILE, ["epoch", "step", "seconds"], "finish the run first")
+    byol_config = read_json(run_dir / BYOL_CONFIG_FILE, "finish the run first")
+    monitor = monitor.set_index("epoch")
+    epochs = snapshot_epochs(run_dir)  # before any training: a run without snapshots fails at once
+    hours = monitor["seconds"].cumsum() / 3600  # training time only: the monitor's seconds are apart
+    random = probe(probe_folder(run_dir, "random", None), ["random"], config, device).set_index("seed")
+    rows = [{"epoch": 0, "step": 0, "byol": random["test_acc"]}]
+    for epoch in epochs:
+        folder = probe_folder(
+            run_dir, f"epoch{epoch:04d}", run_dir / SNAPSHOT_DIR / f"byol_epoch{epoch:04d}.pt"
+        )
+        scored = probe(folder, ["byol"], config, device).set_index("seed")
+        rows.append({"epoch": epoch, "step": int(monitor.loc[epoch, "step"]), "byol": scored["test_acc"]})
+    table = []
+    for row in rows:
+        seeds = row["byol"].index.intersection(random.index)
+        differences = (row["byol"][seeds] - random["test_acc"][seeds]).tolist()
+        mean, low, high = paired_interval(differences) if row["epoch"] else (0.0, math.nan, math.nan)
+        epoch = row["epoch"]
+        table.append(
+            {
+                "epoch": epoch,
+                "step": row["step"],
+                "images_seen": row["step"] * byol_config["global_batch_size"],
+                "hours": float(hours.loc[epoch]) if epoch else 0.0,
+                **{column: monitor.loc[epoch, column] for column in MONITOR_COLUMNS if column in monitor},
+                "probe_seeds": len(seeds),
+                "probe_byol": row["byol"][seeds].mean(),
+                "probe_byol_std": row["byol"][seeds].std(),
+                "probe_random": random["test_acc"][seeds].mean(),
+                "probe_diff": mean,
+                "probe_diff_low": low,
+                "probe_diff_high": high,
+                "probe_verdict": verdict(low, high) if epoch else "random init",
+            }
+        )
+    return pd.DataFrame(table)
+
+
+def plot_compute_curve(table: pd.DataFrame, path: Path, n_labels: int) -> None:
+    """Accuracy against images seen (log x; the random init, seen 0 images, as horizontal lines)."""
+    figure = Figure(figsize=(7.5, 4.8))
+    axis = figure.subplots()
+    trained, start = table[table["epoch"] > 0], table[table["epoch"] == 0].iloc[0]
+    colour = INIT_COLOURS["byol"]
+    axis.plot(
+        trained["images_seen"], trained["diag_knn_k20"], "o-", color=colour, label="BYOL: k-NN, 5,000 voters"
+    )
+    axis.axhline(start["diag_knn_k20"], color=colour, linestyle=":", label="random init: k-NN, 5,000 voters")
+    errors = np.vstack(
+        [
+            trained["probe_diff"] - trained["probe_diff_low"],
+            trained["probe_diff_high"] - trained["probe_diff"],
+        ]
+    )
+    probe_colour = "#33a02c"
+    axis.errorbar(
+        trained["images_seen"],
+        trained["probe_byol"],
+        yerr=np.nan_to_num(errors),
+        fmt="s-",
+        color=probe_colour,
+        capsize=3,
+        label=f"BYOL: frozen probe, {n_labels} labels (paired 95 % interval)",
+    )
+    axis.axhline(
+        start["probe_random"],
+        color=INIT_COLOURS["random"],
+        linestyle="--",
+        label="random init: frozen probe",
+    )
+    axis.set_xscale("log")
+    axis.set_xlabel("pretraining images seen")
+    axis.set_ylabel("test accuracy")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="best")
+    axis.set_title("What more BYOL pretraining buys")
+    images, hours = trained["images_seen"].to_numpy(float), trained["hours"].to_numpy(float)
+    if len(images) >= 2 and np.all(np.diff(images) > 0):
+        top = axis.secondary_xaxis(
+            "top",
+            functions=(
+                lambda x: np.interp(np.log(np.maximum(x, 1)), np.log(images), hours),
+                lambda h: np.exp(np.interp(h, hours, np.log(images))),
+            ),
+        )
+        top.set_xlabel("hours of pretraining on this machine")
+    save_figure(figure, path)
+
+
+def main() -> None:
+    parser = StageArgumentParser(description=__doc__)
+    parser.add_argument("run_dir", type=Path, help="a train_byol.py --snapshots output folder")
+    parser.add_argument("--out-dir", type=Path, default=Path("results"), help="writes compute_curve.csv/.png")
+    parser.add_argument("--seeds", type=positive_int, default=5)
+    parser.add_argument("--n-labels", type=positive_int, default=250)
+    parser.add_argument("--epochs", type=positive_int, default=30, help="the linear probe's epochs")
+    parser.add_argument("--device", default="auto", help="for the linear probes: auto, cpu, cuda")
+    args = parser.parse_args()
+    for needed in (BYOL_METRICS_FILE, BYOL_CONFIG_FILE, SPLITS_FILE):
+        if not (args.run_dir / needed).is_file():
+            raise UserError(f"{args.run_dir / needed} not found: give a train_byol.py --out-dir")
+    config = ClassifierConfig(
+        modes=["frozen"], seeds=args.seeds, n_labels=[args.n_labels], epochs=args.epochs
+    )
+    table = curve_rows(args.run_dir, config, args.device)
+    write_csv(args.out_dir / CURVE_FILE, table)
+    plot_compute_curve(table, args.out_dir / CURVE_FIGURE, args.n_labels)
+    columns = ["epoch", "images_seen", "hours", "diag_knn_k20", "probe_byol", "probe_diff", "probe_verdict"]
+    print(table[columns].to_string(index=False))
+    print(f"wrote {args.out_dir / CURVE_FILE} and {args.out_dir / CURVE_FIGURE}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
