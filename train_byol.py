@@ -25,7 +25,7 @@ from byol.cli import (
     run_stage,
 )
 from byol.optim import BASE_LR_PER_256, OPTIMIZERS
-from byol.pretrain import COMPILE_MIN_CPU_STEPS, COMPILE_MODES, PretrainConfig, pretrain
+from byol.pretrain import COMPILE_MODES, PretrainConfig, pretrain
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -141,8 +141,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--compile",
         choices=COMPILE_MODES,
         default="auto",
-        help="torch.compile the training step (minutes of compiling per process, then faster steps). "
-        f"auto: on CUDA, and on a CPU when at least {COMPILE_MIN_CPU_STEPS} steps are left",
+        help="torch.compile the training step (minutes of compiling per process and per --resume). auto: "
+        "on CUDA only (on a 2-core bf16 CPU it measured 1.01x, benchmarks/README.md)",
     )
     return parser
 
