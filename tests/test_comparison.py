@@ -67,6 +67,7 @@ def pretrained(pretrained_once, tmp_path):
     return Path(shutil.copytree(pretrained_once, tmp_path / "results"))
 
 
+@pytest.mark.slow
 def test_four_conditions_same_images_and_columns(pretrained):
     result = run_script("train_classifier.py", "--out-dir", pretrained, "--seeds", "2", *FAST)
     assert result.returncode == 0, result.stderr
@@ -154,6 +155,7 @@ def test_frozen_probe_standardises_by_the_training_features_only():
 
 # fp16 goes through the loss scaler, whose first steps overflow and are skipped while it lowers the scale
 # from 2**16 (4 of them here): 4 epochs of 2 steps leave it some to take.
+@pytest.mark.slow
 @pytest.mark.parametrize("precision, epochs", [("fp32", 1), ("fp16", 4)])
 def test_finetune_mode_changes_the_backbone(pretrained, precision, epochs):
     backbone = resnet18_backbone()
@@ -201,6 +203,7 @@ def test_probe_lr_is_chosen_on_the_training_images_only():
     assert head_lrs(labels[:4], finetune, "finetune", images, images) == {0.02}  # fine-tuning keeps --head-lr
 
 
+@pytest.mark.slow
 def test_label_sweep_and_resume_skip_finished_runs(pretrained):
     args = ["--out-dir", pretrained, "--seeds", "1", "--modes", "frozen", "--n-labels", "4,12", *FAST]
     assert run_script("train_classifier.py", *args).returncode == 0
@@ -225,6 +228,7 @@ def test_label_sweep_and_resume_skip_finished_runs(pretrained):
     assert pd.read_csv(pretrained / "classifier_metrics.csv")["epoch"].max() == 1
 
 
+@pytest.mark.slow
 def test_resume_with_other_probe_lrs_retrains_only_the_frozen_runs(pretrained):
     args = ["--out-dir", pretrained, "--seeds", "1", "--n-labels", "12", *FAST, *ONE_FINETUNE_LR]
     assert run_script("train_classifier.py", *args).returncode == 0
@@ -402,6 +406,7 @@ def permute_test_labels(out: Path) -> None:
     (out / "split_config.json").write_text(json.dumps(config))
 
 
+@pytest.mark.slow
 def test_finetune_lr_is_chosen_on_the_labelled_images_only(pretrained):
     # Rates far apart, so that the folds tell them apart; both inits, 2 seeds sharing seed 0's choice.
     args = ["--out-dir", pretrained, "--seeds", "2", "--modes", "finetune", "--finetune-lrs", "1e-6,3e-2"]

@@ -10,6 +10,8 @@ from byol.pretrain import PretrainConfig, pretrain
 
 PROBE_ARGS = ["--seeds", "2", "--n-labels", "8", "--epochs", "2", "--device", "cpu"]
 
+pytestmark = pytest.mark.slow  # every test here pretrains and trains probes
+
 
 @pytest.fixture
 def snapshot_run(split_dir):

@@ -84,6 +84,7 @@ def test_an_unknown_precision_is_a_user_error():
         resolve_precision("fp8", torch.device("cpu"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not hasattr(os, "sched_getaffinity") or shutil.which("taskset") is None or (os.cpu_count() or 1) < 2,
     reason="needs Linux's affinity mask, taskset and 2 or more cores",

@@ -59,6 +59,7 @@ def test_sharded_views_equal_the_whole_batch_views():
         torch.testing.assert_close(torch.cat([part[index] for part in parts]), whole[index])
 
 
+@pytest.mark.slow
 def test_cross_rank_batchnorm_matches_batchnorm(tmp_path):
     # A world of one process exercises the all-reduce path; the statistics must be BatchNorm's.
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
@@ -80,6 +81,7 @@ def test_cross_rank_batchnorm_matches_batchnorm(tmp_path):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_with_the_same_global_batch(split_dir, tmp_path):
     out = split_dir()
     runs = {name: tmp_path / name for name in ("single", "synced", "plain", "resumed")}
@@ -143,6 +145,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(split_dir, tmp_
     assert load_torch(runs["plain"] / "byol.pt")["config"]["lr"] == default_lr("lars", 16)
 
 
+@pytest.mark.slow
 def test_two_process_finetuning_matches_one_process(split_dir, tmp_path):
     out = split_dir(n_labelled=16)
     single, spread = tmp_path / "single", tmp_path / "spread"

@@ -30,6 +30,7 @@ def tiny_config(**overrides) -> PretrainConfig:
     return PretrainConfig(**{**settings, **overrides})
 
 
+@pytest.mark.slow
 def test_train_byol_writes_weights_that_load_into_stock_resnet18(split_dir):
     out = split_dir()
     result = run_script("train_byol.py", "--out-dir", out, "--epochs", "2", *TINY_BYOL)
@@ -62,6 +63,7 @@ def test_train_byol_writes_weights_that_load_into_stock_resnet18(split_dir):
     assert (out / "byol_config.json").is_file() and (out / "byol_checkpoint.pt").is_file()
 
 
+@pytest.mark.slow
 def test_loss_falls_and_features_do_not_collapse(split_dir):
     out = split_dir(per_class=40)
     # At lr 2e-3 this tiny run plateaus after epoch 1 on some machines (1.88-1.90); at 1e-3 it keeps falling.
@@ -74,6 +76,7 @@ def test_loss_falls_and_features_do_not_collapse(split_dir):
     assert metrics["feature_std"].iloc[-1] > 0.5 * metrics["feature_std"].iloc[0] > 0
 
 
+@pytest.mark.slow
 def test_diagnostic_knn_votes_with_many_non_test_images_and_can_be_turned_off(split_dir):
     out = split_dir(per_class=40)
     pretrain(tiny_config(epochs=1, max_images=16, diag_voters=48), out, device_name="cpu")
@@ -85,6 +88,7 @@ def test_diagnostic_knn_votes_with_many_non_test_images_and_can_be_turned_off(sp
     assert metrics["diag_knn_k20"].isna().all() and metrics["knn_acc"].notna().all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("knn_every, monitored_epochs", [(0, [0, 3]), (2, [0, 2, 3])])
 def test_knn_monitor_runs_at_the_start_every_n_epochs_and_at_the_end(split_dir, knn_every, monitored_epochs):
     out = split_dir()
@@ -93,6 +97,7 @@ def test_knn_monitor_runs_at_the_start_every_n_epochs_and_at_the_end(split_dir, 
     assert metrics.loc[metrics["knn_acc"].notna(), "epoch"].tolist() == monitored_epochs
 
 
+@pytest.mark.slow
 def test_two_epochs_equal_one_epoch_then_resume(split_dir, tmp_path):
     out = split_dir()
     straight = tmp_path / "straight"
@@ -128,6 +133,7 @@ def test_two_epochs_equal_one_epoch_then_resume(split_dir, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_fp16_trains_with_loss_scaling_and_resumes_exactly(split_dir, tmp_path):
     # fp16 is for GPUs without bf16; a CPU emulates it slowly, but runs the same code.
     out = split_dir()
@@ -147,6 +153,7 @@ def test_fp16_trains_with_loss_scaling_and_resumes_exactly(split_dir, tmp_path):
     assert json.loads((out / "byol_config.json").read_text())["precision"] == "fp16"
 
 
+@pytest.mark.slow
 def test_a_nan_loss_in_fp16_also_suggests_another_precision(split_dir):
     config = tiny_config(epochs=1, image_size=16, cache_size=20, knn_every=0, optimizer="sgd", lr=1e30)
     with pytest.raises(UserError, match="loss became .* Lower --lr, or train in --precision fp32 or bf16"):
@@ -181,6 +188,7 @@ def assert_same_weights(dir_a, dir_b):
             assert not torch.equal(value, initial[name]), f"{name} never moved"
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_and_resume_is_exact(split_dir, tmp_path, monkeypatch):
     out = split_dir()
     straight = tmp_path / "straight"
@@ -226,6 +234,7 @@ def test_cache_is_built_once_and_rebuilt_when_the_split_changes(split_dir):
     assert path.stat().st_mtime_ns != modified
 
 
+@pytest.mark.slow
 def test_resume_from_a_damaged_or_foreign_checkpoint_is_a_clear_error(split_dir):
     out = split_dir()
     pretrain(tiny_config(epochs=1), out, device_name="cpu")
@@ -332,6 +341,7 @@ def test_missing_or_stale_split_is_a_clear_error(split_dir, tmp_path):
     assert result.returncode == 2 and "re-run data_split.py" in result.stderr
 
 
+@pytest.mark.slow
 def test_an_earlier_run_needs_resume_or_overwrite_and_a_nan_loss_keeps_its_files(split_dir):
     out = split_dir()
     assert run_script("train_byol.py", "--out-dir", out, "--epochs", "1", *TINY_BYOL).returncode == 0
@@ -401,6 +411,7 @@ def test_compile_auto_is_on_for_cuda_only():
         pretrain(tiny_config(), "unused", compile_mode="yes")
 
 
+@pytest.mark.slow
 def test_compile_wraps_the_training_step_and_keeps_plain_weights(split_dir, monkeypatch):
     compiled = []
 

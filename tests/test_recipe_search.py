@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 from conftest import TINY_BYOL, run_script
+
+pytestmark = pytest.mark.slow  # every test here pretrains and trains probes
 
 
 def test_one_row_per_run_with_settings_knn_and_probe(split_dir, tmp_path):
