@@ -27,6 +27,9 @@ CACHE_DIR = "cache"
 CACHE_VERSION = 1  # bump when the decoding below changes, so old caches are rebuilt
 
 
+CHUNK_IMAGES = 256  # images per decoding job: the workers return them in order, chunk after chunk
+
+
 def default_cache_size(image_size: int) -> int:
     """A little above the training size, so crops have real pixels to resample from."""
     return int(round(image_size * 1.15))
@@ -82,7 +85,7 @@ def build_cache(split: Split, out_dir: Path, size: int, workers: int | None = No
         return array_path
     paths = split.table["path"].tolist()
     check_disk_space(array_path, len(paths) * 3 * size * size)
-    chunk = 256
+    chunk = CHUNK_IMAGES
     jobs = [(split.data_dir, paths[i : i + chunk], size) for i in range(0, len(paths), chunk)]
     workers = workers or available_cpus()
     with atomic_path(array_path) as tmp:

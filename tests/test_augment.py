@@ -116,3 +116,31 @@ def test_blur_sigma_range_reaches_both_views():
     assert views.view_1.blur_sigma == views.view_2.blur_sigma == (0.05, 0.5)
     params = sample_view_params(4096, 40, views.view_2, generator(3))
     assert 0.05 <= params.blur_sigma.min() and params.blur_sigma.max() <= 0.5
+
+
+def test_a_whole_view_matches_torchvision_image_by_image():
+    """Colour jitter in each image's own order, then grayscale, then solarize, against torchvision's
+    functional ops applied one image at a time in the same order (the crop and blur have their own
+    tests; blur is left off here)."""
+    images = torch.rand(48, 3, 24, 24, generator=generator(5))
+    params = sample_view_params(48, 24, VIEW_2, generator(6))
+    params.jitter[:] = torch.arange(48) % 6 != 0  # most jittered, some not
+    params.grayscale[:] = torch.arange(48) % 3 == 0
+    params.solarize[:] = torch.arange(48) % 4 == 1
+    params.blur[:] = False
+    assert len({tuple(order) for order in params.jitter_order.tolist()}) > 10  # many different orders
+    cropped = augment.resized_crop(images, params.boxes, params.flip, 16).clamp(0, 1)
+    adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    expected = []
+    for i, image in enumerate(cropped):
+        if params.jitter[i]:
+            for which in params.jitter_order[i].tolist():
+                image = adjust[which](image, params.jitter_factors[i, which].item())
+        if params.grayscale[i]:
+            image = TF.rgb_to_grayscale(image, num_output_channels=3)
+        if params.solarize[i]:
+            image = TF.solarize(image, 0.5)
+        expected.append(image)
+    torch.testing.assert_close(
+        augment.apply_view(images, params, 16), torch.stack(expected), atol=3e-4, rtol=0
+    )

@@ -49,6 +49,28 @@ def test_target_gets_no_gradient_and_follows_the_ema_formula():
         torch.testing.assert_close(new, 0.9 * old + 0.1 * theta)
 
 
+def test_each_views_prediction_is_scored_against_the_other_views_target():
+    torch.manual_seed(0)
+    model = BYOL(small_cnn(), 32, hidden_dim=64, projection_dim=16).eval()  # eval: no batch statistics
+    with torch.no_grad():  # a target unlike the online network, so the pairing shows
+        for param in [*model.target_backbone.parameters(), *model.target_projector.parameters()]:
+            param.add_(torch.randn_like(param) * 0.5)
+    view_1, view_2 = torch.randn(4, 3, 16, 16), 3 * torch.rand(4, 3, 16, 16) - 4  # unlike each other
+
+    def prediction(view):
+        return model.predictor(model.projector(model.backbone(view)))
+
+    def target(view):
+        return model.target_projector(model.target_backbone(view))
+
+    with torch.no_grad():
+        cross = byol_loss(prediction(view_1), target(view_2)) + byol_loss(prediction(view_2), target(view_1))
+        same = byol_loss(prediction(view_1), target(view_1)) + byol_loss(prediction(view_2), target(view_2))
+        loss = model(view_1, view_2)
+    torch.testing.assert_close(loss, cross)
+    assert abs(loss.item() - same.item()) > 1e-3  # the same-view pairing is a different number
+
+
 def test_update_momentum_on_plain_modules():
     online, target = nn.Linear(3, 2), nn.Linear(3, 2)
     expected = 0.99 * target.weight.detach() + 0.01 * online.weight.detach()

@@ -10,13 +10,15 @@ import signal
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_BYOL, assert_one_error_line, run_script
+from conftest import TINY_BYOL, assert_one_error_line, run_script, write_split
+from PIL import Image
 from torch import nn
 from torchvision.models import resnet18
 
+from byol import cache as cache_module
 from byol import capacity
 from byol import pretrain as pretrain_module
-from byol.cache import build_cache, cache_paths
+from byol.cache import build_cache, cache_paths, load_cache
 from byol.capacity import byol_step_bytes, readable_size
 from byol.data import read_split
 from byol.errors import Stopped, UserError
@@ -213,6 +215,27 @@ def test_sigterm_mid_epoch_saves_and_resume_is_exact(split_dir, tmp_path, monkey
     monkeypatch.setattr(pretrain_module, "step_views", real_step_views)
     pretrain(tiny_config(), out, device_name="cpu", resume=True)
     assert_same_weights(straight, out)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cache_row_i_is_the_image_of_splits_row_i_across_chunks_and_workers(tmp_path, monkeypatch, workers):
+    # Every image its own colour, so a row shifted by one chunk (or decoded out of order) shows.
+    folder = tmp_path / "images"
+    for index in range(46):
+        class_dir = folder / ("Cat" if index % 2 else "Dog")
+        class_dir.mkdir(parents=True, exist_ok=True)
+        colour = (index * 5 % 256, 255 - index * 3, index * 11 % 256)
+        Image.new("RGB", (24 + index % 7, 20), colour).save(class_dir / f"{index:03d}.png")
+    out = write_split(folder, tmp_path / "out", 8, 10)
+    split = read_split(out)
+    monkeypatch.setattr(cache_module, "CHUNK_IMAGES", 5)  # 10 chunks
+    build_cache(split, out, 12, workers=workers)
+    cache = load_cache(split, out, 12, torch.device("cpu"))
+    assert len(cache) == len(split.table) == 46
+    for row, path in enumerate(split.table["path"]):
+        assert torch.equal(
+            cache[row], torch.from_numpy(cache_module.load_square(folder / path, 12).copy())
+        ), row
 
 
 def test_cache_is_built_once_and_rebuilt_when_the_split_changes(split_dir):
