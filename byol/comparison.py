@@ -6,7 +6,6 @@ mean and std over seeds per condition) and classifier_config.json; resumes by sk
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from byol.cache import check_view_size, default_cache_size, load_cache
+from byol.cache import load_cache
 from byol.data import Split, read_split
 from byol.device import resolve_precision
 from byol.distributed import Ranks, Runtime, process_group
@@ -34,9 +33,8 @@ from byol.finetune import (
     make_backbone,
     train_probe,
 )
-from byol.model import MIN_BATCH_SIZE, MIN_BATCH_SIZE_REASON
+from byol.model import MIN_BATCH_SIZE
 from byol.plots import mean_and_std, paired_text
-from byol.pretrain import PretrainConfig
 from byol.resume import check_fresh_start
 from byol.stats import paired_differences
 
@@ -66,35 +64,6 @@ def frozen_only_settings(config: ClassifierConfig) -> tuple[str, ...]:
     """Settings only the frozen runs depend on: --resume with other values retrains those runs and
     keeps the rest. With --lp-ft the fine-tuning runs start from the probe, so none."""
     return () if config.lp_ft else ("probe_lrs",)
-
-
-def resolve_sizes(config: ClassifierConfig, byol_config: dict) -> ClassifierConfig:
-    """Train at BYOL's image size (and reuse its cache) unless told otherwise."""
-    image_size = config.image_size or byol_config.get("image_size") or PretrainConfig().image_size
-    cache_size = config.cache_size
-    if not cache_size:
-        same_size = byol_config.get("image_size") == image_size
-        cache_size = (
-            byol_config["cache_size"]
-            if same_size and byol_config.get("cache_size")
-            else default_cache_size(image_size)
-        )
-    check_view_size(image_size, cache_size)
-    return ClassifierConfig(**{**asdict(config), "image_size": image_size, "cache_size": cache_size})
-
-
-def check_config(config: ClassifierConfig) -> None:
-    if config.batch_size < MIN_BATCH_SIZE:
-        raise UserError(f"--batch-size {config.batch_size}: {MIN_BATCH_SIZE_REASON}")
-    for flag, rates in (("--probe-lrs", config.probe_lrs), ("--finetune-lrs", config.finetune_lrs)):
-        if not rates or not all(math.isfinite(lr) and lr > 0 for lr in rates):
-            raise UserError(f"{flag} {rates}: give one or more learning rates above 0")
-    if config.finetune_folds < 2:
-        raise UserError(f"--finetune-folds {config.finetune_folds}: cross-validation needs 2 or more")
-    for flag, values, allowed in (("--inits", config.inits, INITS), ("--modes", config.modes, MODES)):
-        unknown = [value for value in values if value not in allowed]
-        if unknown or not values:
-            raise UserError(f"{flag} {','.join(values)}: choose from {','.join(allowed)}")
 
 
 def check_labelled(split: Split, config: ClassifierConfig, world_size: int) -> None:
@@ -176,7 +145,7 @@ def run_classifiers(
     earlier classifier_metrics.csv needs `resume` or `overwrite` (start over).
     Under torchrun every process calls this; fine-tuning is data-parallel, rank 0 writes the files.
     """
-    check_config(config)
+    config.check()
     check_fresh_start(Path(out_dir), (CLASSIFIER_METRICS_FILE,), resume, overwrite)
     with process_group(device_name) as (ranks, device):
         return _run_classifiers(config, Path(out_dir), ranks, device, precision_name, resume)
@@ -196,7 +165,7 @@ def _run_classifiers(
     if "byol" in config.inits:
         byol_backbone, byol_config = load_byol_backbone(out_dir)
         byol_state = byol_backbone.state_dict()
-    config = resolve_sizes(config, byol_config)
+    config = config.resolved(byol_config)
     test_rows = split.indices("test")
     if not test_rows:
         raise UserError("the split has no test images; re-run data_split.py with --n-test above 0")

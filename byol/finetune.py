@@ -19,14 +19,15 @@ from torch import nn
 from tqdm import tqdm
 
 from byol.augment import ViewConfig, make_view
+from byol.cache import check_view_size, default_cache_size
 from byol.data import Split
 from byol.device import autocast, grad_scaler
 from byol.distributed import SINGLE_PROCESS, Ranks, Runtime, average_buffers, sync_batchnorm, wrap
 from byol.errors import UserError, first_line
 from byol.evaluate import eval_view, extract_features
 from byol.files import load_torch
-from byol.model import MIN_BATCH_SIZE, RESNET18_FEATURES, resnet18_backbone
-from byol.pretrain import WEIGHTS_FILE
+from byol.model import MIN_BATCH_SIZE, MIN_BATCH_SIZE_REASON, RESNET18_FEATURES, resnet18_backbone
+from byol.pretrain import WEIGHTS_FILE, PretrainConfig
 from byol.schedules import lr_at
 from byol.step import backward_step
 
@@ -67,6 +68,36 @@ class ClassifierConfig:
     cache_size: int = 0  # 0: default_cache_size(image_size)
     eval_every: int = 1  # test loss/accuracy every N epochs (and always at the last)
     sync_bn: bool = False  # fine-tuning under torchrun: BatchNorm statistics over the global batch
+
+    def check(self) -> None:
+        """The flags' own checks, before anything is read or trained."""
+        if self.batch_size < MIN_BATCH_SIZE:
+            raise UserError(f"--batch-size {self.batch_size}: {MIN_BATCH_SIZE_REASON}")
+        for flag, rates in (("--probe-lrs", self.probe_lrs), ("--finetune-lrs", self.finetune_lrs)):
+            if not rates or not all(math.isfinite(lr) and lr > 0 for lr in rates):
+                raise UserError(f"{flag} {rates}: give one or more learning rates above 0")
+        if self.finetune_folds < 2:
+            raise UserError(f"--finetune-folds {self.finetune_folds}: cross-validation needs 2 or more")
+        for flag, values, allowed in (("--inits", self.inits, INITS), ("--modes", self.modes, MODES)):
+            unknown = [value for value in values if value not in allowed]
+            if unknown or not values:
+                raise UserError(f"{flag} {','.join(values)}: choose from {','.join(allowed)}")
+
+    def resolved(self, byol_config: dict) -> ClassifierConfig:
+        """Checked, with the sizes left at 0 filled in: train at byol.pt's image size (`byol_config`,
+        {} without one) and reuse its cache, unless told otherwise."""
+        self.check()
+        image_size = self.image_size or byol_config.get("image_size") or PretrainConfig().image_size
+        cache_size = self.cache_size
+        if not cache_size:
+            same_size = byol_config.get("image_size") == image_size
+            cache_size = (
+                byol_config["cache_size"]
+                if same_size and byol_config.get("cache_size")
+                else default_cache_size(image_size)
+            )
+        check_view_size(image_size, cache_size)
+        return replace(self, image_size=image_size, cache_size=cache_size)
 
 
 def images_per_step(world_size: int, finetune: bool) -> int:

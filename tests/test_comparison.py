@@ -22,7 +22,6 @@ from byol.comparison import (
     check_labelled,
     format_summary,
     paired_summary,
-    resolve_sizes,
     run_classifiers,
     summarize,
 )
@@ -447,5 +446,5 @@ def test_the_byol_init_is_byol_pt_and_the_image_size_follows_it(pretrained):
     assert all(torch.equal(byol[name], weights["backbone"][name]) for name in weights["backbone"])
     assert not torch.equal(random["conv1.weight"], byol["conv1.weight"])
     # Both inits train at the size byol.pt was pretrained at (32 px here), unless told otherwise.
-    assert resolve_sizes(ClassifierConfig(), byol_config).image_size == byol_config["image_size"] == 32
-    assert resolve_sizes(ClassifierConfig(image_size=48), byol_config).image_size == 48
+    assert ClassifierConfig().resolved(byol_config).image_size == byol_config["image_size"] == 32
+    assert ClassifierConfig(image_size=48).resolved(byol_config).image_size == 48
