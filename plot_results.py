@@ -12,8 +12,8 @@ from pathlib import Path
 from byol.cli import StageArgumentParser, run_stage
 from byol.comparison import (
     CLASSIFIER_CONFIG_FILE,
+    CLASSIFIER_METRIC_COLUMNS,
     CLASSIFIER_METRICS_FILE,
-    REQUIRED_METRIC_COLUMNS,
     paired_summary,
     summarize,
 )
@@ -28,7 +28,7 @@ from byol.plots import (
     stage_seconds,
     write_summary,
 )
-from byol.pretrain import BYOL_CONFIG_FILE, BYOL_METRICS_FILE
+from byol.pretrain import BYOL_CONFIG_FILE, BYOL_METRIC_COLUMNS, BYOL_METRICS_FILE
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def main() -> None:
     if not metrics_path.is_file():
         raise UserError(f"{metrics_path} not found: run train_classifier.py --out-dir {out_dir} first")
     metrics = read_csv(
-        metrics_path, REQUIRED_METRIC_COLUMNS, f"run train_classifier.py --out-dir {out_dir} again"
+        metrics_path, CLASSIFIER_METRIC_COLUMNS, f"run train_classifier.py --out-dir {out_dir} again"
     )
     if metrics.empty:
         raise UserError(f"{metrics_path} has no rows: run train_classifier.py again")
@@ -61,7 +61,7 @@ def main() -> None:
     byol_metrics = None
     if (out_dir / BYOL_METRICS_FILE).is_file():
         byol_metrics = read_csv(
-            out_dir / BYOL_METRICS_FILE, ["epoch", "loss", "knn_acc"], "run train_byol.py again or delete it"
+            out_dir / BYOL_METRICS_FILE, BYOL_METRIC_COLUMNS, "run train_byol.py again or delete it"
         )
         written.append(out_dir / "byol_pretraining.png")
         plot_pretraining(byol_metrics, written[-1])

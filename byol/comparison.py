@@ -42,7 +42,7 @@ CLASSIFIER_METRICS_FILE = "classifier_metrics.csv"
 CLASSIFIER_SUMMARY_FILE = "classifier_summary.csv"
 PAIRED_FILE = "classifier_paired.csv"
 CLASSIFIER_CONFIG_FILE = "classifier_config.json"
-METRIC_COLUMNS = [
+CLASSIFIER_METRIC_COLUMNS = [
     "init",
     "mode",
     "seed",
@@ -56,8 +56,6 @@ METRIC_COLUMNS = [
     "head_lr",
     "backbone_lr",
 ]
-# What the report reads (the committed earlier studies have no seconds, head_lr or backbone_lr).
-REQUIRED_METRIC_COLUMNS = METRIC_COLUMNS[: METRIC_COLUMNS.index("test_acc") + 1]
 
 
 def frozen_only_settings(config: ClassifierConfig) -> tuple[str, ...]:
@@ -200,7 +198,9 @@ def _run_classifiers(
                     f"--resume: {metrics_path} was trained with {name} {previous.get(key)}, this run has "
                     f"{settings[key]}; resume with the same settings, or start over with --overwrite"
                 )
-        rows = read_csv(metrics_path, METRIC_COLUMNS, "start over with --overwrite").to_dict("records")
+        rows = read_csv(metrics_path, CLASSIFIER_METRIC_COLUMNS, "start over with --overwrite").to_dict(
+            "records"
+        )
         if changed:  # only the linear probes' settings: keep the fine-tuning runs, retrain the probes
             rows = [row for row in rows if row["mode"] != "frozen"]
     if ranks.is_main:
@@ -295,9 +295,9 @@ def _run_classifiers(
             {"init": init, "mode": mode, "seed": seed, "n_labels": len(train_rows), **row} for row in run_rows
         )
         if ranks.is_main:
-            write_csv(metrics_path, pd.DataFrame(rows, columns=METRIC_COLUMNS))
+            write_csv(metrics_path, pd.DataFrame(rows, columns=CLASSIFIER_METRIC_COLUMNS))
     progress.close()
-    metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    metrics = pd.DataFrame(rows, columns=CLASSIFIER_METRIC_COLUMNS)
     summary = summarize(metrics)
     if ranks.is_main:
         write_csv(out_dir / CLASSIFIER_SUMMARY_FILE, summary)

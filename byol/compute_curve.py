@@ -30,7 +30,7 @@ from byol.errors import UserError
 from byol.files import read_csv, read_json, write_csv
 from byol.finetune import ClassifierConfig
 from byol.plots import INIT_COLOURS, save_figure
-from byol.pretrain import BYOL_CONFIG_FILE, BYOL_METRICS_FILE, SNAPSHOT_DIR, WEIGHTS_FILE
+from byol.pretrain import BYOL_CONFIG_FILE, BYOL_METRIC_COLUMNS, BYOL_METRICS_FILE, SNAPSHOT_DIR, WEIGHTS_FILE
 from byol.stats import paired_interval, verdict
 
 CURVE_FILE = "compute_curve.csv"
@@ -77,7 +77,7 @@ def probe(folder: Path, inits: list[str], config: ClassifierConfig, device: str)
 
 
 def curve_rows(run_dir: Path, config: ClassifierConfig, device: str) -> pd.DataFrame:
-    monitor = read_csv(run_dir / BYOL_METRICS_FILE, ["epoch", "step", "seconds"], "finish the run first")
+    monitor = read_csv(run_dir / BYOL_METRICS_FILE, BYOL_METRIC_COLUMNS, "finish the run first")
     byol_config = read_json(run_dir / BYOL_CONFIG_FILE, "finish the run first")
     monitor = monitor.set_index("epoch")
     epochs = snapshot_epochs(run_dir)  # before any training: a run without snapshots fails at once
@@ -102,7 +102,7 @@ def curve_rows(run_dir: Path, config: ClassifierConfig, device: str) -> pd.DataF
                 "step": row["step"],
                 "images_seen": row["step"] * byol_config["global_batch_size"],
                 "hours": float(hours.loc[epoch]) if epoch else 0.0,
-                **{column: monitor.loc[epoch, column] for column in MONITOR_COLUMNS if column in monitor},
+                **{column: monitor.loc[epoch, column] for column in MONITOR_COLUMNS},
                 "probe_seeds": len(seeds),
                 "probe_byol": row["byol"][seeds].mean(),
                 "probe_byol_std": row["byol"][seeds].std(),

@@ -136,7 +136,7 @@ def plot_pretraining(byol_metrics: pd.DataFrame, path: Path) -> None:
         )
     # The diagnostic k-NN (thousands of voters with labels): absent from runs with --diag-voters 0.
     for column, style in (("diag_knn_k20", "-"), ("diag_knn_k200", "-.")):
-        diag = byol_metrics.dropna(subset=[column]) if column in byol_metrics else byol_metrics.iloc[:0]
+        diag = byol_metrics.dropna(subset=[column])
         if not diag.empty:
             k = column.rsplit("k", 1)[1]
             knn_axis.plot(
@@ -150,12 +150,7 @@ def plot_pretraining(byol_metrics: pd.DataFrame, path: Path) -> None:
     knn_axis.set_title("Representation quality during pretraining")
     knn_axis.set_ylabel("k-NN test accuracy (k=20 unless marked)")
     handles, labels = knn_axis.get_legend_handles_labels()
-    # Runs from before the effective rank was recorded have no feature_rank column.
-    ranks = (
-        byol_metrics.dropna(subset=["feature_rank"])
-        if "feature_rank" in byol_metrics
-        else byol_metrics.iloc[:0]
-    )
+    ranks = byol_metrics.dropna(subset=["feature_rank"])  # empty for runs that did not record it
     if not ranks.empty:
         rank_axis = knn_axis.twinx()
         rank_axis.plot(
@@ -307,7 +302,7 @@ def stage_seconds(byol_metrics: pd.DataFrame | None, classifier_metrics: pd.Data
     return {
         stage: float(frame["seconds"].sum())
         for stage, frame in stages.items()
-        if frame is not None and "seconds" in frame and frame["seconds"].notna().any()
+        if frame is not None and frame["seconds"].notna().any()
     }
 
 

@@ -43,6 +43,21 @@ WEIGHTS_FILE = "byol.pt"
 CHECKPOINT_FILE = "byol_checkpoint.pt"
 CHECKPOINT_KEYS = {"model", "optimizer", "grad_scaler", "config", "world_size", "state"}  # TrainState
 BYOL_METRICS_FILE = "byol_metrics.csv"
+BYOL_METRIC_COLUMNS = [  # byol_metrics.csv, one row per epoch (0: the random init)
+    "epoch",
+    "step",
+    "loss",
+    "tau",
+    "lr",
+    "knn_acc",
+    "diag_knn_k20",
+    "diag_knn_k200",
+    "feature_std",
+    "feature_rank",
+    "monitor_seconds",
+    "images_per_s",
+    "seconds",
+]
 BYOL_CONFIG_FILE = "byol_config.json"
 VIEWS_FIGURE = "byol_views.png"
 CHECKPOINT_EVERY_S = 600  # also save mid-epoch, so a killed session loses at most 10 minutes

@@ -22,7 +22,13 @@ from byol.comparison import CLASSIFIER_METRICS_FILE, run_classifiers, summarize
 from byol.errors import UserError
 from byol.files import read_csv, read_json, write_csv
 from byol.finetune import ClassifierConfig
-from byol.pretrain import BYOL_CONFIG_FILE, BYOL_METRICS_FILE, WEIGHTS_FILE, PretrainConfig
+from byol.pretrain import (
+    BYOL_CONFIG_FILE,
+    BYOL_METRIC_COLUMNS,
+    BYOL_METRICS_FILE,
+    WEIGHTS_FILE,
+    PretrainConfig,
+)
 
 RECIPE_FIELDS = [name for name in PretrainConfig.__dataclass_fields__ if name not in ("knn_every", "sync_bn")]
 PROBE = ClassifierConfig(modes=["frozen"], seeds=3, epochs=30)
@@ -43,7 +49,7 @@ def linear_probe(run_dir: Path, device_name: str) -> pd.DataFrame:
 
 def rank_columns(curve: pd.DataFrame) -> dict:
     """The features' effective rank at random init, at the end, and per epoch (runs that recorded it)."""
-    ranks = curve.dropna(subset=["feature_rank"]) if "feature_rank" in curve else curve.iloc[:0]
+    ranks = curve.dropna(subset=["feature_rank"])
     if ranks.empty:
         return {"rank_random_init": math.nan, "rank_last": math.nan, "rank_curve": ""}
     return {
@@ -59,7 +65,7 @@ def diagnostic_columns(curve: pd.DataFrame) -> dict:
     columns = {}
     for k in (20, 200):
         name = f"diag_knn_k{k}"
-        scored = curve.dropna(subset=[name])[name] if name in curve else pd.Series(dtype=float)
+        scored = curve.dropna(subset=[name])[name]
         columns[f"diag_k{k}_random_init"] = scored.iloc[0] if len(scored) else math.nan
         columns[f"diag_k{k}_last"] = scored.iloc[-1] if len(scored) else math.nan
         if k == 20:
@@ -76,7 +82,7 @@ def trial_row(run_dir: Path, device_name: str) -> dict:
             )
     remedy = "finish that train_byol.py run again, or leave it out"
     config = read_json(run_dir / BYOL_CONFIG_FILE, remedy)
-    curve = read_csv(run_dir / BYOL_METRICS_FILE, ["epoch", "knn_acc"], remedy)
+    curve = read_csv(run_dir / BYOL_METRICS_FILE, BYOL_METRIC_COLUMNS, remedy)
     knn = curve.dropna(subset=["knn_acc"])
     probe = linear_probe(run_dir, device_name).set_index("init")
     defaults = PretrainConfig()
@@ -93,7 +99,7 @@ def trial_row(run_dir: Path, device_name: str) -> dict:
         "knn_curve": " ".join(f"{value:.4f}" for value in knn["knn_acc"]),
         **diagnostic_columns(curve),
         **rank_columns(curve),
-        "hours": curve["seconds"].sum() / 3600 if "seconds" in curve else math.nan,
+        "hours": curve["seconds"].sum() / 3600,
         "probe_random": probe.loc["random", "test_acc_mean"],
         "probe_byol": probe.loc["byol", "test_acc_mean"],
         "probe_byol_std": probe.loc["byol", "test_acc_std"],

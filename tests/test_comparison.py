@@ -18,7 +18,7 @@ from tqdm import tqdm
 from byol import comparison
 from byol.cache import load_cache
 from byol.comparison import (
-    METRIC_COLUMNS,
+    CLASSIFIER_METRIC_COLUMNS,
     check_labelled,
     format_summary,
     paired_summary,
@@ -71,7 +71,7 @@ def test_four_conditions_same_images_and_columns(pretrained):
     result = run_script("train_classifier.py", "--out-dir", pretrained, "--seeds", "2", *FAST)
     assert result.returncode == 0, result.stderr
     metrics = pd.read_csv(pretrained / "classifier_metrics.csv")
-    assert list(metrics.columns) == METRIC_COLUMNS
+    assert list(metrics.columns) == CLASSIFIER_METRIC_COLUMNS
     conditions = metrics.groupby(["init", "mode"]).size()
     assert set(conditions.index) == {(i, m) for i in ("random", "byol") for m in ("finetune", "frozen")}
     assert (conditions == 2 * 2).all()  # 2 seeds x 2 epochs each

@@ -26,12 +26,17 @@ def test_one_row_per_run_with_settings_knn_and_probe(split_dir, tmp_path):
         assert table[column].between(0, 1).all(), column
     assert (table["probe_seeds"] == 3).all() and (table["steps"] == 4).all()
     assert (table["rank_last"] >= 1).all() and (table["rank_curve"].str.split().str.len() == 2).all()
-    # A run from before the effective rank was recorded still gets its row, with the rank left empty.
-    metrics_path = runs[1] / "byol_metrics.csv"
-    pd.read_csv(metrics_path).drop(columns="feature_rank").to_csv(metrics_path, index=False)
-    assert run_script("byol.recipe_search", runs[1], "--out", table_path, "--device", "cpu").returncode == 0
-    old_run = pd.read_csv(table_path)
-    assert old_run["rank_last"].isna().all() and old_run["knn_last"].between(0, 1).all()
+    # Each row against its trial's own files: the probe per init, the monitor's first and last epoch.
+    for row, run_dir in zip(table.itertuples(), runs):
+        probe = pd.read_csv(run_dir / "classifier_summary.csv").set_index("init")["test_acc_mean"]
+        curve = pd.read_csv(run_dir / "byol_metrics.csv")
+        assert (row.probe_random, row.probe_byol) == (probe["random"], probe["byol"])
+        assert (row.knn_random_init, row.knn_last) == (curve["knn_acc"].iloc[0], curve["knn_acc"].iloc[-1])
+        assert (row.diag_k20_random_init, row.diag_k200_last) == (
+            curve["diag_knn_k20"].iloc[0],
+            curve["diag_knn_k200"].iloc[-1],
+        )
+        assert row.hours == curve["seconds"].sum() / 3600
     # The probe is kept in the run folder, so a second call reuses it instead of retraining, and no
     # longer needs the weights (the committed trials have none).
     probe_file = runs[0] / "classifier_metrics.csv"
