@@ -50,22 +50,28 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
+CPUINFO = Path("/proc/cpuinfo")
+
+
 def cpu_flags() -> str:
-    """The CPU's feature flags (Linux's /proc/cpuinfo; empty elsewhere, which means "none known")."""
-    cpuinfo = Path("/proc/cpuinfo")
-    return cpuinfo.read_text(errors="ignore") if cpuinfo.is_file() else ""
+    """The CPU's feature flags: the `flags` lines of Linux's /proc/cpuinfo (empty elsewhere, which
+    means "none known")."""
+    if not CPUINFO.is_file():
+        return ""
+    lines = CPUINFO.read_text(errors="ignore").splitlines()
+    return " ".join(line.split(":", 1)[1] for line in lines if line.split(":", 1)[0].strip() == "flags")
 
 
 def cpu_has_bf16() -> bool:
     """True when the CPU has native bf16 instructions (avx512_bf16 or amx_bf16)."""
-    flags = cpu_flags()
+    flags = cpu_flags().split()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def cpu_has_fp16() -> bool:
     """True when the CPU has native fp16 arithmetic (avx512_fp16 or amx_fp16); elsewhere fp16 is
     emulated: BYOL trained at 0.12x its fp32 speed on the 2-core development CPU (benchmarks/README.md)."""
-    flags = cpu_flags()
+    flags = cpu_flags().split()
     return "avx512_fp16" in flags or "amx_fp16" in flags
 
 

@@ -55,6 +55,37 @@ def test_auto_on_cpu_follows_the_cpu_flags(monkeypatch, has_bf16, expected):
     assert resolve_precision("auto", torch.device("cpu")) == expected
 
 
+CPUINFO_CORE = """processor\t: {n}
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Processor
+flags\t\t: fpu vme sse sse2 avx avx2 avx512f avx512bw avx512vl {extra}
+bugs\t\t: spectre_v1 spectre_v2
+power management:
+
+"""
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [("avx512_vnni", "fp32"), ("avx512_vnni avx512_bf16", "bf16"), ("amx_tile amx_bf16 amx_int8", "bf16")],
+)
+def test_auto_on_cpu_reads_bf16_units_from_the_cpuinfo_text(monkeypatch, tmp_path, extra, expected):
+    cpuinfo = tmp_path / "cpuinfo"  # the shape of Linux's /proc/cpuinfo: one block per core
+    cpuinfo.write_text("".join(CPUINFO_CORE.format(n=n, extra=extra) for n in range(2)))
+    monkeypatch.setattr(device_module, "CPUINFO", cpuinfo)
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert not device_module.cpu_has_fp16()
+
+
+def test_bf16_named_outside_the_flags_line_is_not_a_bf16_unit(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO_CORE.format(n=0, extra="").replace("Processor", "Processor avx512_bf16"))
+    monkeypatch.setattr(device_module, "CPUINFO", cpuinfo)
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(device_module, "CPUINFO", tmp_path / "absent")  # not Linux: nothing known
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_asking_for_an_emulated_precision_is_obeyed_with_a_warning(monkeypatch, caplog, precision):
     monkeypatch.setattr(device_module, "cpu_flags", lambda: "fpu sse2 avx2")
