@@ -13,11 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.distributed as dist
-from torch import nn
 
 from byol.augment import BYOLViews
-from byol.distributed import CrossRankBatchNorm, Ranks, sync_batchnorm
+from byol.distributed import Ranks
 from byol.files import load_torch
 from byol.optim import default_lr
 from byol.pretrain import PretrainConfig, pretrain
@@ -60,25 +58,35 @@ def test_sharded_views_equal_the_whole_batch_views():
 
 
 @pytest.mark.slow
-def test_cross_rank_batchnorm_matches_batchnorm(tmp_path):
-    # A world of one process exercises the all-reduce path; the statistics must be BatchNorm's.
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        torch.manual_seed(0)
-        reference = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.BatchNorm1d(144))
-        converted = sync_batchnorm(__import__("copy").deepcopy(reference), torch.device("cpu"))
-        assert isinstance(converted[1], CrossRankBatchNorm) and isinstance(converted[3], CrossRankBatchNorm)
-        inputs = torch.randn(5, 3, 8, 8)
-        for model in (reference, converted):
-            model(inputs).square().sum().backward()
-        torch.testing.assert_close(converted(inputs), reference(inputs), atol=1e-5, rtol=1e-4)
-        for (name, a), b in zip(reference.named_parameters(), converted.parameters()):
-            torch.testing.assert_close(b.grad, a.grad, atol=1e-4, rtol=1e-4, msg=name)
-        assert set(converted.state_dict()) == set(reference.state_dict())
+def test_cross_rank_batchnorm_in_two_processes_matches_batchnorm_on_the_whole_batch(tmp_path):
+    """Two gloo processes, each with half of a batch whose halves differ: outputs, the gradients of
+    the inputs and of the weights, and the running statistics equal one BatchNorm on all 8 images."""
+    import syncbn_worker
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [
+        subprocess.Popen([sys.executable, syncbn_worker.__file__, str(rank), str(tmp_path)], env=env)
+        for rank in (0, 1)
+    ]
+    assert [worker.wait(timeout=300) for worker in workers] == [0, 0]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    reference = syncbn_worker.reference_model()
+    inputs = syncbn_worker.batch().requires_grad_(True)
+    outputs = reference(inputs)
+    outputs.square().sum().backward()
+    torch.testing.assert_close(
+        torch.cat([r["outputs"] for r in ranks]), outputs.detach(), atol=1e-5, rtol=1e-4
+    )
+    torch.testing.assert_close(torch.cat([r["input_grad"] for r in ranks]), inputs.grad, atol=1e-4, rtol=1e-4)
+    for rank in ranks:
+        for (name, param), grad in zip(reference.named_parameters(), rank["param_grads"]):
+            torch.testing.assert_close(grad, param.grad, atol=1e-4, rtol=1e-4, msg=name)
+        assert set(rank["buffers"]) == {name for name, _ in reference.named_buffers()}
         for name, buffer in reference.named_buffers():
-            torch.testing.assert_close(converted.get_buffer(name), buffer, atol=1e-5, rtol=1e-4, msg=name)
-    finally:
-        dist.destroy_process_group()
+            torch.testing.assert_close(rank["buffers"][name], buffer, atol=1e-5, rtol=1e-4, msg=name)
+    # Per-half statistics (no all-reduce) would be far off: the halves differ in mean and spread.
+    halves = torch.cat([syncbn_worker.reference_model()(half) for half in syncbn_worker.batch().split(4)])
+    assert (halves - outputs).abs().max() > 0.1
 
 
 @pytest.mark.slow
