@@ -44,6 +44,7 @@ try:
         precision_name="fp32",
         resume=resume,
         stop_after_epochs=stop_after_epochs,
+        snapshot_epochs="1",
     )
     torch.save(model.state_dict(), out_dir / f"rank{rank}_model.pt")
 except Stopped as stopped:
