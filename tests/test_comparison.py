@@ -11,11 +11,12 @@ import matplotlib.image
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TINY_BYOL, assert_one_error_line, run_script, write_split
 from torch import nn
 from tqdm import tqdm
 
-from byol import comparison
+from byol import comparison, finetune
 from byol.cache import load_cache
 from byol.comparison import (
     CLASSIFIER_METRIC_COLUMNS,
@@ -102,6 +103,63 @@ def test_same_labelled_images_for_every_init_and_mode(pretrained):
         assert set(rows) <= labelled and not set(rows) & test
         assert split.table.loc[rows, "label"].value_counts().tolist() == [3, 3]
     assert balanced_subset(split, 0, 0) == sorted(labelled)
+
+
+def test_every_init_and_mode_of_a_seed_trains_on_the_same_images_head_and_batches(pretrained, monkeypatch):
+    """Recorded in a real grid: the labels of every training batch in order (which labelled images,
+    in which batch order), the head each run starts from, and the backbones the grid builds."""
+    runs, backbones = [], []
+    real_fit, real_cross_entropy, real_make_backbone = (
+        finetune._fit,
+        F.cross_entropy,
+        comparison.make_backbone,
+    )
+
+    def recording_fit(model, head, backbone, optimizer, data, seed, *args):
+        runs.append({"seed": seed, "head": head.weight.detach().clone(), "batches": []})
+        return real_fit(model, head, backbone, optimizer, data, seed, *args)
+
+    def recording_cross_entropy(logits, target, *args, **kwargs):
+        if kwargs.get("reduction", "mean") == "mean":  # training batches (the test scores sum)
+            runs[-1]["batches"].append(target.tolist())
+        return real_cross_entropy(logits, target, *args, **kwargs)
+
+    def recording_make_backbone(init, seed, byol_state):
+        backbone = real_make_backbone(init, seed, byol_state)
+        backbones.append((init, seed, {k: v.clone() for k, v in backbone.state_dict().items()}))
+        return backbone
+
+    monkeypatch.setattr(finetune, "_fit", recording_fit)
+    monkeypatch.setattr(F, "cross_entropy", recording_cross_entropy)
+    monkeypatch.setattr(comparison, "make_backbone", recording_make_backbone)
+    # One rate each, so that no cross-validation run is mixed in: the grid's runs only.
+    config = ClassifierConfig(
+        seeds=2, n_labels=[6], epochs=2, batch_size=4, probe_lrs=[1e-2], finetune_lrs=[1e-3]
+    )
+    run_classifiers(config, pretrained, device_name="cpu", precision_name="fp32", overwrite=True)
+    order = [
+        (seed, init, mode)
+        for seed in (0, 1)
+        for init in ("random", "byol")
+        for mode in ("finetune", "frozen")
+    ]
+    assert [run["seed"] for run in runs] == [seed for seed, _, _ in order]
+    by_condition = dict(zip(order, runs))
+    for seed in (0, 1):
+        first = by_condition[(seed, "random", "finetune")]
+        assert len(first["batches"]) == 2 * 2  # 2 epochs of 6 images in batches of 4 (the last of 2)
+        for init, mode in [("random", "frozen"), ("byol", "finetune"), ("byol", "frozen")]:
+            other = by_condition[(seed, init, mode)]
+            assert other["batches"] == first["batches"], (seed, init, mode)
+            assert torch.equal(other["head"], first["head"]), (seed, init, mode)
+    assert (
+        by_condition[(0, "random", "finetune")]["batches"]
+        != by_condition[(1, "random", "finetune")]["batches"]
+    )
+    random_backbones = [(seed, state) for init, seed, state in backbones if init == "random"]
+    assert [seed for seed, _ in random_backbones] == [0, 0, 1, 1]  # one per mode and seed
+    for (_, a), (_, b) in (random_backbones[:2], random_backbones[2:]):
+        assert all(torch.equal(a[k], b[k]) for k in a)  # the same random backbone in both modes
 
 
 def test_n_labels_subsets_are_balanced_with_a_remainder(pretrained):
