@@ -106,17 +106,19 @@ def test_same_labelled_images_for_every_init_and_mode(pretrained):
 
 
 def test_every_init_and_mode_of_a_seed_trains_on_the_same_images_head_and_batches(pretrained, monkeypatch):
-    """Recorded in a real grid: the labels of every training batch in order (which labelled images,
-    in which batch order), the head each run starts from, and the backbones the grid builds."""
-    runs, backbones = [], []
-    real_fit, real_cross_entropy, real_make_backbone = (
-        finetune._fit,
-        F.cross_entropy,
-        comparison.make_backbone,
-    )
+    """Recorded in a real grid: which labelled images each run gets, the labels of its training
+    batches in order (the batch order), the head it starts from, and the backbones the grid builds."""
+    runs, backbones, drawn = [], [], []
+    real_fit, real_cross_entropy = finetune._fit, F.cross_entropy
+    real_make_backbone, real_subset = comparison.make_backbone, comparison.balanced_subset
+
+    def recording_subset(split, n_labels, seed):  # the grid draws a run's images just before it trains
+        drawn.append(real_subset(split, n_labels, seed))
+        return drawn[-1]
 
     def recording_fit(model, head, backbone, optimizer, data, seed, *args):
-        runs.append({"seed": seed, "head": head.weight.detach().clone(), "batches": []})
+        runs.append({"seed": seed, "rows": drawn[-1], "head": head.weight.detach().clone(), "batches": []})
+        assert len(data[0]) == len(drawn[-1])
         return real_fit(model, head, backbone, optimizer, data, seed, *args)
 
     def recording_cross_entropy(logits, target, *args, **kwargs):
@@ -132,6 +134,7 @@ def test_every_init_and_mode_of_a_seed_trains_on_the_same_images_head_and_batche
     monkeypatch.setattr(finetune, "_fit", recording_fit)
     monkeypatch.setattr(F, "cross_entropy", recording_cross_entropy)
     monkeypatch.setattr(comparison, "make_backbone", recording_make_backbone)
+    monkeypatch.setattr(comparison, "balanced_subset", recording_subset)
     # One rate each, so that no cross-validation run is mixed in: the grid's runs only.
     config = ClassifierConfig(
         seeds=2, n_labels=[6], epochs=2, batch_size=4, probe_lrs=[1e-2], finetune_lrs=[1e-3]
@@ -150,11 +153,11 @@ def test_every_init_and_mode_of_a_seed_trains_on_the_same_images_head_and_batche
         assert len(first["batches"]) == 2 * 2  # 2 epochs of 6 images in batches of 4 (the last of 2)
         for init, mode in [("random", "frozen"), ("byol", "finetune"), ("byol", "frozen")]:
             other = by_condition[(seed, init, mode)]
-            assert other["batches"] == first["batches"], (seed, init, mode)
+            assert other["rows"] == first["rows"] and other["batches"] == first["batches"], (seed, init, mode)
             assert torch.equal(other["head"], first["head"]), (seed, init, mode)
     assert (
-        by_condition[(0, "random", "finetune")]["batches"]
-        != by_condition[(1, "random", "finetune")]["batches"]
+        by_condition[(0, "random", "finetune")]["rows"]
+        != by_condition[(1, "random", "finetune")]["rows"]
     )
     random_backbones = [(seed, state) for init, seed, state in backbones if init == "random"]
     assert [seed for seed, _ in random_backbones] == [0, 0, 1, 1]  # one per mode and seed
