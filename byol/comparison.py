@@ -149,6 +149,41 @@ def run_classifiers(
         return _run_classifiers(config, Path(out_dir), ranks, device, precision_name, resume)
 
 
+def finished_rows(config: ClassifierConfig, out_dir: Path, byol_config: dict, world_size: int) -> list[dict]:
+    """--resume: the metrics rows of the earlier run in `out_dir` that this one keeps.
+
+    Refused (one line) when the earlier run trained on another byol.pt, or with another setting or
+    number of processes; a change of the frozen-only settings keeps the fine-tuning runs only.
+    """
+    metrics_path, config_path = out_dir / CLASSIFIER_METRICS_FILE, out_dir / CLASSIFIER_CONFIG_FILE
+    if not (metrics_path.is_file() and config_path.is_file()):
+        return []
+    settings = {
+        key: value
+        for key, value in asdict(config).items()
+        if key not in ("inits", "modes", "seeds", "n_labels")
+    }
+    settings["world_size"] = world_size  # with batch_size, fixes the global batch
+    previous = read_json(config_path, "start over with --overwrite")
+    if (previous.get("byol_config") or byol_config) != byol_config:  # {}: no BYOL runs before
+        raise UserError(
+            f"--resume: {metrics_path} was trained on another pretraining (byol.pt's settings differ); "
+            "start over with --overwrite"
+        )
+    changed = [key for key, value in settings.items() if previous.get(key) != value]
+    for key in changed:
+        if key not in frozen_only_settings(config):
+            name = "processes" if key == "world_size" else "--" + key.replace("_", "-")
+            raise UserError(
+                f"--resume: {metrics_path} was trained with {name} {previous.get(key)}, this run has "
+                f"{settings[key]}; resume with the same settings, or start over with --overwrite"
+            )
+    rows = read_csv(metrics_path, CLASSIFIER_METRIC_COLUMNS, "start over with --overwrite").to_dict("records")
+    if changed:  # only the linear probes' settings: keep the fine-tuning runs, retrain the probes
+        rows = [row for row in rows if row["mode"] != "frozen"]
+    return rows
+
+
 def _run_classifiers(
     config: ClassifierConfig,
     out_dir: Path,
@@ -174,35 +209,9 @@ def _run_classifiers(
     runtime = Runtime(device, precision, ranks)
     fmt = runtime.memory_format
 
-    settings = {
-        key: value
-        for key, value in asdict(config).items()
-        if key not in ("inits", "modes", "seeds", "n_labels")
-    }
-    settings["world_size"] = ranks.world_size  # with batch_size, fixes the global batch
     metrics_path = out_dir / CLASSIFIER_METRICS_FILE
-    rows: list[dict] = []
     config_path = out_dir / CLASSIFIER_CONFIG_FILE
-    if resume and metrics_path.is_file() and config_path.is_file():
-        previous = read_json(config_path, "start over with --overwrite")
-        if (previous.get("byol_config") or byol_config) != byol_config:  # {}: no BYOL runs before
-            raise UserError(
-                f"--resume: {metrics_path} was trained on another pretraining (byol.pt's settings differ); "
-                "start over with --overwrite"
-            )
-        changed = [key for key, value in settings.items() if previous.get(key) != value]
-        for key in changed:
-            if key not in frozen_only_settings(config):
-                name = "processes" if key == "world_size" else "--" + key.replace("_", "-")
-                raise UserError(
-                    f"--resume: {metrics_path} was trained with {name} {previous.get(key)}, this run has "
-                    f"{settings[key]}; resume with the same settings, or start over with --overwrite"
-                )
-        rows = read_csv(metrics_path, CLASSIFIER_METRIC_COLUMNS, "start over with --overwrite").to_dict(
-            "records"
-        )
-        if changed:  # only the linear probes' settings: keep the fine-tuning runs, retrain the probes
-            rows = [row for row in rows if row["mode"] != "frozen"]
+    rows = finished_rows(config, out_dir, byol_config, ranks.world_size) if resume else []
     if ranks.is_main:
         write_json(
             config_path,
