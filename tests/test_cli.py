@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,8 +13,9 @@ import torch
 from conftest import ROOT
 
 from byol.cli import run_stage
-from byol.errors import UserError
+from byol.errors import Stopped, UserError
 from byol.pretrain import PretrainConfig
+from byol.resume import StopRequest
 
 TRIALS = sorted((ROOT / "configs" / "trials").glob("*.args"))
 
@@ -44,6 +47,23 @@ def test_user_errors_and_out_of_memory_are_one_line_and_exit_2(capsys, error, me
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith(message) and stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("code", [143, 130, 0])
+def test_a_stopped_run_exits_with_its_code_and_says_how_to_continue(capsys, code):
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(raising(Stopped("stopped by SIGTERM; checkpoint saved, continue with --resume", code)))
+    assert exit_info.value.code == code
+    assert capsys.readouterr().err == "stopped by SIGTERM; checkpoint saved, continue with --resume\n"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_are_caught_as_a_request_to_stop(sig):
+    before = signal.getsignal(sig)
+    with StopRequest() as stop:
+        os.kill(os.getpid(), sig)  # delivered to the handler, not a KeyboardInterrupt or a kill
+        assert stop.signal_name == signal.Signals(sig).name and stop.exit_code == 128 + sig
+    assert signal.getsignal(sig) is before  # the previous handler is back
 
 
 def test_other_runtime_errors_keep_their_traceback():

@@ -155,10 +155,7 @@ def test_every_init_and_mode_of_a_seed_trains_on_the_same_images_head_and_batche
             other = by_condition[(seed, init, mode)]
             assert other["rows"] == first["rows"] and other["batches"] == first["batches"], (seed, init, mode)
             assert torch.equal(other["head"], first["head"]), (seed, init, mode)
-    assert (
-        by_condition[(0, "random", "finetune")]["rows"]
-        != by_condition[(1, "random", "finetune")]["rows"]
-    )
+    assert by_condition[(0, "random", "finetune")]["rows"] != by_condition[(1, "random", "finetune")]["rows"]
     random_backbones = [(seed, state) for init, seed, state in backbones if init == "random"]
     assert [seed for seed, _ in random_backbones] == [0, 0, 1, 1]  # one per mode and seed
     for (_, a), (_, b) in (random_backbones[:2], random_backbones[2:]):

@@ -468,3 +468,18 @@ def test_resume_with_a_changed_flag_or_another_process_count_is_refused(split_di
     with pytest.raises(UserError, match=r"trained by 2 process\(es\), this run has 1; resume with the same"):
         pretrain(tiny_config(), out, device_name="cpu", resume=True)
     assert not (out / "byol.pt").exists()
+
+
+def test_a_checkpoint_is_written_mid_epoch_every_checkpoint_interval(split_dir, monkeypatch):
+    saved = []
+    real_save = pretrain_module.save_checkpoint
+
+    def recording_save(run, state):
+        saved.append((state.epoch, state.batch_in_epoch, state.generator_state is not None))
+        real_save(run, state)
+
+    monkeypatch.setattr(pretrain_module, "CHECKPOINT_EVERY_S", -1.0)  # every step is past the interval
+    monkeypatch.setattr(pretrain_module, "save_checkpoint", recording_save)
+    pretrain(tiny_config(epochs=1, knn_every=0), split_dir(), device_name="cpu")
+    # Mid-epoch saves carry the augmentation generator (for an exact resume); the epoch's end does not.
+    assert saved == [(0, 1, True), (0, 2, True), (0, 3, True), (0, 4, True), (1, 0, False)]
