@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from byol.budget import CPU_SETTING, SETTINGS, duration, format_duration
 from byol.cli import (
     StageArgumentParser,
     add_batch_and_device_arguments,
@@ -24,6 +25,7 @@ from byol.cli import (
     positive_int,
     run_stage,
 )
+from byol.device import resolve_device
 from byol.optim import BASE_LR_PER_256, OPTIMIZERS
 from byol.pretrain import COMPILE_MODES, PretrainConfig, pretrain
 
@@ -34,7 +36,30 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out-dir", type=Path, default=Path("results"), help="reads splits.csv, writes byol.pt"
     )
-    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
+    parser.add_argument(
+        "--setting",
+        choices=SETTINGS,
+        default="auto",
+        help="the defaults every flag not given takes. gpu: the reference setting (150 px, batch 256, 100 "
+        "epochs); cpu: the study's CPU recipe (configs/study_byol.args: 64 px, batch 64, LARS eta 0.005) "
+        f"sized by --time-budget, {format_duration(CPU_SETTING['time_budget'])} unless given. auto: cpu "
+        "when --device resolves to a CPU, else gpu",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help=f"default {defaults.epochs}, or as many as fit in --time-budget; given, it overrides the budget",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=duration,
+        default=0.0,
+        metavar="DURATION",
+        help="train as many epochs as fit in this time (20m, 2h, 1h30m), at the speed measured on this "
+        "machine before the first step; fixed then, so --resume stays exact (default: none; the cpu "
+        "setting's own)",
+    )
     add_batch_and_device_arguments(parser, defaults.batch_size)
     parser.add_argument(
         "--image-size", type=positive_int, default=defaults.image_size, help="side of each view, px"
@@ -147,8 +172,47 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def given_flags(argv: list[str] | None) -> set[str]:
+    """The destinations of the flags the command line (and its @files) gives."""
+    parser = get_args_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, str]:
+    """The flags, with the defaults of the setting they ask for (--setting; auto: by the device).
+
+    Every flag given wins over the setting. In the cpu setting, a run given another --optimizer
+    than LARS gets that optimiser's own default rate instead of the recipe's LARS rate, and one given
+    another --image-size the default cache for it and the paper's blur scaled to it.
+    """
+    args = get_args_parser().parse_args(argv)
+    given = given_flags(argv)
+    setting = args.setting
+    if setting == "auto":
+        setting = "cpu" if resolve_device(args.device).type == "cpu" else "gpu"
+    if setting == "cpu":
+        recipe = dict(CPU_SETTING)
+        if args.optimizer != CPU_SETTING["optimizer"]:
+            recipe.pop("lr"), recipe.pop("lars_trust")
+        if "image_size" in given:  # the recipe's cache and blur are for its 64 px views
+            recipe.pop("cache_size")
+            recipe["blur_sigma_min"], recipe["blur_sigma_max"] = (
+                round(sigma * args.image_size / 224, 3) for sigma in (0.1, 2.0)
+            )
+        for name, value in recipe.items():
+            if name not in given:
+                setattr(args, name, value)
+    if "epochs" in given:
+        args.time_budget = 0.0  # an explicit --epochs overrides the budget
+    else:
+        args.epochs = PretrainConfig.epochs  # a placeholder where a --time-budget sizes the run
+    return args, setting
+
+
 def main() -> None:
-    args = get_args_parser().parse_args()
+    args, setting = parse_args()
     config = PretrainConfig(**{name: getattr(args, name) for name in PretrainConfig.__dataclass_fields__})
     pretrain(
         config,
@@ -160,6 +224,8 @@ def main() -> None:
         overwrite=args.overwrite,
         snapshot_epochs=args.snapshots,
         compile_mode=args.compile,
+        time_budget_s=args.time_budget,
+        setting=setting,
     )
 
 

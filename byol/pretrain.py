@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from byol.augment import BYOLViews
+from byol.budget import Speed, epochs_for_budget, finish_time, format_duration, measure_speed
 from byol.cache import check_view_size, default_cache_size, load_cache
 from byol.capacity import check_cpu_memory
 from byol.data import Split, read_split
@@ -226,13 +227,18 @@ def pretrain(
     overwrite: bool = False,
     snapshot_epochs: str = "",
     compile_mode: str = "off",
+    time_budget_s: float = 0.0,
+    setting: str = "",
 ) -> BYOL:
     """Run (or resume) BYOL pretraining and return the trained model.
 
     An earlier run in `out_dir` needs `resume` (continue it) or `overwrite` (start over).
     Under torchrun each process calls this; they train one model together (see byol.distributed).
     `snapshot_epochs` and `compile_mode` change how the run goes, not its result, so a resumed run
-    may change them: see `parse_snapshot_epochs` and `use_compile`.
+    may change them: see `parse_snapshot_epochs` and `use_compile`. With `time_budget_s` a new run
+    measures this machine's speed and trains as many epochs as fit (config.epochs is then replaced,
+    and saved); a resumed run keeps the epochs it started with. `setting` is recorded in
+    byol_config.json (train_byol.py's --setting).
     """
     out_dir = Path(out_dir)
     if compile_mode not in COMPILE_MODES:
@@ -242,17 +248,39 @@ def pretrain(
         checkpoint = read_checkpoint(out_dir / CHECKPOINT_FILE, ranks) if resume else None
         if checkpoint is not None:
             config = check_resume_config(checkpoint["config"], config)
+        budgeted = bool(time_budget_s) and checkpoint is None
         config = config.resolved(ranks.world_size)
-        snapshots = parse_snapshot_epochs(snapshot_epochs, config.epochs)
+        parse_snapshot_epochs(snapshot_epochs, 10**9 if budgeted else config.epochs)  # fail before the cache
         run = build_run(config, out_dir, ranks, device, precision_name)
         state = restore(run, checkpoint) if checkpoint is not None else TrainState()
+        speed = measure_speed(run)
+        if budgeted:
+            epochs = epochs_for_budget(time_budget_s, speed, run.steps_per_epoch, run.global_batch)
+            epochs = int(ranks.all_reduce_sum(torch.tensor(float(epochs if ranks.is_main else 0))).item())
+            run.config = replace(run.config, epochs=epochs)  # fixed now: the schedules know their end
+            log.info(
+                f"time budget {format_duration(time_budget_s)}: {epochs} epochs fit at the measured speed"
+            )
+        elif time_budget_s:
+            log.info("--time-budget: a resumed run keeps the number of epochs it started with")
+        snapshots = parse_snapshot_epochs(snapshot_epochs, run.config.epochs)
         if use_compile(compile_mode, device, run.total_steps - state.step):
             run.train_model = torch.compile(run.train_model)
-        start_run(run, state, show_views=not resume)
-        with StopRequest() as stop:
+        start_run(
+            run, state, show_views=not resume, recorded={"time_budget_s": time_budget_s, "setting": setting}
+        )
+        log.info(plan_line(run, state, speed))
+        bar = tqdm(
+            total=run.total_steps,
+            initial=state.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not ranks.is_main,
+        )
+        with StopRequest() as stop, bar:
             while state.epoch < run.config.epochs:
                 first_batch = state.batch_in_epoch
-                seconds = train_one_epoch(run, state, stop)
+                seconds = train_one_epoch(run, state, stop, bar)
                 end_epoch(run, state, first_batch, seconds, snapshots)
                 if (
                     stop_after_epochs
@@ -268,6 +296,27 @@ def pretrain(
             path = save_weights(run, state, out_dir / WEIGHTS_FILE)
             log.info(f"wrote {path}: {json.dumps(summarize_pretraining(state.metrics))}")
         return run.model
+
+
+def plan_line(run: Run, state: TrainState, speed: Speed) -> str:
+    """What the run is about to do, and how long it will take at the measured speed."""
+    config = run.config
+    steps_left = run.total_steps - state.step
+    epochs_left = config.epochs - state.epoch
+    monitored = sum(
+        1
+        for epoch in range(state.epoch + 1, config.epochs + 1)
+        if epoch == config.epochs or (config.knn_every and epoch % config.knn_every == 0)
+    )
+    seconds = steps_left * run.global_batch / speed.images_per_s + monitored * speed.monitor_seconds
+    done = f"; {state.step} of {run.total_steps} steps already done" if state.step else ""
+    return (
+        f"plan: {len(run.train_indices)} images, {run.steps_per_epoch} steps/epoch x {config.epochs} epochs "
+        f"= {run.total_steps} steps of {run.global_batch} images, {run.precision} on {run.device}{done}. "
+        f"Measured here: {speed.images_per_s:.1f} images/s and {speed.monitor_seconds:.0f} s per k-NN "
+        f"monitor; {epochs_left} epoch(s) left: about {format_duration(seconds)}, finishing about "
+        f"{finish_time(seconds)}"
+    )
 
 
 @dataclass
@@ -413,7 +462,7 @@ def save_checkpoint(run: Run, state: TrainState) -> None:
     )
 
 
-def start_run(run: Run, state: TrainState, show_views: bool) -> None:
+def start_run(run: Run, state: TrainState, show_views: bool, recorded: dict | None = None) -> None:
     """Write the run's config, say what it is about to do, and score the random init (epoch 0)."""
     config, ranks = run.config, run.ranks
     if ranks.is_main:
@@ -426,6 +475,7 @@ def start_run(run: Run, state: TrainState, show_views: bool) -> None:
                 "world_size": ranks.world_size,
                 "global_batch_size": run.global_batch,
                 "pretraining_images": len(run.train_indices),
+                **(recorded or {}),
             },
         )
     log.info(
@@ -475,8 +525,9 @@ def monitor(run: Run) -> dict[str, float]:
     return result
 
 
-def train_one_epoch(run: Run, state: TrainState, stop: StopRequest) -> float:
-    """Train from `state.batch_in_epoch` to the end of epoch `state.epoch`; returns the seconds taken.
+def train_one_epoch(run: Run, state: TrainState, stop: StopRequest, bar: tqdm) -> float:
+    """Train from `state.batch_in_epoch` to the end of epoch `state.epoch`, advancing the run's one
+    progress bar (all steps, with the ETA of the whole run); returns the seconds taken.
 
     Checkpoints every CHECKPOINT_EVERY_S and when a signal asks to stop (then raises Stopped).
     """
@@ -494,14 +545,8 @@ def train_one_epoch(run: Run, state: TrainState, stop: StopRequest) -> float:
     nan_remedy = "Lower --lr and start again"
     if run.precision == "fp16":  # its activations overflow at 65,504
         nan_remedy = "Lower --lr, or train in --precision fp32 or bf16, and start again"
-    bar = tqdm(
-        range(first_batch, run.steps_per_epoch),
-        desc=f"epoch {state.epoch + 1}/{config.epochs}",
-        unit="step",
-        leave=False,
-        disable=not ranks.is_main,
-    )
-    for batch in bar:
+    bar.set_description(f"BYOL epoch {state.epoch + 1}/{config.epochs}")
+    for batch in range(first_batch, run.steps_per_epoch):
         global_rows = epoch_rows[batch * run.global_batch : (batch + 1) * run.global_batch]
         view_1, view_2 = step_views(
             run.images, global_rows, run.views, generator, ranks, run.device, MEMORY_FORMAT
@@ -532,20 +577,19 @@ def train_one_epoch(run: Run, state: TrainState, stop: StopRequest) -> float:
         state.loss_sum += loss_value
         state.batch_in_epoch = batch + 1
         images_per_s = (batch + 1 - first_batch) * run.global_batch / (time.perf_counter() - started)
-        bar.set_postfix(loss=f"{loss_value:.3f}", images_per_s=f"{images_per_s:.1f}")
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.3f}", images_per_s=f"{images_per_s:.1f}", refresh=False)
         if stop_asked or (ranks.is_main and time.perf_counter() - last_save > CHECKPOINT_EVERY_S):
             state.generator_state = generator.get_state()
             save_checkpoint(run, state)
             state.generator_state = None
             last_save = time.perf_counter()
             if stop_asked:
-                bar.close()
                 raise Stopped(
                     f"stopped by {stop.signal_name or 'a signal to another process'}; checkpoint "
                     f"saved in {run.checkpoint_path}, continue with --resume",
                     stop.exit_code or 143,
                 )
-    bar.close()
     return time.perf_counter() - started
 
 

@@ -23,7 +23,10 @@ from byol.demo_images import make_demo_images
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data" / "PetImages"
 # train_byol.py flags for a pretraining run of a few seconds on the generated images
+# (the library's own defaults, --setting gpu, for every flag not given; the cpu setting has its own tests)
 TINY_BYOL = [
+    "--setting",
+    "gpu",
     "--batch-size",
     "8",
     "--image-size",

@@ -329,7 +329,7 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_a_byte_is_written(split_
 )
 def test_bad_input_is_one_line_and_exit_2(split_dir, args, message):
     out = split_dir()
-    result = run_script("train_byol.py", "--out-dir", out, "--epochs", "1", *TINY_BYOL[:6], *args)
+    result = run_script("train_byol.py", "--out-dir", out, "--epochs", "1", *TINY_BYOL[:8], *args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert_one_error_line(result.stderr)

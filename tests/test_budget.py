@@ -1,0 +1,118 @@
+"""Time budgets, the CPU setting and the plan line (byol/budget.py, train_byol.py --setting/--time-budget)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+from conftest import TINY_BYOL, assert_one_error_line, run_script
+
+from byol import pretrain as pretrain_module
+from byol.budget import CPU_SETTING, Speed, epochs_for_budget, parse_duration
+from byol.errors import Stopped
+from byol.files import load_torch
+from byol.pretrain import PretrainConfig, pretrain
+from train_byol import parse_args
+
+TINY = {
+    "batch_size": 8,
+    "image_size": 32,
+    "cache_size": 36,
+    "max_images": 32,
+    "knn_every": 0,
+}  # 4 steps/epoch
+
+
+@pytest.mark.parametrize(
+    "text, seconds", [("90s", 90), ("20m", 1200), ("2h", 7200), ("1h30m", 5400), ("1.5h", 5400), ("45", 2700)]
+)
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_the_budget_buys_the_epochs_the_measured_speed_allows():
+    speed = Speed(images_per_s=100.0, monitor_seconds=10.0)  # an epoch: 350 steps x 64 / 100 + 10 = 234 s
+    assert epochs_for_budget(3600, speed, 350, 64) == 15  # (3600 - 10) / 234 = 15.3
+    assert epochs_for_budget(60, speed, 350, 64) == 1  # at least one
+
+
+def fake_speed(images_per_s: float, monitor_seconds: float = 0.0):
+    return lambda run: Speed(images_per_s, monitor_seconds)
+
+
+def test_a_budgeted_run_fixes_its_epochs_first_and_resumes_exactly(split_dir, tmp_path, monkeypatch):
+    out = split_dir()
+    straight = tmp_path / "straight"
+    shutil.copytree(out, straight)
+    # 32 images an epoch at 16 images/s: 2 s an epoch, so a 7-second budget buys 3 epochs.
+    monkeypatch.setattr(pretrain_module, "measure_speed", fake_speed(16.0))
+    pretrain(PretrainConfig(**TINY), straight, device_name="cpu", time_budget_s=7.0)
+    weights = load_torch(straight / "byol.pt")
+    assert weights["config"]["epochs"] == 3 and weights["step"] == 12
+    assert json.loads((straight / "byol_config.json").read_text())["time_budget_s"] == 7.0
+    assert pd.read_csv(straight / "byol_metrics.csv")["tau"].iloc[-1] == 1.0  # the schedule ended on time
+    with pytest.raises(Stopped):
+        pretrain(PretrainConfig(**TINY), out, device_name="cpu", time_budget_s=7.0, stop_after_epochs=1)
+    # Resumed on a machine that measures twice as fast: the run keeps the 3 epochs it started with.
+    monkeypatch.setattr(pretrain_module, "measure_speed", fake_speed(32.0))
+    pretrain(PretrainConfig(**TINY), out, device_name="cpu", time_budget_s=7.0, resume=True)
+    resumed = load_torch(out / "byol.pt")
+    assert resumed["config"]["epochs"] == 3
+    assert all(pretrain_module.torch.equal(resumed["backbone"][k], v) for k, v in weights["backbone"].items())
+
+
+def test_the_cpu_setting_gives_the_recipe_and_every_flag_given_wins():
+    args, setting = parse_args(["--device", "cpu"])
+    assert setting == "cpu" and args.time_budget == CPU_SETTING["time_budget"]
+    assert {name: getattr(args, name) for name in CPU_SETTING} == CPU_SETTING
+    args, _ = parse_args(["--device", "cpu", "--time-budget", "20m", "--batch-size", "32"])
+    assert (args.time_budget, args.batch_size, args.image_size) == (1200, 32, 64)
+    args, _ = parse_args(["--device", "cpu", "--epochs", "3"])  # an explicit --epochs overrides the budget
+    assert (args.epochs, args.time_budget) == (3, 0.0)
+    args, _ = parse_args(["--device", "cpu", "--optimizer", "adamw"])  # its own rate, not LARS's
+    assert (args.lr, args.lars_trust) == (0.0, PretrainConfig.lars_trust)
+    args, _ = parse_args(["--device", "cpu", "--image-size", "96"])  # cache and blur follow the size
+    assert (args.cache_size, args.blur_sigma_min, args.blur_sigma_max) == (0, 0.043, 0.857)
+    args, setting = parse_args(["--device", "cpu", "--setting", "gpu"])  # the reference setting
+    assert setting == "gpu" and (args.image_size, args.batch_size, args.epochs, args.time_budget) == (
+        150,
+        256,
+        100,
+        0.0,
+    )
+
+
+def test_the_cpu_setting_is_the_study_recipe_file():
+    args, _ = parse_args(["--device", "cpu", "@configs/study_byol.args"])
+    recipe = {name: value for name, value in CPU_SETTING.items() if name != "time_budget"}
+    assert {name: getattr(args, name) for name in recipe} == recipe
+    assert args.epochs == 12 and args.time_budget == 0.0  # the file fixes its epochs
+
+
+def test_the_plan_is_printed_before_the_first_step_and_saved_with_the_setting(split_dir):
+    out = split_dir()
+    tiny = [flag for flag in TINY_BYOL if flag not in ("--setting", "gpu")]
+    args = ["--out-dir", out, "--epochs", "2", "--knn-every", "0", *tiny]
+    result = run_script("train_byol.py", *args, "--stop-after-epochs", "1")
+    assert result.returncode == 0, result.stderr
+    plan = result.stderr.index("plan: ")
+    assert plan < result.stderr.index("BYOL epoch 1/2")
+    line = result.stderr[plan:].splitlines()[0]
+    assert "steps/epoch x 2 epochs = 8 steps of 8 images" in line and "finishing about" in line
+    config = json.loads((out / "byol_config.json").read_text())
+    assert config["setting"] == "cpu" and config["tau_base"] == CPU_SETTING["tau_base"]
+    # A rerun after the pause says how much is done, before it trains the rest.
+    again = run_script("train_byol.py", *args, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert "4 of 8 steps already done" in again.stderr.split("BYOL epoch 2/2")[0]
+
+
+def test_a_bad_time_budget_is_one_line(split_dir):
+    result = run_script("train_byol.py", "--out-dir", split_dir(), "--time-budget", "soon", *TINY_BYOL)
+    assert (
+        result.returncode == 2
+        and "--time-budget: not a duration like 20m, 2h or 1h30m: 'soon'" in result.stderr
+    )
+    assert_one_error_line(result.stderr)
