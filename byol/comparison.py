@@ -6,13 +6,17 @@ mean and std over seeds per condition) and classifier_config.json; resumes by sk
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
 from tqdm import tqdm
 
+from byol.budget import finish_time, format_duration
 from byol.cache import load_cache
 from byol.data import Split, read_split
 from byol.device import resolve_precision
@@ -33,10 +37,12 @@ from byol.finetune import (
     make_backbone,
     train_probe,
 )
-from byol.model import MIN_BATCH_SIZE
+from byol.model import MIN_BATCH_SIZE, resnet18_backbone
 from byol.plots import mean_and_std, paired_text
 from byol.resume import check_fresh_start
 from byol.stats import paired_differences
+
+log = logging.getLogger(__name__)
 
 CLASSIFIER_METRICS_FILE = "classifier_metrics.csv"
 CLASSIFIER_SUMMARY_FILE = "classifier_summary.csv"
@@ -149,6 +155,126 @@ def run_classifiers(
         return _run_classifiers(config, Path(out_dir), ranks, device, precision_name, resume)
 
 
+@dataclass(frozen=True)
+class GridSpeed:
+    """What stage 3's work costs on this machine: a fine-tuning step of one global batch, and scoring
+    (a backbone's forward pass) per image."""
+
+    step_seconds: float
+    score_images_per_s: float
+
+
+def measure_grid_speed(
+    images: torch.Tensor, labels: torch.Tensor, config: ClassifierConfig, runtime: Runtime
+) -> GridSpeed:
+    """Time a few fine-tuning steps and a scoring pass of a fresh random backbone on the run's own
+    images, batch, size and precision (the global random number generators are left as they were)."""
+    n = min(len(images), config.batch_size * runtime.ranks.world_size)
+    trial = replace(config, epochs=1, eval_every=1, finetune_lrs=[1e-4], lp_ft=False)
+    silent = tqdm(disable=True)
+    with torch.random.fork_rng(devices=[runtime.device] if runtime.device.type == "cuda" else []):
+        backbone = resnet18_backbone()
+        for repeats in (1, 3):  # a warm-up step, then 3 timed steps
+            started = time.perf_counter()
+            rows = torch.arange(repeats * n) % len(images)
+            fine_tune(
+                backbone, images[rows], labels[rows], images[:n], labels[:n], 0, 2, trial, runtime, silent
+            )
+            seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        extract_features(
+            backbone, images, list(range(n)), config.image_size, runtime.device, runtime.precision
+        )
+        score_rate = n / (time.perf_counter() - started)
+    return GridSpeed(max(seconds - n / score_rate, 1e-6) / 3, score_rate)
+
+
+def grid_seconds(
+    speed: GridSpeed,
+    config: ClassifierConfig,
+    global_batch: int,
+    n_test: int,
+    finetune_runs: list[int],
+    feature_passes: list[int],
+    choices: list[int],
+) -> float:
+    """Estimated seconds of stage 3's remaining work at the measured speed, from its parts' image
+    counts: fine-tuning runs (labelled images each; scored on the test images every eval_every epochs),
+    backbone feature passes (frozen mode: images each, once per random seed and once for BYOL), and
+    fine-tuning rate choices (labelled images each: rates x folds fine-tunings on the folds' rest).
+    The linear probes themselves take seconds and are not counted."""
+
+    def finetune_seconds(n_train: int, n_scored: int, evals: int) -> float:
+        steps = config.epochs * math.ceil(n_train / global_batch)
+        return steps * speed.step_seconds + evals * n_scored / speed.score_images_per_s
+
+    epochs = range(1, config.epochs + 1)
+    evals = sum(1 for epoch in epochs if epoch % config.eval_every == 0 or epoch == config.epochs)
+    total = sum(finetune_seconds(n, n_test, evals) for n in finetune_runs)
+    if config.lp_ft:  # the probe's features first
+        total += sum(finetune_runs) / speed.score_images_per_s
+    total += sum(feature_passes) / speed.score_images_per_s
+    for n in choices:
+        held_out = math.ceil(n / config.finetune_folds)
+        folds = config.finetune_folds * len(config.finetune_lrs)
+        total += folds * finetune_seconds(n - held_out, held_out, 1)
+    return total
+
+
+def plan_line(
+    config: ClassifierConfig,
+    split: Split,
+    runs: list[tuple],
+    epochs_done: dict[tuple, int],
+    finetune_lrs: dict[tuple, float],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    runtime: Runtime,
+) -> str:
+    """What stage 3 is about to train, and how long that will take at the speed measured here."""
+    pending, finetune_runs, feature_passes, choices = 0, [], {}, {}
+    n_features = len(split.indices("labelled")) + len(split.indices("test"))
+    for n_labels, seed, init, mode in runs:
+        n = len(balanced_subset(split, n_labels, seed))
+        if epochs_done.get((init, mode, seed, n)) == config.epochs:
+            continue
+        pending += 1
+        if mode == "frozen":
+            feature_passes[(init,) if init == "byol" else (init, seed)] = n_features
+            continue
+        finetune_runs.append(n)
+        key = finetune_choice_key(config, init, n, seed)
+        if len(config.finetune_lrs) > 1 and key not in finetune_lrs:
+            choices[key] = n
+    done = len(runs) - pending
+    counts = (
+        f"{len(runs)} runs ({len(config.inits)} inits x {len(config.modes)} modes x {config.seeds} seeds x "
+        f"{len(config.n_labels)} label counts)" + (f", {done} already done" if done else "")
+    )
+    if not pending:
+        return f"plan: {counts}: nothing left to train"
+    labelled = split.indices("labelled")
+    speed = measure_grid_speed(images[labelled], labels[labelled], config, runtime)
+    global_batch = config.batch_size * runtime.ranks.world_size
+    seconds = grid_seconds(
+        speed,
+        config,
+        global_batch,
+        len(split.indices("test")),
+        finetune_runs,
+        list(feature_passes.values()),
+        list(choices.values()),
+    )
+    rates = len(config.finetune_lrs)
+    cv = f", {len(choices)} fine-tuning rate choices ({rates} rates x {config.finetune_folds} folds)"
+    return (
+        f"plan: {counts}{cv if choices else ''}; {runtime.precision} on {runtime.device}. Measured here: "
+        f"{speed.step_seconds:.2f} s per fine-tuning step of {global_batch} and "
+        f"{speed.score_images_per_s:.0f} images/s scoring; about {format_duration(seconds)}, finishing "
+        f"about {finish_time(seconds)}"
+    )
+
+
 def finished_rows(config: ClassifierConfig, out_dir: Path, byol_config: dict, world_size: int) -> list[dict]:
     """--resume: the metrics rows of the earlier run in `out_dir` that this one keeps.
 
@@ -244,6 +370,7 @@ def _run_classifiers(
         if row["mode"] == "finetune"
     }
     feature_rows = split.indices("labelled") + test_rows
+    log.info(plan_line(config, split, runs, epochs_done, finetune_lrs, images, labels, runtime))
     progress = tqdm(runs, desc="classifiers", unit="run", disable=not ranks.is_main)
     for n_labels, seed, init, mode in progress:
         train_rows = balanced_subset(split, n_labels, seed)

@@ -116,3 +116,36 @@ def test_a_bad_time_budget_is_one_line(split_dir):
         and "--time-budget: not a duration like 20m, 2h or 1h30m: 'soon'" in result.stderr
     )
     assert_one_error_line(result.stderr)
+
+
+def test_stage_3_estimates_its_runs_choices_and_feature_passes_from_the_measured_speed():
+    from byol.comparison import GridSpeed, grid_seconds
+    from byol.finetune import ClassifierConfig
+
+    config = ClassifierConfig(
+        epochs=2, batch_size=4, eval_every=1, finetune_lrs=[1e-4, 1e-3], finetune_folds=3
+    )
+    speed = GridSpeed(step_seconds=0.5, score_images_per_s=100.0)
+    # A fine-tuning run on 6 images: 2 epochs x 2 steps x 0.5 s, scored on 12 test images twice: 2.24 s.
+    # A feature pass over 24 images: 0.24 s. A rate choice on 6 images: 2 rates x 3 folds, each 2 epochs
+    # x 1 step on 4 images (0.5 s a step) and one scoring of its 2 held-out images: 6 x 1.02 s.
+    assert grid_seconds(speed, config, 4, 12, [6], [24], [6]) == pytest.approx(2.24 + 0.24 + 6.12)
+    assert grid_seconds(speed, config, 4, 12, [], [], []) == 0
+
+
+def test_stage_3_prints_its_plan_before_the_first_run_and_what_is_done_on_a_rerun(split_dir, monkeypatch):
+    from byol import comparison
+    from byol.comparison import GridSpeed
+
+    monkeypatch.setattr(comparison, "measure_grid_speed", lambda *args: GridSpeed(0.5, 100.0))
+    out = split_dir(n_labelled=8)
+    args = ["--out-dir", out, "--inits", "random", "--seeds", "2", "--epochs", "2", "--batch-size", "4"]
+    args += ["--image-size", "32", "--device", "cpu"]
+    result = run_script("train_classifier.py", *args)
+    assert result.returncode == 0, result.stderr
+    plan = result.stderr.index("plan: 4 runs (1 inits x 2 modes x 2 seeds x 1 label counts), 1 fine-tuning")
+    assert plan < result.stderr.index("random finetune seed 0")
+    again = run_script("train_classifier.py", *args, "--resume")
+    assert "plan: 4 runs (1 inits x 2 modes x 2 seeds x 1 label counts), 4 already done: nothing left" in (
+        again.stderr
+    )
