@@ -135,6 +135,7 @@ def test_every_init_and_mode_of_a_seed_trains_on_the_same_images_head_and_batche
     monkeypatch.setattr(F, "cross_entropy", recording_cross_entropy)
     monkeypatch.setattr(comparison, "make_backbone", recording_make_backbone)
     monkeypatch.setattr(comparison, "balanced_subset", recording_subset)
+    monkeypatch.setattr(comparison, "measure_grid_speed", lambda *args: comparison.GridSpeed(1.0, 1.0))
     # One rate each, so that no cross-validation run is mixed in: the grid's runs only.
     config = ClassifierConfig(
         seeds=2, n_labels=[6], epochs=2, batch_size=4, probe_lrs=[1e-2], finetune_lrs=[1e-3]
