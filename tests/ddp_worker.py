@@ -1,12 +1,14 @@
 """Run by test_distributed.py under torchrun: pretrain, then leave this rank's weights and batches.
 
-argv: out_dir, config as JSON, resume (0/1), stop_after_epochs.
+argv: out_dir, config as JSON, resume (0/1), stop_after_epochs, and the step at which rank 1 sends
+itself SIGTERM (0: never), to check that a signal to one process stops them all at one step.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -16,11 +18,12 @@ from byol import pretrain as pretrain_module
 from byol.errors import Stopped
 from byol.pretrain import PretrainConfig, pretrain
 
-out_dir, config, resume, stop_after_epochs = (
+out_dir, config, resume, stop_after_epochs, signal_at = (
     Path(sys.argv[1]),
     PretrainConfig(**json.loads(sys.argv[2])),
     sys.argv[3] == "1",
     int(sys.argv[4]),
+    int(sys.argv[5]),
 )
 rank = int(os.environ["RANK"])
 rows_seen = []
@@ -30,6 +33,8 @@ real_step_views = pretrain_module.step_views
 def recording_step_views(images, global_rows, views, generator, ranks, device, fmt):
     start, stop = ranks.shard_bounds(len(global_rows))
     rows_seen.append({"global": global_rows.tolist(), "mine": global_rows[start:stop].tolist()})
+    if rank == 1 and len(rows_seen) == signal_at:
+        os.kill(os.getpid(), signal.SIGTERM)
     return real_step_views(images, global_rows, views, generator, ranks, device, fmt)
 
 
@@ -49,4 +54,5 @@ try:
     torch.save(model.state_dict(), out_dir / f"rank{rank}_model.pt")
 except Stopped as stopped:
     print(stopped, file=sys.stderr)
+    (out_dir / f"rank{rank}_stopped.json").write_text(json.dumps([str(stopped), stopped.exit_code]))
 (out_dir / f"rank{rank}_rows.json").write_text(json.dumps(rows_seen))

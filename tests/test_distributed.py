@@ -47,9 +47,12 @@ def relative_update_gap(state: dict, reference: dict, initial: dict) -> float:
     return max(gaps).item()
 
 
-def torchrun(out_dir: Path, config: dict, resume: bool = False, stop_after_epochs: int = 0) -> None:
+def torchrun(
+    out_dir: Path, config: dict, resume: bool = False, stop_after_epochs: int = 0, signal_at: int = 0
+) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     command += [str(WORKER), str(out_dir), json.dumps(config), str(int(resume)), str(stop_after_epochs)]
+    command += [str(signal_at)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -127,8 +130,19 @@ def test_two_processes_train_like_one_with_the_same_global_batch(split_dir, tmp_
     )  # fp32 here and in the workers: they must agree to float32 rounding
     torchrun(runs["synced"], {**PER_RANK, "sync_bn": True})
     torchrun(runs["plain"], PER_RANK)
-    torchrun(runs["resumed"], PER_RANK, stop_after_epochs=1)
+    # SIGTERM to rank 1 alone while it prepares its 3rd step (epoch 2, batch 1): both stop after it.
+    torchrun(runs["resumed"], PER_RANK, signal_at=3)
     assert not (runs["resumed"] / "byol.pt").exists()
+    stopped = [json.loads((runs["resumed"] / f"rank{rank}_stopped.json").read_text()) for rank in (0, 1)]
+    checkpoint_path = runs["resumed"] / "byol_checkpoint.pt"
+    assert stopped[0] == [
+        f"stopped by a signal to another process; checkpoint saved in {checkpoint_path}, "
+        "continue with --resume",
+        143,
+    ]
+    assert stopped[1][0].startswith("stopped by SIGTERM") and stopped[1][1] == 143
+    state = load_torch(runs["resumed"] / "byol_checkpoint.pt")["state"]
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 1, 3)
     torchrun(runs["resumed"], PER_RANK, resume=True)
 
     # Each rank trains on its own half of every global batch, and the halves cover it.
