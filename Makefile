@@ -76,11 +76,13 @@ study: setup
 		$(call resume_flag,$(OUT_DIR)/classifier_metrics.csv)
 	$(BIN)/python plot_results.py --out-dir "$(OUT_DIR)"
 
-# Short pretraining trials that chose the study's recipe, one file each in configs/trials/ (5 epochs,
-# 6,400 images, 64 px), each run in $(OUT_DIR)/recipe_search/NAME, then one table with k-NN and
-# linear-probe accuracy per trial. The order is the table's.
+# Short pretraining trials, one file each in configs/trials/: those that chose the study's recipe (5
+# epochs of 6,400 images at 64 px), then steps1400_* (1,404 steps on all images, ranked by the 5,000-voter
+# diagnostic k-NN). Each runs in $(OUT_DIR)/recipe_search/NAME, then one table with the monitors and a
+# linear probe per trial. The order is the table's.
 TRIALS := adamw lars_cache80 lars_paper lars_eta002 rank_eta002 rank_eta0001 rank_eta0005 rank_eta002_wd1e4 \
-	long_eta002 long_eta0005
+	long_eta002 long_eta0005 \
+	steps1400_base steps1400_tau097 steps1400_tau098 steps1400_sgd steps1400_larc steps1400_pred10 steps1400_96px
 # One trial: its own folder sharing the study's split and image cache; skipped once it has byol.pt.
 trial_dir = $(OUT_DIR)/recipe_search/$(1)
 run_trial = (mkdir -p "$(trial_dir)" && cp "$(OUT_DIR)/splits.csv" "$(OUT_DIR)/split_config.json" "$(trial_dir)/" \
