@@ -165,7 +165,7 @@ class GridSpeed:
 
 
 def measure_grid_speed(
-    images: torch.Tensor, labels: torch.Tensor, config: ClassifierConfig, runtime: Runtime
+    images: torch.Tensor, labels: torch.Tensor, n_classes: int, config: ClassifierConfig, runtime: Runtime
 ) -> GridSpeed:
     """Time a few fine-tuning steps and a scoring pass of a fresh random backbone on the run's own
     images, batch, size and precision (the global random number generators are left as they were)."""
@@ -177,9 +177,8 @@ def measure_grid_speed(
         for repeats in (1, 3):  # a warm-up step, then 3 timed steps
             started = time.perf_counter()
             rows = torch.arange(repeats * n) % len(images)
-            fine_tune(
-                backbone, images[rows], labels[rows], images[:n], labels[:n], 0, 2, trial, runtime, silent
-            )
+            data = (images[rows], labels[rows], images[:n], labels[:n])
+            fine_tune(backbone, *data, 0, n_classes, trial, runtime, silent)
             seconds = time.perf_counter() - started
         started = time.perf_counter()
         extract_features(
@@ -254,7 +253,7 @@ def plan_line(
     if not pending:
         return f"plan: {counts}: nothing left to train"
     labelled = split.indices("labelled")
-    speed = measure_grid_speed(images[labelled], labels[labelled], config, runtime)
+    speed = measure_grid_speed(images[labelled], labels[labelled], len(split.classes), config, runtime)
     global_batch = config.batch_size * runtime.ranks.world_size
     seconds = grid_seconds(
         speed,
