@@ -507,3 +507,15 @@ def test_the_byol_init_is_byol_pt_and_the_image_size_follows_it(pretrained):
     # Both inits train at the size byol.pt was pretrained at (32 px here), unless told otherwise.
     assert ClassifierConfig().resolved(byol_config).image_size == byol_config["image_size"] == 32
     assert ClassifierConfig(image_size=48).resolved(byol_config).image_size == 48
+
+
+@pytest.mark.slow
+def test_a_folder_of_three_classes_trains_every_condition(image_folder, tmp_path):
+    folder = image_folder(per_class=12, size=40)
+    shutil.copytree(folder / sorted(p.name for p in folder.iterdir())[0], folder / "third")
+    out = write_split(folder, tmp_path / "out", 9, 9)
+    args = ["--out-dir", out, "--inits", "random", "--seeds", "1", "--epochs", "1", "--batch-size", "4"]
+    result = run_script("train_classifier.py", *args, "--image-size", "32", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    metrics = pd.read_csv(out / "classifier_metrics.csv")
+    assert set(metrics["mode"]) == {"finetune", "frozen"} and metrics["test_acc"].between(0, 1).all()
