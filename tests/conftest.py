@@ -135,6 +135,21 @@ def add_faults(folder: Path, class_name: str) -> dict[str, str]:
     }
 
 
+@pytest.fixture(autouse=True)
+def known_speed(request, monkeypatch):
+    """Tiny test runs skip the speed measurement before training (a few steps and a feature pass,
+    which would add about 40 s to the suite) and plan with a fixed speed instead. Tests of the
+    measurement itself (marked `measured_speed`) and processes started with run_subprocess or torchrun
+    measure for real."""
+    if request.node.get_closest_marker("measured_speed"):
+        return
+    from byol import comparison, pretrain
+    from byol.budget import Speed
+
+    monkeypatch.setattr(pretrain, "measure_speed", lambda run: Speed(images_per_s=100.0, monitor_seconds=1.0))
+    monkeypatch.setattr(comparison, "measure_grid_speed", lambda *args: comparison.GridSpeed(0.1, 1000.0))
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path):
     """Factory: `image_folder(per_class=20)` writes a two-class folder (circle, square) and returns it."""

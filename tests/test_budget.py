@@ -149,3 +149,41 @@ def test_stage_3_prints_its_plan_before_the_first_run_and_what_is_done_on_a_reru
     assert "plan: 4 runs (1 inits x 2 modes x 2 seeds x 1 label counts), 4 already done: nothing left" in (
         again.stderr
     )
+
+
+@pytest.mark.measured_speed
+def test_the_speed_is_measured_on_the_runs_own_pipeline_without_touching_its_state(split_dir):
+    from byol.budget import measure_speed
+    from byol.distributed import SINGLE_PROCESS
+    from byol.pretrain import build_run
+
+    out = split_dir()
+    config = PretrainConfig(**TINY).resolved()
+    run = build_run(config, out, SINGLE_PROCESS, pretrain_module.torch.device("cpu"), "fp32")
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    rng = pretrain_module.torch.get_rng_state()
+    speed = measure_speed(run)
+    assert speed.images_per_s > 0 and speed.monitor_seconds > 0
+    assert all(pretrain_module.torch.equal(before[k], v) for k, v in run.model.state_dict().items())
+    assert pretrain_module.torch.equal(pretrain_module.torch.get_rng_state(), rng)
+
+
+@pytest.mark.measured_speed
+def test_stage_3_measures_its_speed_on_the_labelled_images(split_dir):
+    import torch
+
+    from byol.comparison import measure_grid_speed
+    from byol.distributed import Runtime
+    from byol.finetune import ClassifierConfig
+
+    images = torch.randint(0, 256, (12, 3, 36, 36), dtype=torch.uint8)
+    rng = torch.get_rng_state()
+    speed = measure_grid_speed(
+        images,
+        torch.arange(12) % 3,
+        3,
+        ClassifierConfig(batch_size=4, image_size=32),
+        Runtime(torch.device("cpu")),
+    )
+    assert speed.step_seconds > 0 and speed.score_images_per_s > 0
+    assert torch.equal(torch.get_rng_state(), rng)
