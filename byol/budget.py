@@ -82,8 +82,9 @@ class Speed:
     monitor_seconds: float  # one k-NN monitor pass
 
 
-def epoch_seconds(speed: Speed, steps_per_epoch: int, global_batch: int, monitored: bool = True) -> float:
-    return steps_per_epoch * global_batch / speed.images_per_s + (speed.monitor_seconds if monitored else 0.0)
+def epoch_seconds(speed: Speed, steps_per_epoch: int, global_batch: int) -> float:
+    """One epoch's training and its monitor pass."""
+    return steps_per_epoch * global_batch / speed.images_per_s + speed.monitor_seconds
 
 
 def epochs_for_budget(budget_s: float, speed: Speed, steps_per_epoch: int, global_batch: int) -> int:

@@ -298,16 +298,17 @@ def pretrain(
         return run.model
 
 
+def monitored_after(config: PretrainConfig, epoch: int) -> bool:
+    """Whether the k-NN monitor runs after `epoch` (every --knn-every epochs, and after the last)."""
+    return epoch == config.epochs or bool(config.knn_every and epoch % config.knn_every == 0)
+
+
 def plan_line(run: Run, state: TrainState, speed: Speed) -> str:
     """What the run is about to do, and how long it will take at the measured speed."""
     config = run.config
     steps_left = run.total_steps - state.step
     epochs_left = config.epochs - state.epoch
-    monitored = sum(
-        1
-        for epoch in range(state.epoch + 1, config.epochs + 1)
-        if epoch == config.epochs or (config.knn_every and epoch % config.knn_every == 0)
-    )
+    monitored = sum(monitored_after(config, epoch) for epoch in range(state.epoch + 1, config.epochs + 1))
     seconds = steps_left * run.global_batch / speed.images_per_s + monitored * speed.monitor_seconds
     done = f"; {state.step} of {run.total_steps} steps already done" if state.step else ""
     return (
@@ -599,7 +600,7 @@ def end_epoch(run: Run, state: TrainState, first_batch: int, seconds: float, sna
     average_buffers(run.model, run.ranks)
     state.epoch += 1
     monitored = NOT_MONITORED
-    if state.epoch == config.epochs or (config.knn_every and state.epoch % config.knn_every == 0):
+    if monitored_after(config, state.epoch):
         monitored = monitor(run)
     state.metrics.append(
         {
