@@ -27,7 +27,7 @@ from byol.cli import (
 )
 from byol.device import resolve_device
 from byol.optim import BASE_LR_PER_256, OPTIMIZERS
-from byol.pretrain import COMPILE_MODES, PretrainConfig, pretrain
+from byol.pretrain import COMPILE_MODES, PretrainConfig, RunOptions, pretrain
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -214,19 +214,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, str]:
 def main() -> None:
     args, setting = parse_args()
     config = PretrainConfig(**{name: getattr(args, name) for name in PretrainConfig.__dataclass_fields__})
-    pretrain(
-        config,
-        args.out_dir,
+    options = RunOptions(
         device_name=args.device,
         precision_name=args.precision,
         resume=args.resume,
-        stop_after_epochs=args.stop_after_epochs,
         overwrite=args.overwrite,
+        stop_after_epochs=args.stop_after_epochs,
         snapshot_epochs=args.snapshots,
         compile_mode=args.compile,
         time_budget_s=args.time_budget,
         setting=setting,
     )
+    pretrain(config, args.out_dir, options)
 
 
 if __name__ == "__main__":

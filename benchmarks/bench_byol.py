@@ -30,6 +30,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -38,21 +39,20 @@ from torchvision import transforms
 
 from byol.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW_1, VIEW_2, BYOLViews, ViewConfig
 from byol.cache import cache_paths, default_cache_size, load_cache
-from byol.data import make_split, read_split, save_split
+from byol.data import Split, make_split, read_split, save_split
 from byol.demo_images import make_demo_images
 from byol.device import (
     AUTOCAST_DTYPES,
-    MEMORY_FORMAT,
     PRECISIONS,
     available_cpus,
     grad_scaler,
     resolve_device,
     resolve_precision,
 )
-from byol.distributed import SINGLE_PROCESS
+from byol.distributed import Runtime
 from byol.model import BYOL, RESNET18_FEATURES, resnet18_backbone
 from byol.optim import default_lr, make_optimizer
-from byol.step import seeded_generator, step_views, train_step
+from byol.step import Trainer, seeded_generator, step_views, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data" / "PetImages"
@@ -114,22 +114,20 @@ def timed(run_step: Callable[[], None], steps: int, warmup: int, device: torch.d
     return interleaved([run_step], 1, steps, warmup, device)[0]
 
 
-def make_model(device: torch.device, fmt: torch.memory_format, batch_size: int, compile_model: bool = False):
+def make_trainer(runtime: Runtime, batch_size: int, compile_model: bool = False) -> Trainer:
+    """A fresh BYOL model (seed 0) and its LARS optimiser, on runtime's device in its memory format."""
     torch.manual_seed(0)
-    model = BYOL(resnet18_backbone(), RESNET18_FEATURES).to(device, memory_format=fmt)
+    model = BYOL(resnet18_backbone(), RESNET18_FEATURES).to(
+        runtime.device, memory_format=runtime.memory_format
+    )
     optimizer = make_optimizer("lars", model, default_lr("lars", batch_size), 1.5e-6)
     train_model = torch.compile(model) if compile_model else model
-    return model, train_model, optimizer
+    return Trainer(train_model, model, optimizer, grad_scaler(runtime.device, runtime.precision), runtime)
 
 
-def step_runner(model, train_model, optimizer, device, precision, next_views):
-    scaler = grad_scaler(device, precision)
-
+def step_runner(trainer: Trainer, next_views: Callable[[], tuple]) -> Callable[[], None]:
     def run_step() -> None:
-        view_1, view_2 = next_views()
-        loss = train_step(
-            train_model, model, optimizer, view_1, view_2, 0.01, 0.996, device, precision, scaler
-        )
+        loss = train_step(trainer, *next_views(), 0.01, 0.996)
         loss.item()  # as the training loop does: one host sync per step
 
     return run_step
@@ -183,13 +181,11 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n**3 / seconds / 1e9
 
 
-def step_flops(model, train_model, optimizer, device, precision, views) -> float:
+def step_flops(trainer: Trainer, views: tuple) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
-        train_step(
-            train_model, model, optimizer, *views, 0.0, 1.0, device, precision, grad_scaler(device, precision)
-        )
+        train_step(trainer, *views, 0.0, 1.0)
     return counter.get_total_flops()
 
 
@@ -205,9 +201,7 @@ def prepare_split(data_dir: Path | None, work_dir: Path, size: int) -> Path:
     return work_dir
 
 
-def compare_compile(
-    device: torch.device, precision: str, fmt: torch.memory_format, batch: int, next_views, rounds: int
-) -> dict[str, float]:
+def compare_compile(bench: Bench, rounds: int) -> dict[str, float]:
     """Eager vs torch.compile'd training step on the same views: the compile's one-off cost, the
     steady-state ratio (interleaved turns), and the run length from which compiling pays.
 
@@ -215,8 +209,10 @@ def compare_compile(
     recompile once when the optimiser's state appears), as `train_byol.py --compile on` pays once per
     process: at the start, and again after each --resume.
     """
-    eager = step_runner(*make_model(device, fmt, batch), device, precision, next_views)
-    compiled = step_runner(*make_model(device, fmt, batch, compile_model=True), device, precision, next_views)
+    runtime, batch, device = bench.runtime, bench.batch, bench.runtime.device
+    next_views = bench.pipeline_views(bench.n_images)
+    eager = step_runner(make_trainer(runtime, batch), next_views)
+    compiled = step_runner(make_trainer(runtime, batch, compile_model=True), next_views)
     eager_step = timed(eager, 3, 2, device)
     synchronize(device)
     started = time.perf_counter()
@@ -235,7 +231,7 @@ def compare_compile(
     }
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -256,192 +252,224 @@ def main() -> None:
         action="store_true",
         help="only eager vs torch.compile (train_byol.py --compile): compile seconds, ratio, break-even",
     )
-    args = parser.parse_args()
+    return parser
 
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
-    fmt = MEMORY_FORMAT
-    size, batch = args.image_size, args.batch_size
-    cache_size = args.cache_size or default_cache_size(size)
-    temporary = tempfile.TemporaryDirectory() if args.work_dir is None else None
-    work_dir = args.work_dir or Path(temporary.name)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    split = read_split(prepare_split(args.data_dir, work_dir, 80))
-    images = load_cache(split, work_dir, cache_size, device)
-    cache_mib = cache_paths(work_dir, cache_size)[0].stat().st_size / 2**20
-    n_images = len(split.table)
-    print(
-        f"device {device}, precision {precision}, {torch.get_num_threads()} threads, image {size}px "
-        f"(cache {cache_size}px, {n_images} images, {cache_mib:.0f} MiB on disk), batch {batch}",
-        flush=True,
-    )
-    rows: list[tuple[str, float, float, str]] = []  # name, images/s, peak MiB, note
 
-    def measure(name: str, run_step: Callable[[], None], note: str = "", per_step: int = batch) -> float:
+class Bench:
+    """One benchmark run: what it runs on, the cached images, and the measurements so far."""
+
+    def __init__(
+        self, args: argparse.Namespace, runtime: Runtime, split: Split, images: torch.Tensor
+    ) -> None:
+        self.args, self.runtime, self.split, self.images = args, runtime, split, images
+        self.batch = args.batch_size
+        self.n_images = len(split.table)
+        self.views = BYOLViews(args.image_size)
+        self.small, self.large = min(SMALL, self.n_images), min(LARGE, self.n_images)
+        self.rows: list[tuple[str, float, float, str]] = []  # name, images/s, peak MiB, note
+
+    def measure(self, name: str, run_step: Callable[[], None], per_step: int = 0) -> float:
+        """Images (or `per_step` items) per second of one runner, timed alone."""
+        device = self.runtime.device
+        per_step = per_step or self.batch
         reset_peak_memory(device)
-        seconds = timed(run_step, args.steps, args.warmup, device)
-        rows.append((name, per_step / seconds, peak_memory_mib(device), note))
-        print(f"  {name:<28} {per_step / seconds:8.1f} /s   {note}", flush=True)
+        seconds = timed(run_step, self.args.steps, self.args.warmup, device)
+        self.rows.append((name, per_step / seconds, peak_memory_mib(device), ""))
+        print(f"  {name:<28} {per_step / seconds:8.1f} /s", flush=True)
         return per_step / seconds
 
-    def measure_together(named_steps: list[tuple[str, Callable[[], None]]]) -> list[float]:
+    def measure_together(self, named_steps: list[tuple[str, Callable[[], None]]]) -> list[float]:
         """Images/s of each, timed in interleaved turns of 2 steps (see `interleaved`)."""
+        device, args = self.runtime.device, self.args
         reset_peak_memory(device)
-        seconds = interleaved(
-            [run_step for _, run_step in named_steps], max(1, args.steps // 2), 2, args.warmup, device
-        )
+        run_steps = [run_step for _, run_step in named_steps]
+        seconds = interleaved(run_steps, max(1, args.steps // 2), 2, args.warmup, device)
         mib = peak_memory_mib(device)  # the group's peak: the runners share one process
-        speeds = [batch / s for s in seconds]
+        speeds = [self.batch / s for s in seconds]
         for (name, _), speed in zip(named_steps, speeds, strict=True):
-            rows.append((name, speed, mib, "interleaved"))
+            self.rows.append((name, speed, mib, "interleaved"))
             print(f"  {name:<28} {speed:8.1f} /s   interleaved", flush=True)
         return speeds
 
-    views = BYOLViews(size)
-    ranks = SINGLE_PROCESS
-
-    def pipeline_views(n_cached: int):
-        generator = seeded_generator(0, 0, device)
+    def pipeline_views(self, n_cached: int) -> Callable[[], tuple]:
+        """train_byol.py's views: random batches of the first `n_cached` cached images."""
+        generator = seeded_generator(0, 0, self.runtime.device)
         order = torch.Generator().manual_seed(0)
 
         def next_views():
-            rows_ = torch.randint(0, n_cached, (batch,), generator=order)
-            return step_views(images, rows_, views, generator, ranks, device, fmt)
+            rows = torch.randint(0, n_cached, (self.batch,), generator=order)
+            return step_views(self.images, rows, self.views, generator, self.runtime)
 
         return next_views
 
-    if args.compile_only:
-        result = compare_compile(
-            device, precision, fmt, batch, pipeline_views(n_images), max(2, args.steps // 2)
-        )
-        print(
-            f"torch.compile: {result['compile_seconds']:.0f} s to compile; eager "
-            f"{result['eager_images_per_s']:.1f} vs compiled {result['compiled_images_per_s']:.1f} images/s "
-            f"(interleaved); pays after {result['break_even_steps']:.0f} steps"
-        )
-        print("RESULT " + " ".join(f"{name}={value:.2f}" for name, value in result.items()))
-        if temporary is not None:
-            temporary.cleanup()
-        return
 
+def loader_views(batches, device: torch.device, fmt: torch.memory_format) -> Callable[[], tuple]:
+    """The next DataLoader batch's two views, moved to the device in memory format `fmt`."""
+
+    def next_views():
+        view_1, view_2 = next(batches)
+        return (
+            view_1.to(device, non_blocking=True).contiguous(memory_format=fmt),
+            view_2.to(device, non_blocking=True).contiguous(memory_format=fmt),
+        )
+
+    return next_views
+
+
+def run_compile_only(bench: Bench) -> None:
+    result = compare_compile(bench, max(2, bench.args.steps // 2))
+    print(
+        f"torch.compile: {result['compile_seconds']:.0f} s to compile; eager "
+        f"{result['eager_images_per_s']:.1f} vs compiled {result['compiled_images_per_s']:.1f} images/s "
+        f"(interleaved); pays after {result['break_even_steps']:.0f} steps"
+    )
+    print("RESULT " + " ".join(f"{name}={value:.2f}" for name, value in result.items()))
+
+
+def measure_data_side(bench: Bench) -> tuple[dict[str, float], object]:
+    """Views/s of the pipeline and of the usual DataLoader, no model; and the DataLoader's endless batches."""
     print("data side alone (views/s, two per image):", flush=True)
-    small, large = min(SMALL, n_images), min(LARGE, n_images)
-    pipeline_data = measure("pipeline views", pipeline_views(large), per_step=2 * batch)
-    paths = [split.data_dir / path for path in split.table["path"]]
+    args, batch = bench.args, bench.batch
+    speeds = {"pipeline_data": bench.measure("pipeline views", bench.pipeline_views(bench.large), 2 * batch)}
+    paths = [bench.split.data_dir / path for path in bench.split.table["path"]]
     loader = torch.utils.data.DataLoader(
-        JpegPairs(paths, size),
+        JpegPairs(paths, args.image_size),
         batch_size=batch,
         shuffle=True,
         num_workers=args.workers,
         drop_last=True,
         persistent_workers=args.workers > 0,
-        pin_memory=device.type == "cuda",
+        pin_memory=bench.runtime.device.type == "cuda",
     )
     batches = endless(loader)
-    usual_data = measure("usual DataLoader views", lambda: next(batches), per_step=2 * batch)
+    speeds["usual_data"] = bench.measure("usual DataLoader views", lambda: next(batches), 2 * batch)
+    return speeds, batches
 
+
+def measure_training(bench: Bench, batches) -> tuple[dict[str, float], tuple]:
+    """Training images/s: model only, the pipeline at a small and a large cache (interleaved), then the
+    usual fp32 recipe and our step fed by the DataLoader; the step's FLOPs; and the model-only views."""
     print("training (images/s):", flush=True)
-    model, train_model, optimizer = make_model(device, fmt, batch)
-    resident = pipeline_views(large)()
-    flops = step_flops(model, train_model, optimizer, device, precision, resident)
-    model_only, pipeline_small, pipeline = measure_together(
+    runtime, batch = bench.runtime, bench.batch
+    trainer = make_trainer(runtime, batch)
+    resident = bench.pipeline_views(bench.large)()
+    speeds = {"flops": step_flops(trainer, resident)}
+    speeds["model_only"], speeds["pipeline_small"], speeds["pipeline"] = bench.measure_together(
         [
-            ("model_only", step_runner(model, train_model, optimizer, device, precision, lambda: resident)),
-            (
-                f"pipeline ({small} cached)",
-                step_runner(model, train_model, optimizer, device, precision, pipeline_views(small)),
-            ),
-            (
-                f"pipeline ({large} cached)",
-                step_runner(model, train_model, optimizer, device, precision, pipeline_views(large)),
-            ),
+            ("model_only", step_runner(trainer, lambda: resident)),
+            (f"pipeline ({bench.small} cached)", step_runner(trainer, bench.pipeline_views(bench.small))),
+            (f"pipeline ({bench.large} cached)", step_runner(trainer, bench.pipeline_views(bench.large))),
         ]
     )
     # The DataLoader's worker processes keep filling their queue in the background, so these two
     # are timed one after the other, not interleaved with the runners above.
+    usual = make_trainer(replace(runtime, precision="fp32", memory_format=torch.contiguous_format), batch)
+    device = runtime.device
+    views = loader_views(batches, device, torch.contiguous_format)
+    speeds["usual"] = bench.measure("usual (fp32, contiguous)", step_runner(usual, views))
+    views = loader_views(batches, device, runtime.memory_format)
+    speeds["loader_ours"] = bench.measure(f"loader_ours ({runtime.precision})", step_runner(trainer, views))
+    return speeds, resident
 
-    def loader_views(step_fmt):
-        def next_views():
-            view_1, view_2 = next(batches)
-            return (
-                view_1.to(device, non_blocking=True).contiguous(memory_format=step_fmt),
-                view_2.to(device, non_blocking=True).contiguous(memory_format=step_fmt),
-            )
 
-        return next_views
-
-    usual_model, usual_train_model, usual_optimizer = make_model(device, torch.contiguous_format, batch)
-    usual = measure(
-        "usual (fp32, contiguous)",
-        step_runner(
-            usual_model,
-            usual_train_model,
-            usual_optimizer,
-            device,
-            "fp32",
-            loader_views(torch.contiguous_format),
-        ),
-    )
-    loader_ours = measure(
-        f"loader_ours ({precision})",
-        step_runner(model, train_model, optimizer, device, precision, loader_views(fmt)),
-    )
-
+def utilisation(bench: Bench, flops: float, model_only: float) -> float:
+    """The model-only step's achieved GFLOP/s as a fraction of the device's matmul peak in its precision."""
+    runtime = bench.runtime
     # fp16's peak only where it is in use or native (a CPU without fp16 units emulates it, far slower).
     peak_dtypes = {"fp32": torch.float32, **AUTOCAST_DTYPES}
-    if precision != "fp16" and device.type != "cuda":
+    if runtime.precision != "fp16" and runtime.device.type != "cuda":
         del peak_dtypes["fp16"]
-    peaks = {name: matmul_gflops(device, dtype) for name, dtype in peak_dtypes.items()}
-    achieved = flops / 1e9 * model_only / batch
-    utilisation = achieved / peaks[precision]
+    peaks = {name: matmul_gflops(runtime.device, dtype) for name, dtype in peak_dtypes.items()}
+    achieved = flops / 1e9 * model_only / bench.batch
+    used = achieved / peaks[runtime.precision]
     print(
         "matmul peak: " + ", ".join(f"{name} {gflops:.0f} GFLOP/s" for name, gflops in peaks.items()) + "; "
-        f"step {flops / 1e9:.1f} GFLOP -> {achieved:.1f} GFLOP/s, utilisation {utilisation:.2f} "
-        f"of the {precision} peak",
+        f"step {flops / 1e9:.1f} GFLOP -> {achieved:.1f} GFLOP/s, utilisation {used:.2f} "
+        f"of the {runtime.precision} peak",
         flush=True,
     )
+    return used
 
-    if args.variants:
-        print("model-only variants (images/s):", flush=True)
-        options = [
-            ("fp32 contiguous", "fp32", torch.contiguous_format, False),
-            ("fp32 channels-last", "fp32", torch.channels_last, False),
-            ("bf16 channels-last", "bf16", torch.channels_last, False),
-        ]
-        if device.type == "cuda":  # fp16 is for GPUs; a CPU emulates it
-            options.append(("fp16 channels-last", "fp16", torch.channels_last, False))
-        if args.compile:
-            options.append((f"{precision} + torch.compile", precision, fmt, True))
-        variant_steps = []
-        for name, variant_precision, variant_fmt, compile_model in options:
-            variant = make_model(device, variant_fmt, batch, compile_model)
-            variant_views = tuple(v.contiguous(memory_format=variant_fmt) for v in resident)
-            run_step = step_runner(*variant, device, variant_precision, lambda v=variant_views: v)
-            variant_steps.append((f"variant {name}", run_step))
-        speeds = measure_together(variant_steps)
-        for (name, _), speed in zip(variant_steps, speeds, strict=True):
-            print(f"    {name}: ratio to fp32 contiguous {speed / speeds[0]:.2f}", flush=True)
 
+def measure_variants(bench: Bench, resident: tuple) -> None:
+    """The model-only step in each precision and memory format (and compiled, with --compile)."""
+    print("model-only variants (images/s):", flush=True)
+    runtime = bench.runtime
+    options = [
+        ("fp32 contiguous", "fp32", torch.contiguous_format, False),
+        ("fp32 channels-last", "fp32", torch.channels_last, False),
+        ("bf16 channels-last", "bf16", torch.channels_last, False),
+    ]
+    if runtime.device.type == "cuda":  # fp16 is for GPUs; a CPU emulates it
+        options.append(("fp16 channels-last", "fp16", torch.channels_last, False))
+    if bench.args.compile:
+        options.append(
+            (f"{runtime.precision} + torch.compile", runtime.precision, runtime.memory_format, True)
+        )
+    variant_steps = []
+    for name, precision, fmt, compile_model in options:
+        trainer = make_trainer(
+            replace(runtime, precision=precision, memory_format=fmt), bench.batch, compile_model
+        )
+        views = tuple(v.contiguous(memory_format=fmt) for v in resident)
+        variant_steps.append((f"variant {name}", step_runner(trainer, lambda v=views: v)))
+    speeds = bench.measure_together(variant_steps)
+    for (name, _), speed in zip(variant_steps, speeds, strict=True):
+        print(f"    {name}: ratio to fp32 contiguous {speed / speeds[0]:.2f}", flush=True)
+
+
+def report(bench: Bench, speeds: dict[str, float]) -> None:
+    """The table of every measurement, the ratios, and the RESULT line for scripts."""
     print()
     print(f"{'measurement':<30}{'per s':>10}{'peak MiB':>10}")
-    for name, speed, mib, _ in rows:
+    for name, speed, mib, _ in bench.rows:
         print(f"{name:<30}{speed:>10.1f}{mib:>10.0f}")
+    s = speeds
     print(
-        f"data side: pipeline views {pipeline_data:.0f}/s vs usual DataLoader {usual_data:.0f}/s "
-        f"({pipeline_data / usual_data:.1f}x)"
+        f"data side: pipeline views {s['pipeline_data']:.0f}/s vs usual DataLoader {s['usual_data']:.0f}/s "
+        f"({s['pipeline_data'] / s['usual_data']:.1f}x)"
     )
     print(
-        f"data-size check: {pipeline_small:.1f} images/s at {small} cached vs {pipeline:.1f} at {large} "
-        f"(ratio {pipeline / pipeline_small:.2f})"
+        f"data-size check: {s['pipeline_small']:.1f} images/s at {bench.small} cached vs {s['pipeline']:.1f} "
+        f"at {bench.large} (ratio {s['pipeline'] / s['pipeline_small']:.2f})"
     )
-    print(f"loader_ours vs usual: {loader_ours / usual:.2f} (the gain from our step alone)")
+    print(f"loader_ours vs usual: {s['loader_ours'] / s['usual']:.2f} (the gain from our step alone)")
+    runtime, args = bench.runtime, bench.args
     print(
-        f"RESULT pipeline_vs_model_only={pipeline / model_only:.2f} pipeline_vs_usual={pipeline / usual:.2f} "
-        f"pipeline_images_per_s={pipeline:.1f} utilisation={utilisation:.2f} device={device.type} "
-        f"precision={precision} image_size={size} batch_size={batch}"
+        f"RESULT pipeline_vs_model_only={s['pipeline'] / s['model_only']:.2f} "
+        f"pipeline_vs_usual={s['pipeline'] / s['usual']:.2f} pipeline_images_per_s={s['pipeline']:.1f} "
+        f"utilisation={s['utilisation']:.2f} device={runtime.device.type} precision={runtime.precision} "
+        f"image_size={args.image_size} batch_size={args.batch_size}"
     )
-    if temporary is not None:
-        temporary.cleanup()
+
+
+def main() -> None:
+    args = get_args_parser().parse_args()
+    device = resolve_device(args.device)
+    runtime = Runtime(device, resolve_precision(args.precision, device))
+    cache_size = args.cache_size or default_cache_size(args.image_size)
+    with tempfile.TemporaryDirectory() as temporary:
+        work_dir = args.work_dir or Path(temporary)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        split = read_split(prepare_split(args.data_dir, work_dir, 80))
+        bench = Bench(args, runtime, split, load_cache(split, work_dir, cache_size, device))
+        cache_mib = cache_paths(work_dir, cache_size)[0].stat().st_size / 2**20
+        print(
+            f"device {device}, precision {runtime.precision}, {torch.get_num_threads()} threads, image "
+            f"{args.image_size}px (cache {cache_size}px, {bench.n_images} images, {cache_mib:.0f} MiB on "
+            f"disk), batch {args.batch_size}",
+            flush=True,
+        )
+        if args.compile_only:
+            run_compile_only(bench)
+            return
+        speeds, batches = measure_data_side(bench)
+        training, resident = measure_training(bench, batches)
+        speeds.update(training)
+        speeds["utilisation"] = utilisation(bench, speeds["flops"], speeds["model_only"])
+        if args.variants:
+            measure_variants(bench, resident)
+        report(bench, speeds)
 
 
 if __name__ == "__main__":

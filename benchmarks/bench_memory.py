@@ -32,18 +32,18 @@ ONE_CONFIG = r"""
 import json, sys
 sys.path[:0] = [sys.argv[4], sys.argv[4] + "/benchmarks"]
 import torch
-from bench_byol import make_model, peak_memory_mib
-from byol.device import MEMORY_FORMAT, grad_scaler
+from bench_byol import make_trainer, peak_memory_mib
+from byol.device import MEMORY_FORMAT
+from byol.distributed import Runtime
 from byol.step import train_step
 precision, batch, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 device = torch.device("cpu")
-model, train_model, optimizer = make_model(device, MEMORY_FORMAT, batch)
+trainer = make_trainer(Runtime(device, precision), batch)
 view_1 = torch.randn(batch, 3, size, size).contiguous(memory_format=MEMORY_FORMAT)
 view_2 = torch.randn_like(view_1)
-scaler = grad_scaler(device, precision)
 before = peak_memory_mib(device)
 for _ in range(2):
-    train_step(train_model, model, optimizer, view_1, view_2, 0.01, 0.996, device, precision, scaler).item()
+    train_step(trainer, view_1, view_2, 0.01, 0.996).item()
 print(json.dumps({"before_mib": before, "peak_mib": peak_memory_mib(device)}))
 """
 

@@ -22,7 +22,7 @@ from byol.device import MEMORY_FORMAT, grad_scaler
 from byol.evaluate import extract_features
 from byol.model import BYOL, RESNET18_FEATURES, resnet18_backbone
 from byol.optim import make_optimizer
-from byol.step import seeded_generator, step_views, train_step
+from byol.step import Trainer, seeded_generator, step_views, train_step
 
 SETTINGS = ("auto", "gpu", "cpu")
 # train_byol.py --setting cpu: the study's CPU recipe (configs/study_byol.args, the recipe search's
@@ -110,8 +110,8 @@ def measure_speed(run, steps: int = 4, warmup: int = 2, monitor_sample: int = 51
         for step in range(warmup + steps):
             batch = rows[torch.randint(0, len(rows), (run.global_batch,), generator=order)]
             started = time.perf_counter()
-            views = step_views(run.images, batch, run.views, generator, run.ranks, device, MEMORY_FORMAT)
-            loss = train_step(model, model, optimizer, *views, 1e-4, 0.99, device, run.precision, scaler)
+            views = step_views(run.images, batch, run.views, generator, run.runtime)
+            loss = train_step(Trainer(model, model, optimizer, scaler, run.runtime), *views, 1e-4, 0.99)
             loss.item()  # waits for the device, as the training loop does once per step
             if step >= warmup:
                 seconds += time.perf_counter() - started
@@ -119,15 +119,7 @@ def measure_speed(run, steps: int = 4, warmup: int = 2, monitor_sample: int = 51
         sample = watched[:monitor_sample]
         started = time.perf_counter()
         if sample:
-            extract_features(
-                model.backbone,
-                run.images,
-                sample,
-                config.image_size,
-                device,
-                run.precision,
-                memory_format=MEMORY_FORMAT,
-            )
+            extract_features(model.backbone, run.images, sample, config.image_size, run.runtime)
         monitor_seconds = (time.perf_counter() - started) * len(watched) / max(1, len(sample))
     return Speed(images_per_s=steps * run.global_batch / seconds, monitor_seconds=monitor_seconds)
 

@@ -9,18 +9,19 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from byol.budget import finish_time, format_duration
 from byol.cache import load_cache
 from byol.data import Split, read_split
 from byol.device import resolve_precision
-from byol.distributed import Ranks, Runtime, process_group
+from byol.distributed import Runtime, process_group
 from byol.errors import UserError
 from byol.evaluate import extract_features
 from byol.files import read_csv, read_json, write_csv, write_json
@@ -28,6 +29,9 @@ from byol.finetune import (
     INITS,
     MODES,
     ClassifierConfig,
+    Examples,
+    Job,
+    Task,
     balanced_subset,
     choose_finetune_lr,
     cv_training_size,
@@ -152,7 +156,8 @@ def run_classifiers(
     config.check()
     check_fresh_start(Path(out_dir), (CLASSIFIER_METRICS_FILE,), resume, overwrite)
     with process_group(device_name) as (ranks, device):
-        return _run_classifiers(config, Path(out_dir), ranks, device, precision_name, resume)
+        runtime = Runtime(device, resolve_precision(precision_name, device), ranks)
+        return _run_classifiers(config, Path(out_dir), runtime, resume)
 
 
 @dataclass(frozen=True)
@@ -165,43 +170,40 @@ class GridSpeed:
 
 
 def measure_grid_speed(
-    images: torch.Tensor, labels: torch.Tensor, n_classes: int, config: ClassifierConfig, runtime: Runtime
+    labelled: Examples, n_classes: int, config: ClassifierConfig, runtime: Runtime
 ) -> GridSpeed:
     """Time a few fine-tuning steps and a scoring pass of a fresh random backbone on the run's own
-    images, batch, size and precision (the global random number generators are left as they were)."""
-    n = min(len(images), config.batch_size * runtime.ranks.world_size)
-    trial = replace(config, epochs=1, eval_every=1, finetune_lrs=[1e-4], lp_ft=False)
-    silent = tqdm(disable=True)
+    labelled images, batch, size and precision (the global random number generators are left as they were)."""
+    n = min(len(labelled), config.batch_size * runtime.ranks.world_size)
+    job = Job(0, replace(config, epochs=1, eval_every=1, finetune_lrs=[1e-4], lp_ft=False), runtime)
     with torch.random.fork_rng(devices=[runtime.device] if runtime.device.type == "cuda" else []):
         backbone = resnet18_backbone()
         for repeats in (1, 3):  # a warm-up step, then 3 timed steps
             started = time.perf_counter()
-            rows = torch.arange(repeats * n) % len(images)
-            data = (images[rows], labels[rows], images[:n], labels[:n])
-            fine_tune(backbone, *data, 0, n_classes, trial, runtime, silent)
+            rows = torch.arange(repeats * n) % len(labelled)
+            fine_tune(backbone, Task(labelled[rows], labelled[:n], n_classes), job)
             seconds = time.perf_counter() - started
         started = time.perf_counter()
-        extract_features(
-            backbone, images, list(range(n)), config.image_size, runtime.device, runtime.precision
-        )
+        extract_features(backbone, labelled.inputs, range(n), config.image_size, runtime)
         score_rate = n / (time.perf_counter() - started)
     return GridSpeed(max(seconds - n / score_rate, 1e-6) / 3, score_rate)
 
 
-def grid_seconds(
-    speed: GridSpeed,
-    config: ClassifierConfig,
-    global_batch: int,
-    n_test: int,
-    finetune_runs: list[int],
-    feature_passes: list[int],
-    choices: list[int],
-) -> float:
-    """Estimated seconds of stage 3's remaining work at the measured speed, from its parts' image
-    counts: fine-tuning runs (labelled images each; scored on the test images every eval_every epochs),
-    backbone feature passes (frozen mode: images each, once per random seed and once for BYOL), and
-    fine-tuning rate choices (labelled images each: rates x folds fine-tunings on the folds' rest).
-    The linear probes themselves take seconds and are not counted."""
+@dataclass
+class GridWork:
+    """What is left of stage 3, in image counts: fine-tuning runs (labelled images each; scored on
+    `n_test` images every eval_every epochs), backbone feature passes (frozen mode: images each, once
+    per random seed and once for BYOL), and fine-tuning rate choices (labelled images each: rates x
+    folds fine-tunings on the folds' rest). The linear probes themselves take seconds: not counted."""
+
+    n_test: int
+    finetune_runs: list[int] = field(default_factory=list)
+    feature_passes: dict[tuple, int] = field(default_factory=dict)
+    choices: dict[tuple, int] = field(default_factory=dict)
+
+
+def grid_seconds(speed: GridSpeed, config: ClassifierConfig, global_batch: int, work: GridWork) -> float:
+    """Estimated seconds of `work` at the measured speed."""
 
     def finetune_seconds(n_train: int, n_scored: int, evals: int) -> float:
         steps = config.epochs * math.ceil(n_train / global_batch)
@@ -209,66 +211,138 @@ def grid_seconds(
 
     epochs = range(1, config.epochs + 1)
     evals = sum(1 for epoch in epochs if epoch % config.eval_every == 0 or epoch == config.epochs)
-    total = sum(finetune_seconds(n, n_test, evals) for n in finetune_runs)
+    total = sum(finetune_seconds(n, work.n_test, evals) for n in work.finetune_runs)
     if config.lp_ft:  # the probe's features first
-        total += sum(finetune_runs) / speed.score_images_per_s
-    total += sum(feature_passes) / speed.score_images_per_s
-    for n in choices:
+        total += sum(work.finetune_runs) / speed.score_images_per_s
+    total += sum(work.feature_passes.values()) / speed.score_images_per_s
+    for n in work.choices.values():
         held_out = math.ceil(n / config.finetune_folds)
         folds = config.finetune_folds * len(config.finetune_lrs)
         total += folds * finetune_seconds(n - held_out, held_out, 1)
     return total
 
 
-def plan_line(
-    config: ClassifierConfig,
-    split: Split,
-    runs: list[tuple],
-    epochs_done: dict[tuple, int],
-    finetune_lrs: dict[tuple, float],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    runtime: Runtime,
-) -> str:
+RunKey = tuple  # (init, mode, seed, number of labelled images): one run of the grid
+
+
+@dataclass
+class Grid:
+    """Stage 3's runs and what they share: the split, its cached images and labels, byol.pt's backbone,
+    the runtime; the fine-tuning rates chosen and the frozen features computed so far."""
+
+    config: ClassifierConfig
+    split: Split
+    images: torch.Tensor  # (N, 3, S, S) uint8, every cache row
+    labels: torch.Tensor
+    byol_state: dict | None
+    runtime: Runtime
+    # The fine-tuning rate per (init, label count), or per (init, label count, seed) with
+    # --cv-every-seed (finetune_choice_key): kept from the runs already complete, else chosen when
+    # first needed.
+    finetune_lrs: dict[tuple, float] = field(default_factory=dict)
+    # Frozen features depend on the backbone only: once per BYOL backbone, once per random seed.
+    frozen_features: dict[tuple, dict[int, torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def runs(self) -> list[tuple[int, int, str, str]]:
+        """(label count, seed, init, mode) in the order they train: a seed's four conditions together."""
+        config = self.config
+        return [
+            (n, seed, init, mode)
+            for n in config.n_labels
+            for seed in range(config.seeds)
+            for init in config.inits
+            for mode in config.modes
+        ]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.split.classes)
+
+    def examples(self, rows: list[int]) -> Examples:
+        return Examples(self.images[rows], self.labels[rows])
+
+    def finetune_lr(self, init: str, n_labels: int, seed: int, progress: tqdm) -> float:
+        """The backbone rate of a fine-tuning run: chosen once per finetune_choice_key, on seed 0's
+        labelled images (each seed's with --cv-every-seed)."""
+        config = self.config
+        choice = finetune_choice_key(config, init, len(balanced_subset(self.split, n_labels, seed)), seed)
+        if choice not in self.finetune_lrs:
+            cv_seed = seed if config.cv_every_seed else 0
+            cv_images = self.examples(balanced_subset(self.split, n_labels, cv_seed))
+            job = Job(cv_seed, config, self.runtime, progress)
+            self.finetune_lrs[choice] = choose_finetune_lr(
+                init, self.byol_state, cv_images, self.n_classes, job
+            )
+        return self.finetune_lrs[choice]
+
+    def frozen_task(self, init: str, seed: int, backbone: nn.Module, train_rows: list[int]) -> Task:
+        """Frozen mode's task: the backbone's features of the run's labelled images and of the test split."""
+        key = (init,) if init == "byol" else (init, seed)
+        if key not in self.frozen_features:
+            rows = self.split.indices("labelled") + self.split.indices("test")
+            runtime = self.runtime
+            backbone = backbone.to(runtime.device, memory_format=runtime.memory_format)
+            features = extract_features(backbone, self.images, rows, self.config.image_size, runtime).cpu()
+            self.frozen_features[key] = dict(zip(rows, features))
+        lookup = self.frozen_features[key]
+
+        def of(rows: list[int]) -> Examples:
+            return Examples(torch.stack([lookup[row] for row in rows]), self.labels[rows])
+
+        return Task(of(train_rows), of(self.split.indices("test")), self.n_classes)
+
+    def train(self, run: tuple[int, int, str, str], progress: tqdm) -> list[dict]:
+        """One run's metrics rows, each with its init, mode, seed and number of labelled images."""
+        n_labels, seed, init, mode = run
+        train_rows = balanced_subset(self.split, n_labels, seed)
+        config = self.config
+        if mode == "finetune":
+            config = replace(config, finetune_lrs=[self.finetune_lr(init, n_labels, seed, progress)])
+        backbone = make_backbone(init, seed, self.byol_state)
+        job = Job(seed, config, self.runtime, progress)
+        if mode == "frozen":
+            rows = train_probe(self.frozen_task(init, seed, backbone, train_rows), job)
+        else:
+            task = Task(self.examples(train_rows), self.examples(self.split.indices("test")), self.n_classes)
+            rows = fine_tune(backbone, task, job)
+        labels = {"init": init, "mode": mode, "seed": seed, "n_labels": len(train_rows)}
+        return [{**labels, **row} for row in rows]
+
+
+def plan_line(grid: Grid, epochs_done: dict[RunKey, int]) -> str:
     """What stage 3 is about to train, and how long that will take at the speed measured here."""
-    pending, finetune_runs, feature_passes, choices = 0, [], {}, {}
+    config, split, runtime = grid.config, grid.split, grid.runtime
+    pending, work = 0, GridWork(n_test=len(split.indices("test")))
     n_features = len(split.indices("labelled")) + len(split.indices("test"))
-    for n_labels, seed, init, mode in runs:
+    for n_labels, seed, init, mode in grid.runs:
         n = len(balanced_subset(split, n_labels, seed))
         if epochs_done.get((init, mode, seed, n)) == config.epochs:
             continue
         pending += 1
         if mode == "frozen":
-            feature_passes[(init,) if init == "byol" else (init, seed)] = n_features
+            work.feature_passes[(init,) if init == "byol" else (init, seed)] = n_features
             continue
-        finetune_runs.append(n)
+        work.finetune_runs.append(n)
         key = finetune_choice_key(config, init, n, seed)
-        if len(config.finetune_lrs) > 1 and key not in finetune_lrs:
-            choices[key] = n
-    done = len(runs) - pending
+        if len(config.finetune_lrs) > 1 and key not in grid.finetune_lrs:
+            work.choices[key] = n
+    done = len(grid.runs) - pending
     counts = (
-        f"{len(runs)} runs ({len(config.inits)} inits x {len(config.modes)} modes x {config.seeds} seeds x "
-        f"{len(config.n_labels)} label counts)" + (f", {done} already done" if done else "")
+        f"{len(grid.runs)} runs ({len(config.inits)} inits x {len(config.modes)} modes x "
+        f"{config.seeds} seeds x {len(config.n_labels)} label counts)"
+        + (f", {done} already done" if done else "")
     )
     if not pending:
         return f"plan: {counts}: nothing left to train"
-    labelled = split.indices("labelled")
-    speed = measure_grid_speed(images[labelled], labels[labelled], len(split.classes), config, runtime)
+    speed = measure_grid_speed(grid.examples(split.indices("labelled")), grid.n_classes, config, runtime)
     global_batch = config.batch_size * runtime.ranks.world_size
-    seconds = grid_seconds(
-        speed,
-        config,
-        global_batch,
-        len(split.indices("test")),
-        finetune_runs,
-        list(feature_passes.values()),
-        list(choices.values()),
-    )
+    seconds = grid_seconds(speed, config, global_batch, work)
     rates = len(config.finetune_lrs)
-    cv = f", {len(choices)} fine-tuning rate choices ({rates} rates x {config.finetune_folds} folds)"
+    cv = f", {len(work.choices)} fine-tuning rate choices ({rates} rates x {config.finetune_folds} folds)"
     return (
-        f"plan: {counts}{cv if choices else ''}; {runtime.precision} on {runtime.device}. Measured here: "
-        f"{speed.step_seconds:.2f} s per fine-tuning step of {global_batch} and "
+        f"plan: {counts}{cv if work.choices else ''}; {runtime.precision} on {runtime.device}. "
+        f"Measured here: {speed.step_seconds:.2f} s per fine-tuning step of {global_batch} and "
         f"{speed.score_images_per_s:.0f} images/s scoring; about {format_duration(seconds)}, finishing "
         f"about {finish_time(seconds)}"
     )
@@ -309,126 +383,54 @@ def finished_rows(config: ClassifierConfig, out_dir: Path, byol_config: dict, wo
     return rows
 
 
-def _run_classifiers(
-    config: ClassifierConfig,
-    out_dir: Path,
-    ranks: Ranks,
-    device: torch.device,
-    precision_name: str,
-    resume: bool,
-) -> pd.DataFrame:
-    precision = resolve_precision(precision_name, device)
+def load_grid(config: ClassifierConfig, out_dir: Path, runtime: Runtime) -> tuple[Grid, dict]:
+    """The grid's shared inputs, checked before anything trains, and byol.pt's config ({} without one)."""
     split = read_split(out_dir)
     byol_state, byol_config = None, {}
     if "byol" in config.inits:
         byol_backbone, byol_config = load_byol_backbone(out_dir)
         byol_state = byol_backbone.state_dict()
     config = config.resolved(byol_config)
-    test_rows = split.indices("test")
-    if not test_rows:
+    if not split.indices("test"):
         raise UserError("the split has no test images; re-run data_split.py with --n-test above 0")
-    check_labelled(split, config, ranks.world_size)
-    images = load_cache(split, out_dir, config.cache_size, torch.device("cpu"), ranks)  # (N, 3, S, S) uint8
+    check_labelled(split, config, runtime.ranks.world_size)
+    images = load_cache(split, out_dir, config.cache_size, torch.device("cpu"), runtime.ranks)
     labels = torch.tensor(split.table["label"].to_numpy())
-    n_classes = len(split.classes)
-    runtime = Runtime(device, precision, ranks)
-    fmt = runtime.memory_format
+    return Grid(config, split, images, labels, byol_state, runtime), byol_config
 
+
+def _run_classifiers(config: ClassifierConfig, out_dir: Path, runtime: Runtime, resume: bool) -> pd.DataFrame:
+    grid, byol_config = load_grid(config, out_dir, runtime)
+    config, ranks = grid.config, runtime.ranks
     metrics_path = out_dir / CLASSIFIER_METRICS_FILE
-    config_path = out_dir / CLASSIFIER_CONFIG_FILE
     rows = finished_rows(config, out_dir, byol_config, ranks.world_size) if resume else []
     if ranks.is_main:
+        settings = {
+            "device": str(runtime.device),
+            "precision": runtime.precision,
+            "world_size": ranks.world_size,
+        }
         write_json(
-            config_path,
-            {
-                **asdict(config),
-                "device": str(device),
-                "precision": precision,
-                "world_size": ranks.world_size,
-                "byol_config": byol_config,
-            },
+            out_dir / CLASSIFIER_CONFIG_FILE, {**asdict(config), **settings, "byol_config": byol_config}
         )
-    epochs_done: dict[tuple, int] = {}
+    epochs_done: dict[RunKey, int] = {}
     for row in rows:
         key = (row["init"], row["mode"], row["seed"], row["n_labels"])
         epochs_done[key] = epochs_done.get(key, 0) + 1
-
-    runs = [
-        (n, seed, init, mode)
-        for n in config.n_labels
-        for seed in range(config.seeds)
-        for init in config.inits
-        for mode in config.modes
-    ]
-    frozen_features: dict[tuple, torch.Tensor] = {}
-    # The fine-tuning rate per (init, label count), or per (init, label count, seed) with
-    # --cv-every-seed: kept from the runs already complete, else chosen when first needed.
-    finetune_lrs: dict[tuple, float] = {
-        finetune_choice_key(config, row["init"], row["n_labels"], row["seed"]): row["backbone_lr"]
-        for row in rows
-        if row["mode"] == "finetune"
-    }
-    feature_rows = split.indices("labelled") + test_rows
-    log.info(plan_line(config, split, runs, epochs_done, finetune_lrs, images, labels, runtime))
-    progress = tqdm(runs, desc="classifiers", unit="run", disable=not ranks.is_main)
-    for n_labels, seed, init, mode in progress:
-        train_rows = balanced_subset(split, n_labels, seed)
-        key = (init, mode, seed, len(train_rows))
+    for row in rows:
+        if row["mode"] == "finetune":
+            key = finetune_choice_key(config, row["init"], row["n_labels"], row["seed"])
+            grid.finetune_lrs[key] = row["backbone_lr"]
+    log.info(plan_line(grid, epochs_done))
+    progress = tqdm(grid.runs, desc="classifiers", unit="run", disable=not ranks.is_main)
+    for run in progress:
+        n_labels, seed, init, mode = run
+        key = (init, mode, seed, len(balanced_subset(grid.split, n_labels, seed)))
         if epochs_done.get(key) == config.epochs:
             continue
         rows = [row for row in rows if (row["init"], row["mode"], row["seed"], row["n_labels"]) != key]
-        progress.set_description(f"{init} {mode} seed {seed} n={len(train_rows)}")
-        run_config = config
-        if mode == "finetune":
-            choice = finetune_choice_key(config, init, len(train_rows), seed)
-            if choice not in finetune_lrs:
-                cv_seed = seed if config.cv_every_seed else 0
-                cv_rows = balanced_subset(split, n_labels, cv_seed)
-                finetune_lrs[choice] = choose_finetune_lr(
-                    init,
-                    cv_seed,
-                    byol_state,
-                    images[cv_rows],
-                    labels[cv_rows],
-                    n_classes,
-                    config,
-                    runtime,
-                    progress,
-                )
-            run_config = replace(config, finetune_lrs=[finetune_lrs[choice]])
-        backbone = make_backbone(init, seed, byol_state)
-        if mode == "frozen":
-            # Features depend on the backbone only: once per BYOL backbone, once per random seed.
-            feature_key = (init,) if init == "byol" else (init, seed)
-            if feature_key not in frozen_features:
-                features = extract_features(
-                    backbone.to(device, memory_format=fmt),
-                    images,
-                    feature_rows,
-                    config.image_size,
-                    device,
-                    precision,
-                    memory_format=fmt,
-                ).cpu()
-                frozen_features[feature_key] = dict(zip(feature_rows, features))
-            lookup = frozen_features[feature_key]
-            train_inputs = torch.stack([lookup[row] for row in train_rows])
-            test_inputs = torch.stack([lookup[row] for row in test_rows])
-        else:
-            train_inputs, test_inputs = images[train_rows], images[test_rows]
-        if mode == "frozen":
-            run_rows = train_probe(
-                train_inputs, labels[train_rows], test_inputs, labels[test_rows], seed, n_classes, run_config,
-                runtime, progress,
-            )  # fmt: skip
-        else:
-            run_rows = fine_tune(
-                backbone, train_inputs, labels[train_rows], test_inputs, labels[test_rows], seed, n_classes,
-                run_config, runtime, progress,
-            )  # fmt: skip
-        rows.extend(
-            {"init": init, "mode": mode, "seed": seed, "n_labels": len(train_rows), **row} for row in run_rows
-        )
+        progress.set_description(f"{init} {mode} seed {seed} n={key[3]}")
+        rows.extend(grid.train(run, progress))
         if ranks.is_main:
             write_csv(metrics_path, pd.DataFrame(rows, columns=CLASSIFIER_METRIC_COLUMNS))
     progress.close()

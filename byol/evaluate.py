@@ -8,6 +8,8 @@ directions the features use: dimensional collapse, which the k-NN accuracy alone
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,10 +17,12 @@ from torch import nn
 from byol.augment import normalize_imagenet
 from byol.data import Split, split_rank
 from byol.device import autocast
+from byol.distributed import Runtime
 
 # The diagnostic k-NN's voters are drawn by a hash of this seed and each path: one fixed sample for
 # every run on a split, whatever its --seed or --max-images, so that trials are scored alike.
 VOTER_SEED = 20
+FEATURE_BATCH = 256  # images per forward pass
 
 
 def eval_view(images: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -33,23 +37,18 @@ def eval_view(images: torch.Tensor, image_size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_features(
-    backbone: nn.Module,
-    images: torch.Tensor,
-    indices: list[int],
-    image_size: int,
-    device: torch.device,
-    precision: str = "fp32",
-    batch_size: int = 256,
-    memory_format: torch.memory_format = torch.contiguous_format,
+    backbone: nn.Module, images: torch.Tensor, indices: Sequence[int], image_size: int, runtime: Runtime
 ) -> torch.Tensor:
-    """Backbone features (N, D) in fp32 of cache rows `indices`, with the backbone in eval mode."""
+    """Backbone features (N, D) in fp32 of cache rows `indices`, with the backbone in eval mode, on
+    runtime's device, precision and memory format."""
     was_training = backbone.training
     backbone.eval()
     features = []
-    for start in range(0, len(indices), batch_size):
-        batch = images[indices[start : start + batch_size]].to(device, non_blocking=True)
-        batch = eval_view(batch, image_size).contiguous(memory_format=memory_format)
-        with autocast(device, precision):
+    indices = list(indices)
+    for start in range(0, len(indices), FEATURE_BATCH):
+        batch = images[indices[start : start + FEATURE_BATCH]].to(runtime.device, non_blocking=True)
+        batch = eval_view(batch, image_size).contiguous(memory_format=runtime.memory_format)
+        with autocast(runtime.device, runtime.precision):
             features.append(backbone(batch).float())
     backbone.train(was_training)
     return torch.cat(features)

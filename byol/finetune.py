@@ -38,6 +38,7 @@ MODES = ("finetune", "frozen")
 # Fine-tuning sees light augmentation only: a random crop of at least a quarter of the image, and a flip.
 LIGHT_VIEW = ViewConfig(crop_scale=(0.25, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
 PROBE_FOLDS = 5  # cross-validation folds that choose the frozen probe's learning rate
+EVAL_BATCH = 256  # images (or feature rows) scored per forward pass
 
 
 @dataclass
@@ -159,38 +160,77 @@ def make_backbone(init: str, seed: int, byol_state: dict | None) -> nn.Module:
     return backbone
 
 
+@dataclass(frozen=True)
+class Examples:
+    """Inputs and their labels: cached images (N, 3, S, S) uint8, or backbone features (N, D)."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, rows) -> Examples:
+        return Examples(self.inputs[rows], self.labels[rows])
+
+
+@dataclass(frozen=True)
+class Task:
+    """What one classifier trains on and is scored on (the test split, or a held-out fold)."""
+
+    train: Examples
+    test: Examples
+    n_classes: int
+
+
+def fold_task(train: Examples, n_classes: int, kept: torch.Tensor, held_out: torch.Tensor) -> Task:
+    """Cross-validation's task: trained on the rows `kept` of `train`, scored on its rows `held_out`."""
+    return Task(train[kept], train[held_out], n_classes)
+
+
+@dataclass(frozen=True)
+class Job:
+    """How one classifier trains: its seed (head, batch order, views), settings and runtime, and the
+    progress bar its status goes on (a disabled one: silent)."""
+
+    seed: int
+    config: ClassifierConfig
+    runtime: Runtime
+    progress: tqdm = field(default_factory=lambda: tqdm(disable=True))
+
+    def trial(self, **settings) -> Job:
+        """A silent job with some settings changed, scored at its last epoch only: a choice's trial run."""
+        config = replace(self.config, eval_every=self.config.epochs, **settings)
+        return Job(self.seed, config, self.runtime)
+
+
 @torch.no_grad()
 def evaluate_head(
-    backbone: nn.Module | None,
-    head: nn.Module,
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
-    image_size: int,
-    runtime: Runtime,
-    shards: Ranks = SINGLE_PROCESS,
-    batch_size: int = 256,
+    backbone: nn.Module | None, head: nn.Module, examples: Examples, job: Job, shards: Ranks = SINGLE_PROCESS
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy; `inputs` are cached images, or features when backbone is None.
+    """Mean cross-entropy and accuracy; the inputs are cached images, or features when backbone is None.
 
     With `shards` (the processes under torchrun) each rank scores its own shard and the sums are added up.
     """
     head.eval()
     if backbone is not None:
         backbone.eval()
+    runtime = job.runtime
     device = runtime.device
-    start, stop = shards.shard_bounds(len(inputs))
+    start, stop = shards.shard_bounds(len(examples))
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct
-    for first in range(start, stop, batch_size):
-        last = min(first + batch_size, stop)
-        batch, target = inputs[first:last].to(device), labels[first:last].to(device)
+    for first in range(start, stop, EVAL_BATCH):
+        batch = examples[first : min(first + EVAL_BATCH, stop)]
+        inputs, target = batch.inputs.to(device), batch.labels.to(device)
         with autocast(device, runtime.precision):
             if backbone is not None:
-                batch = backbone(eval_view(batch, image_size).contiguous(memory_format=runtime.memory_format))
-            logits = head(batch)
+                view = eval_view(inputs, job.config.image_size)
+                inputs = backbone(view.contiguous(memory_format=runtime.memory_format))
+            logits = head(inputs)
         totals[0] += F.cross_entropy(logits.float(), target, reduction="sum")
         totals[1] += (logits.argmax(1) == target).sum()
     loss_sum, correct = shards.all_reduce_sum(totals).tolist()
-    return loss_sum / len(inputs), correct / len(inputs)
+    return loss_sum / len(examples), correct / len(examples)
 
 
 def standardizer(train_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,27 +256,21 @@ def standardize(
 
 
 def cross_validate(
-    candidates: list[float],
-    n_items: int,
-    folds: int,
-    seed: int,
-    score_fold,
-    progress: tqdm,
-    what: str,
+    candidates: list[float], n_items: int, folds: int, score_fold, job: Job, what: str
 ) -> tuple[float, list[float]]:
     """The candidate with the best mean held-out accuracy over `folds` folds of `n_items` training
     items (ties: the lower held-out loss), and every candidate's mean held-out accuracy.
     `score_fold(candidate, kept, held_out)` trains on the rows `kept` and returns its last metrics
-    row, scored on `held_out`; the test split is never looked at.
+    row, scored on `held_out`; the test split is never looked at. The folds are drawn by job.seed.
     """
-    order = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(n_items, generator=torch.Generator().manual_seed(job.seed))
     held_out = [order[fold::folds] for fold in range(folds)]
     scores = []
     for candidate in candidates:
         accuracy = loss = 0.0
         for fold in range(folds):
             # The folds' held-out scores are not test scores: the bar says what it is doing instead.
-            progress.set_postfix_str(f"choosing {what}: {candidate:g}, fold {fold + 1}/{folds}")
+            job.progress.set_postfix_str(f"choosing {what}: {candidate:g}, fold {fold + 1}/{folds}")
             kept = torch.cat([held_out[other] for other in range(folds) if other != fold])
             last = score_fold(candidate, kept, held_out[fold])
             accuracy += last["test_acc"] / folds
@@ -245,15 +279,7 @@ def cross_validate(
     return candidates[max(range(len(scores)), key=scores.__getitem__)], [score[0] for score in scores]
 
 
-def choose_probe_lr(
-    train_features: torch.Tensor,
-    train_labels: torch.Tensor,
-    seed: int,
-    n_classes: int,
-    config: ClassifierConfig,
-    runtime: Runtime,
-    progress: tqdm,
-) -> float:
+def choose_probe_lr(train: Examples, n_classes: int, job: Job) -> float:
     """The probe learning rate chosen by PROBE_FOLDS-fold cross-validation on the training features.
 
     No single rate suits every backbone: on this project's cats and dogs a random backbone's
@@ -261,110 +287,63 @@ def choose_probe_lr(
     jumping on the BYOL features without fitting its 250 training images, while at 1e-4 it barely
     moved on the random ones. Each fold is standardised by its own training part, as the final probe is.
     """
-    folds = min(PROBE_FOLDS, len(train_features))
-    if len(config.probe_lrs) == 1 or folds < 2:
-        return config.probe_lrs[0]
-    silent = tqdm(disable=True)
+    rates = job.config.probe_lrs
+    folds = min(PROBE_FOLDS, len(train))
+    if len(rates) == 1 or folds < 2:
+        return rates[0]
 
     def score_fold(lr: float, kept: torch.Tensor, held_out: torch.Tensor) -> dict:
-        trial = replace(config, probe_lrs=[lr], eval_every=config.epochs)
         # the runtime's processes: the same global batch as the probe it chooses for
-        return train_probe(
-            train_features[kept],
-            train_labels[kept],
-            train_features[held_out],
-            train_labels[held_out],
-            seed,
-            n_classes,
-            trial,
-            runtime,
-            silent,
-        )[-1]
+        return train_probe(fold_task(train, n_classes, kept, held_out), job.trial(probe_lrs=[lr]))[-1]
 
-    chosen, _ = cross_validate(
-        config.probe_lrs, len(train_features), folds, seed, score_fold, progress, "probe lr"
-    )
+    chosen, _ = cross_validate(rates, len(train), folds, score_fold, job, "probe lr")
     return chosen
 
 
 def choose_finetune_lr(
-    init: str,
-    seed: int,
-    byol_state: dict | None,
-    train_images: torch.Tensor,
-    train_labels: torch.Tensor,
-    n_classes: int,
-    config: ClassifierConfig,
-    runtime: Runtime,
-    progress: tqdm,
+    init: str, byol_state: dict | None, train: Examples, n_classes: int, job: Job
 ) -> float:
     """The fine-tuning backbone rate chosen by config.finetune_folds-fold cross-validation: each fold
-    fine-tunes a fresh `init` backbone (seed `seed`) on the rest of `train_images` for the whole budget
-    and is scored on its held-out part; the test split plays no part.
+    fine-tunes a fresh `init` backbone (seed job.seed) on the rest of the images `train` for the whole
+    budget and is scored on its held-out part; the test split plays no part.
 
     Both inits choose from the same grid, so a rate that suits only a random backbone (large steps
     that overwrite a pretrained one) cannot decide the comparison by itself.
     """
+    config = job.config
     if len(config.finetune_lrs) == 1:
         return config.finetune_lrs[0]
-    silent = tqdm(disable=True)
 
     def score_fold(lr: float, kept: torch.Tensor, held_out: torch.Tensor) -> dict:
-        trial = replace(config, finetune_lrs=[lr], eval_every=config.epochs)
-        return fine_tune(
-            make_backbone(init, seed, byol_state),
-            train_images[kept],
-            train_labels[kept],
-            train_images[held_out],
-            train_labels[held_out],
-            seed,
-            n_classes,
-            trial,
-            runtime,
-            silent,
-        )[-1]
+        backbone = make_backbone(init, job.seed, byol_state)
+        return fine_tune(backbone, fold_task(train, n_classes, kept, held_out), job.trial(finetune_lrs=[lr]))[
+            -1
+        ]
 
     folds = config.finetune_folds
     chosen, accuracies = cross_validate(
-        config.finetune_lrs, len(train_images), folds, seed, score_fold, progress, "fine-tuning lr"
+        config.finetune_lrs, len(train), folds, score_fold, job, "fine-tuning lr"
     )
     scores = ", ".join(f"{lr:g}: {accuracy:.3f}" for lr, accuracy in zip(config.finetune_lrs, accuracies))
-    if not progress.disable:  # above the bar, not glued to it; once, from the first process
-        progress.write(
-            f"{init} init, {len(train_images)} labels: fine-tuning lr {chosen:g}, chosen by {folds}-fold "
-            f"held-out accuracy on seed {seed}'s labelled images ({scores})"
+    if not job.progress.disable:  # above the bar, not glued to it; once, from the first process
+        job.progress.write(
+            f"{init} init, {len(train)} labels: fine-tuning lr {chosen:g}, chosen by {folds}-fold "
+            f"held-out accuracy on seed {job.seed}'s labelled images ({scores})"
         )
     return chosen
 
 
-def probe_head(
-    backbone: nn.Module,
-    train_images: torch.Tensor,
-    train_labels: torch.Tensor,
-    seed: int,
-    n_classes: int,
-    config: ClassifierConfig,
-    runtime: Runtime,
-    progress: tqdm,
-) -> tuple[nn.Linear, float]:
-    """LP-FT's first stage: the frozen-backbone linear probe on `train_images` (its rate chosen by
+def probe_head(backbone: nn.Module, train: Examples, n_classes: int, job: Job) -> tuple[nn.Linear, float]:
+    """LP-FT's first stage: the frozen-backbone linear probe on the images `train` (its rate chosen by
     cross-validation, as in frozen mode), returned as a head on the raw features, and its rate."""
+    runtime = job.runtime
     backbone = backbone.to(runtime.device, memory_format=runtime.memory_format)
-    features = extract_features(
-        backbone,
-        train_images,
-        list(range(len(train_images))),
-        config.image_size,
-        runtime.device,
-        runtime.precision,
-    )
-    lr = choose_probe_lr(features, train_labels, seed, n_classes, config, runtime, progress)
-    torch.manual_seed(seed + 1)
-    head = nn.Linear(RESNET18_FEATURES, n_classes).to(runtime.device)
-    trial = replace(config, probe_lrs=[lr], eval_every=config.epochs)
+    features = extract_features(backbone, train.inputs, range(len(train)), job.config.image_size, runtime)
     # Scored on its own training features (no test split here): every run scores something.
-    silent = tqdm(disable=True)
-    train_probe(features, train_labels, features, train_labels, seed, n_classes, trial, runtime, silent, head)
+    probe = Task(Examples(features, train.labels), Examples(features, train.labels), n_classes)
+    lr = choose_probe_lr(probe.train, n_classes, job)
+    head = new_head(job.seed, n_classes, runtime.device)
+    train_probe(probe, job.trial(probe_lrs=[lr]), head)
     # The probe saw standardised features, (x - mean) * scale: fold that into the head's weights.
     mean, scale = standardizer(features)
     with torch.no_grad():
@@ -384,18 +363,22 @@ def new_head(seed: int, n_classes: int, device: torch.device) -> nn.Linear:
     return nn.Linear(RESNET18_FEATURES, n_classes).to(device)
 
 
-def train_probe(
-    train_features: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_features: torch.Tensor,
-    test_labels: torch.Tensor,
-    seed: int,
-    n_classes: int,
-    config: ClassifierConfig,
-    runtime: Runtime,
-    progress: tqdm,
-    head: nn.Linear | None = None,
-) -> list[dict]:
+@dataclass
+class Learner:
+    """What _fit trains. `model` maps a batch of inputs to logits: `head` alone on features (backbone
+    None), or backbone + head on images (augmented in _fit, each batch split over `shards`). `rates`
+    go in every metrics row, and `choosing_seconds` (spent choosing them) in the first epoch's seconds."""
+
+    model: nn.Module
+    head: nn.Module
+    backbone: nn.Module | None
+    optimizer: torch.optim.Optimizer
+    rates: dict[str, float]
+    choosing_seconds: float
+    shards: Ranks = SINGLE_PROCESS
+
+
+def train_probe(task: Task, job: Job, head: nn.Linear | None = None) -> list[dict]:
     """Frozen mode: a linear head on precomputed backbone features; one metrics dict per epoch.
 
     The features are standardised by the training features' statistics; the head's rate is chosen
@@ -404,57 +387,36 @@ def train_probe(
     trained in place.
     """
     started = time.perf_counter()
-    head_lr = choose_probe_lr(train_features, train_labels, seed, n_classes, config, runtime, progress)
-    train_features, test_features = standardize(train_features, test_features)
+    head_lr = choose_probe_lr(task.train, task.n_classes, job)
+    train_features, test_features = standardize(task.train.inputs, task.test.inputs)
+    task = Task(
+        Examples(train_features, task.train.labels), Examples(test_features, task.test.labels), task.n_classes
+    )
     choosing_seconds = time.perf_counter() - started
-    head = head if head is not None else new_head(seed, n_classes, runtime.device)
+    head = head if head is not None else new_head(job.seed, task.n_classes, job.runtime.device)
     optimizer = torch.optim.AdamW(
-        [{"params": head.parameters(), "lr": head_lr}], weight_decay=config.weight_decay
+        [{"params": head.parameters(), "lr": head_lr}], weight_decay=job.config.weight_decay
     )
-    return _fit(
-        head,
-        head,
-        None,
-        optimizer,
-        (train_features, train_labels, test_features, test_labels),
-        seed,
-        config,
-        runtime,
-        SINGLE_PROCESS,
-        progress,
-        {"head_lr": head_lr, "backbone_lr": math.nan},
-        choosing_seconds,
-    )
+    rates = {"head_lr": head_lr, "backbone_lr": math.nan}
+    return _fit(Learner(head, head, None, optimizer, rates, choosing_seconds), task, job)
 
 
-def fine_tune(
-    backbone: nn.Module,
-    train_images: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_images: torch.Tensor,
-    test_labels: torch.Tensor,
-    seed: int,
-    n_classes: int,
-    config: ClassifierConfig,
-    runtime: Runtime,
-    progress: tqdm,
-) -> list[dict]:
+def fine_tune(backbone: nn.Module, task: Task, job: Job) -> list[dict]:
     """Fine-tune the backbone and a linear head on cached images; one metrics dict per epoch.
 
     The backbone trains at config.finetune_lrs' one value (backbone_lr), the new head at head_lr, or,
     with --lp-ft, the head starts from probe_head's and trains at the backbone's rate. Under torchrun
     each global batch is split across the processes, with the views each image would get in one.
     """
+    config, runtime = job.config, job.runtime
     if len(config.finetune_lrs) != 1:
         raise ValueError("choose the fine-tuning rate first (choose_finetune_lr), then pass that one")
     backbone_lr = config.finetune_lrs[0]
     started, head, head_lr = time.perf_counter(), None, config.head_lr
     if config.lp_ft:  # the head starts as the probe; then everything trains at the backbone's rate
-        head, head_lr = probe_head(
-            backbone, train_images, train_labels, seed, n_classes, config, runtime, progress
-        )
+        head, head_lr = probe_head(backbone, task.train, task.n_classes, job)
     choosing_seconds = time.perf_counter() - started
-    head = head if head is not None else new_head(seed, n_classes, runtime.device)
+    head = head if head is not None else new_head(job.seed, task.n_classes, runtime.device)
     ranks = runtime.ranks
     if config.sync_bn and ranks.distributed:
         backbone = sync_batchnorm(backbone, runtime.device)
@@ -464,108 +426,94 @@ def fine_tune(
         {"params": backbone.parameters(), "lr": backbone_lr},
     ]
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    return _fit(
-        wrap(nn.Sequential(backbone, head), ranks, runtime.device),
-        head,
-        backbone,
-        optimizer,
-        (train_images, train_labels, test_images, test_labels),
-        seed,
-        config,
-        runtime,
-        ranks,
-        progress,
-        {"head_lr": head_lr, "backbone_lr": backbone_lr},
-        choosing_seconds,
-    )
+    model = wrap(nn.Sequential(backbone, head), ranks, runtime.device)
+    rates = {"head_lr": head_lr, "backbone_lr": backbone_lr}
+    return _fit(Learner(model, head, backbone, optimizer, rates, choosing_seconds, ranks), task, job)
 
 
-def _fit(
-    model: nn.Module,
-    head: nn.Module,
-    backbone: nn.Module | None,
-    optimizer: torch.optim.Optimizer,
-    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-    seed: int,
-    config: ClassifierConfig,
-    runtime: Runtime,
-    shards: Ranks,
-    progress: tqdm,
-    rates: dict[str, float],
-    choosing_seconds: float,
-) -> list[dict]:
+@dataclass
+class _Schedule:
+    """_fit's step count and random streams across epochs: the rates' cosine decay, the batch order,
+    and the fine-tuning views."""
+
+    base_lrs: list[float]
+    total_steps: int
+    global_batch: int
+    order: torch.Generator
+    views: torch.Generator
+    scaler: torch.amp.GradScaler
+    step: int = 0
+
+
+def _fit(learner: Learner, task: Task, job: Job) -> list[dict]:
     """The epochs both modes share: cosine-decayed rates, one optimiser step per batch, a metrics row
-    per epoch (scored on the test inputs every config.eval_every epochs and at the last).
-
-    `model` maps a batch of `data`'s inputs to logits: `head` alone on features (backbone None), or
-    backbone + head on images (augmented here, each batch split over `shards`). `rates` and the
-    seconds spent choosing them (counted in the first epoch's) go in every row.
-    """
-    train_inputs, train_labels, test_inputs, test_labels = data
-    device, precision, fmt = runtime.device, runtime.precision, runtime.memory_format
-    finetune = backbone is not None
-    scaler = grad_scaler(device, precision)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    generator = torch.Generator(device=device).manual_seed(seed)
-    order_generator = torch.Generator().manual_seed(seed)
+    per epoch (scored on task.test every config.eval_every epochs and at the last)."""
+    config, runtime = job.config, job.runtime
     global_batch = (
         config.batch_size * runtime.ranks.world_size
     )  # in frozen mode too: the same steps everywhere
-    steps_per_epoch = math.ceil(len(train_inputs) / global_batch)
-    total_steps, step = config.epochs * steps_per_epoch, 0
+    schedule = _Schedule(
+        base_lrs=[group["lr"] for group in learner.optimizer.param_groups],
+        total_steps=config.epochs * math.ceil(len(task.train) / global_batch),
+        global_batch=global_batch,
+        order=torch.Generator().manual_seed(job.seed),
+        views=torch.Generator(device=runtime.device).manual_seed(job.seed),
+        scaler=grad_scaler(runtime.device, runtime.precision),
+    )
     rows = []
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
-        model.train()
-        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, images
-        for global_rows in torch.randperm(len(train_inputs), generator=order_generator).split(global_batch):
-            start, stop = shards.shard_bounds(len(global_rows))
-            if len(global_rows) < images_per_step(shards.world_size, finetune):  # a too-small last batch
-                continue
-            rows_here = global_rows[start:stop]
-            batch, labels = train_inputs[rows_here].to(device), train_labels[rows_here].to(device)
-            for group, base_lr in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = lr_at(step, total_steps, 0, base_lr)
-            with autocast(device, precision):
-                if finetune:
-                    batch = make_view(
-                        batch,
-                        LIGHT_VIEW,
-                        config.image_size,
-                        generator,
-                        global_batch=len(global_rows),
-                        offset=start,
-                    ).contiguous(memory_format=fmt)
-                logits = model(batch)
-            loss = F.cross_entropy(logits.float(), labels)
-            backward_step(optimizer, scaler, loss)
-            step += 1
-            totals += torch.stack(
-                [
-                    loss.detach().double() * len(labels),
-                    (logits.argmax(1) == labels).sum().double(),
-                    totals.new_tensor(len(labels)),
-                ]
-            )
-        if finetune:
-            average_buffers(backbone, runtime.ranks)
-        loss_sum, correct, seen = shards.all_reduce_sum(totals).tolist()
-        row = {
-            "epoch": epoch,
-            "train_loss": loss_sum / seen,
-            "train_acc": correct / seen,
-            "test_loss": math.nan,
-            "test_acc": math.nan,
-        }
+        train_loss, train_acc = _train_epoch(learner, task.train, job, schedule)
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
+        row["test_loss"] = row["test_acc"] = math.nan
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             row["test_loss"], row["test_acc"] = evaluate_head(
-                backbone, head, test_inputs, test_labels, config.image_size, runtime, shards
+                learner.backbone, learner.head, task.test, job, learner.shards
             )
         row["seconds"] = time.perf_counter() - started  # training and, when due, testing
         if epoch == 1:
-            row["seconds"] += choosing_seconds
-        rows.append({**row, **rates})
-        progress.set_postfix(
+            row["seconds"] += learner.choosing_seconds
+        rows.append({**row, **learner.rates})
+        job.progress.set_postfix(
             epoch=epoch, train_loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_acc']:.3f}"
         )
     return rows
+
+
+def _train_epoch(learner: Learner, train: Examples, job: Job, schedule: _Schedule) -> tuple[float, float]:
+    """One pass over `train` in a fresh random order; the mean training loss and accuracy over every
+    process's images. A last batch too small to train on (images_per_step) is left out."""
+    device, shards = job.runtime.device, learner.shards
+    finetune = learner.backbone is not None
+    optimizer = learner.optimizer
+    learner.model.train()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, images
+    for global_rows in torch.randperm(len(train), generator=schedule.order).split(schedule.global_batch):
+        start, stop = shards.shard_bounds(len(global_rows))
+        if len(global_rows) < images_per_step(shards.world_size, finetune):  # a too-small last batch
+            continue
+        batch = train[global_rows[start:stop]]
+        inputs, labels = batch.inputs.to(device), batch.labels.to(device)
+        for group, base_lr in zip(optimizer.param_groups, schedule.base_lrs):
+            group["lr"] = lr_at(schedule.step, schedule.total_steps, 0, base_lr)
+        with autocast(device, job.runtime.precision):
+            if finetune:
+                view = make_view(
+                    inputs,
+                    LIGHT_VIEW,
+                    job.config.image_size,
+                    schedule.views,
+                    global_batch=len(global_rows),
+                    offset=start,
+                )
+                inputs = view.contiguous(memory_format=job.runtime.memory_format)
+            logits = learner.model(inputs)
+        loss = F.cross_entropy(logits.float(), labels)
+        backward_step(optimizer, schedule.scaler, loss)
+        schedule.step += 1
+        correct = (logits.argmax(1) == labels).sum().double()
+        totals += torch.stack([loss.detach().double() * len(labels), correct, totals.new_tensor(len(labels))])
+    if finetune:
+        average_buffers(learner.backbone, job.runtime.ranks)
+    loss_sum, correct, seen = shards.all_reduce_sum(totals).tolist()
+    return loss_sum / seen, correct / seen

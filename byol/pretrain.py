@@ -27,7 +27,7 @@ from byol.cache import check_view_size, default_cache_size, load_cache
 from byol.capacity import check_cpu_memory
 from byol.data import Split, read_split
 from byol.device import MEMORY_FORMAT, grad_scaler, resolve_precision
-from byol.distributed import Ranks, average_buffers, process_group, sync_batchnorm, wrap
+from byol.distributed import Ranks, Runtime, average_buffers, process_group, sync_batchnorm, wrap
 from byol.errors import Stopped, UserError
 from byol.evaluate import diagnostic_voters, effective_rank, extract_features, knn_accuracy
 from byol.files import load_torch, save_torch, write_csv, write_json
@@ -36,7 +36,7 @@ from byol.optim import OPTIMIZERS, default_lr, make_optimizer
 from byol.plots import plot_views
 from byol.resume import StopRequest, check_fresh_start, check_resume_config
 from byol.schedules import lr_at, tau_at
-from byol.step import seeded_generator, step_views, train_step
+from byol.step import Trainer, seeded_generator, step_views, train_step
 
 log = logging.getLogger(__name__)
 
@@ -162,13 +162,7 @@ def monitor_rows(split: Split, diag_voters: int) -> MonitorRows:
 
 
 def knn_monitor(
-    model: BYOL,
-    images: torch.Tensor,
-    rows: MonitorRows,
-    image_size: int,
-    device: torch.device,
-    precision: str,
-    fmt: torch.memory_format,
+    model: BYOL, images: torch.Tensor, rows: MonitorRows, image_size: int, runtime: Runtime
 ) -> dict[str, float]:
     """k-NN accuracy (labelled -> test, and diagnostic voters -> test), the per-dimension std of the
     normalised features, their effective rank, and the seconds all of it took.
@@ -183,10 +177,7 @@ def knn_monitor(
     started = time.perf_counter()
     unique = list(dict.fromkeys(rows.labelled + rows.test + rows.voters))
     position = {row: i for i, row in enumerate(unique)}
-    features = extract_features(
-        model.backbone, images, unique, image_size, device, precision, memory_format=fmt
-    )
-    features = features.cpu()
+    features = extract_features(model.backbone, images, unique, image_size, runtime).cpu()
 
     def of(subset: list[int]) -> torch.Tensor:
         return features[[position[row] for row in subset]]
@@ -217,85 +208,98 @@ def describe_monitor(monitored: dict[str, float]) -> str:
     )
 
 
-def pretrain(
-    config: PretrainConfig,
-    out_dir: Path,
-    device_name: str = "auto",
-    precision_name: str = "auto",
-    resume: bool = False,
-    stop_after_epochs: int = 0,
-    overwrite: bool = False,
-    snapshot_epochs: str = "",
-    compile_mode: str = "off",
-    time_budget_s: float = 0.0,
-    setting: str = "",
-) -> BYOL:
-    """Run (or resume) BYOL pretraining and return the trained model.
+@dataclass(frozen=True)
+class RunOptions:
+    """How a pretraining run goes, beside what it learns (PretrainConfig): train_byol.py's other flags.
 
-    An earlier run in `out_dir` needs `resume` (continue it) or `overwrite` (start over).
-    Under torchrun each process calls this; they train one model together (see byol.distributed).
+    An earlier run in the output folder needs `resume` (continue it) or `overwrite` (start over).
     `snapshot_epochs` and `compile_mode` change how the run goes, not its result, so a resumed run
     may change them: see `parse_snapshot_epochs` and `use_compile`. With `time_budget_s` a new run
     measures this machine's speed and trains as many epochs as fit (config.epochs is then replaced,
-    and saved); a resumed run keeps the epochs it started with. `setting` is recorded in
-    byol_config.json (train_byol.py's --setting).
+    and saved); a resumed run keeps the epochs it started with. `stop_after_epochs` pauses the run
+    (resumable) every that many epochs; `setting` is recorded in byol_config.json (--setting).
+    """
+
+    device_name: str = "auto"
+    precision_name: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    stop_after_epochs: int = 0
+    snapshot_epochs: str = ""
+    compile_mode: str = "off"
+    time_budget_s: float = 0.0
+    setting: str = ""
+
+
+def pretrain(config: PretrainConfig, out_dir: Path, options: RunOptions = RunOptions()) -> BYOL:
+    """Run (or resume) BYOL pretraining and return the trained model.
+
+    Under torchrun each process calls this; they train one model together (see byol.distributed).
     """
     out_dir = Path(out_dir)
-    if compile_mode not in COMPILE_MODES:
-        raise UserError(f"--compile {compile_mode!r}: use one of {', '.join(COMPILE_MODES)}")
-    check_fresh_start(out_dir, (CHECKPOINT_FILE, WEIGHTS_FILE), resume, overwrite)
-    with process_group(device_name) as (ranks, device):
-        checkpoint = read_checkpoint(out_dir / CHECKPOINT_FILE, ranks) if resume else None
+    if options.compile_mode not in COMPILE_MODES:
+        raise UserError(f"--compile {options.compile_mode!r}: use one of {', '.join(COMPILE_MODES)}")
+    check_fresh_start(out_dir, (CHECKPOINT_FILE, WEIGHTS_FILE), options.resume, options.overwrite)
+    with process_group(options.device_name) as (ranks, device):
+        checkpoint = read_checkpoint(out_dir / CHECKPOINT_FILE, ranks) if options.resume else None
         if checkpoint is not None:
             config = check_resume_config(checkpoint["config"], config)
-        budgeted = bool(time_budget_s) and checkpoint is None
+        budgeted = bool(options.time_budget_s) and checkpoint is None
         config = config.resolved(ranks.world_size)
-        parse_snapshot_epochs(snapshot_epochs, 10**9 if budgeted else config.epochs)  # fail before the cache
-        run = build_run(config, out_dir, ranks, device, precision_name)
+        # fail before the cache is built
+        parse_snapshot_epochs(options.snapshot_epochs, 10**9 if budgeted else config.epochs)
+        run = build_run(config, out_dir, ranks, device, options.precision_name)
         state = restore(run, checkpoint) if checkpoint is not None else TrainState()
         speed = measure_speed(run)
-        if budgeted:
-            epochs = epochs_for_budget(time_budget_s, speed, run.steps_per_epoch, run.global_batch)
-            epochs = int(ranks.all_reduce_sum(torch.tensor(float(epochs if ranks.is_main else 0))).item())
-            run.config = replace(run.config, epochs=epochs)  # fixed now: the schedules know their end
-            log.info(
-                f"time budget {format_duration(time_budget_s)}: {epochs} epochs fit at the measured speed"
-            )
-        elif time_budget_s:
-            log.info("--time-budget: a resumed run keeps the number of epochs it started with")
-        snapshots = parse_snapshot_epochs(snapshot_epochs, run.config.epochs)
-        if use_compile(compile_mode, device, run.total_steps - state.step):
+        fix_epochs(run, speed, options.time_budget_s, resumed=checkpoint is not None)
+        if use_compile(options.compile_mode, device, run.total_steps - state.step):
             run.train_model = torch.compile(run.train_model)
-        start_run(
-            run, state, show_views=not resume, recorded={"time_budget_s": time_budget_s, "setting": setting}
-        )
+        recorded = {"time_budget_s": options.time_budget_s, "setting": options.setting}
+        start_run(run, state, show_views=not options.resume, recorded=recorded)
         log.info(plan_line(run, state, speed))
-        bar = tqdm(
-            total=run.total_steps,
-            initial=state.step,
-            unit="step",
-            dynamic_ncols=True,
-            disable=not ranks.is_main,
-        )
-        with StopRequest() as stop, bar:
-            while state.epoch < run.config.epochs:
-                first_batch = state.batch_in_epoch
-                seconds = train_one_epoch(run, state, stop, bar)
-                end_epoch(run, state, first_batch, seconds, snapshots)
-                if (
-                    stop_after_epochs
-                    and state.epoch < run.config.epochs
-                    and state.epoch % stop_after_epochs == 0
-                ):
-                    raise Stopped(
-                        f"paused after epoch {state.epoch} as asked (--stop-after-epochs); "
-                        "continue with --resume",
-                        0,
-                    )
+        train_epochs(run, state, parse_snapshot_epochs(options.snapshot_epochs, run.config.epochs), options)
         if ranks.is_main:
             path = save_weights(run, state, out_dir / WEIGHTS_FILE)
             log.info(f"wrote {path}: {json.dumps(summarize_pretraining(state.metrics))}")
         return run.model
+
+
+def fix_epochs(run: Run, speed: Speed, budget_s: float, resumed: bool) -> None:
+    """With a time budget (`budget_s`), a new run trains the number of epochs that fit at the measured
+    speed, the same on every process: fixed now, so the schedules know their end. A resumed run keeps
+    the epochs it started with."""
+    if budget_s and not resumed:
+        epochs = epochs_for_budget(budget_s, speed, run.steps_per_epoch, run.global_batch)
+        ranks = run.ranks
+        epochs = int(ranks.all_reduce_sum(torch.tensor(float(epochs if ranks.is_main else 0))).item())
+        run.config = replace(run.config, epochs=epochs)
+        log.info(f"time budget {format_duration(budget_s)}: {epochs} epochs fit at the measured speed")
+    elif budget_s:
+        log.info("--time-budget: a resumed run keeps the number of epochs it started with")
+
+
+def train_epochs(run: Run, state: TrainState, snapshots: set[int], options: RunOptions) -> None:
+    """The epochs left, under one progress bar over every step of the run; Stopped on a signal, or
+    after every options.stop_after_epochs epochs."""
+    bar = tqdm(
+        total=run.total_steps,
+        initial=state.step,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not run.ranks.is_main,
+    )
+    every = options.stop_after_epochs
+    with StopRequest() as stop, bar:
+        while state.epoch < run.config.epochs:
+            first_batch = state.batch_in_epoch
+            seconds = train_one_epoch(run, state, stop, bar)
+            end_epoch(run, state, first_batch, seconds, snapshots)
+            if every and state.epoch < run.config.epochs and state.epoch % every == 0:
+                raise Stopped(
+                    f"paused after epoch {state.epoch} as asked (--stop-after-epochs); "
+                    "continue with --resume",
+                    0,
+                )
 
 
 def monitored_after(config: PretrainConfig, epoch: int) -> bool:
@@ -369,6 +373,14 @@ class Run:
     @property
     def checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT_FILE
+
+    @property
+    def runtime(self) -> Runtime:
+        return Runtime(self.device, self.precision, self.ranks, MEMORY_FORMAT)
+
+    @property
+    def trainer(self) -> Trainer:
+        return Trainer(self.train_model, self.model, self.optimizer, self.scaler, self.runtime)
 
 
 def read_checkpoint(path: Path, ranks: Ranks) -> dict:
@@ -513,15 +525,7 @@ def monitor(run: Run) -> dict[str, float]:
     """The k-NN monitor on rank 0 only (the others wait): every rank's backbone is the same."""
     result = NOT_MONITORED
     if run.ranks.is_main:
-        result = knn_monitor(
-            run.model,
-            run.images,
-            run.watched,
-            run.config.image_size,
-            run.device,
-            run.precision,
-            MEMORY_FORMAT,
-        )
+        result = knn_monitor(run.model, run.images, run.watched, run.config.image_size, run.runtime)
     run.ranks.barrier()
     return result
 
@@ -549,20 +553,10 @@ def train_one_epoch(run: Run, state: TrainState, stop: StopRequest, bar: tqdm) -
     bar.set_description(f"BYOL epoch {state.epoch + 1}/{config.epochs}")
     for batch in range(first_batch, run.steps_per_epoch):
         global_rows = epoch_rows[batch * run.global_batch : (batch + 1) * run.global_batch]
-        view_1, view_2 = step_views(
-            run.images, global_rows, run.views, generator, ranks, run.device, MEMORY_FORMAT
-        )
+        view_1, view_2 = step_views(run.images, global_rows, run.views, generator, run.runtime)
+        lr = lr_at(state.step, run.total_steps, run.warmup_steps, config.lr)
         loss = train_step(
-            run.train_model,
-            run.model,
-            run.optimizer,
-            view_1,
-            view_2,
-            lr_at(state.step, run.total_steps, run.warmup_steps, config.lr),
-            tau_at(state.step, run.total_steps, config.tau_base),
-            run.device,
-            run.precision,
-            run.scaler,
+            run.trainer, view_1, view_2, lr, tau_at(state.step, run.total_steps, config.tau_base)
         )
         state.step += 1
         # One small all-reduce per step: the mean loss over ranks, and whether any rank was asked to

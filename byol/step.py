@@ -6,12 +6,14 @@ the code that trains.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from byol.augment import BYOLViews
 from byol.device import autocast
-from byol.distributed import Ranks
+from byol.distributed import Runtime
 from byol.model import BYOL
 from byol.optim import set_learning_rates
 
@@ -26,40 +28,39 @@ def step_views(
     global_rows: torch.Tensor,
     views: BYOLViews,
     generator: torch.Generator,
-    ranks: Ranks,
-    device: torch.device,
-    fmt: torch.memory_format,
+    runtime: Runtime,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's two views of its slice of the global batch `global_rows` of the cache `images`."""
-    start, stop = ranks.shard_bounds(len(global_rows))
-    batch = images[global_rows[start:stop]].to(device, non_blocking=True)  # (B, 3, S, S) uint8
+    start, stop = runtime.ranks.shard_bounds(len(global_rows))
+    batch = images[global_rows[start:stop]].to(runtime.device, non_blocking=True)  # (B, 3, S, S) uint8
     view_1, view_2 = views(batch, generator, global_batch=len(global_rows), offset=start)
+    fmt = runtime.memory_format
     return view_1.contiguous(memory_format=fmt), view_2.contiguous(memory_format=fmt)
 
 
-def train_step(
-    train_model: nn.Module,
-    model: BYOL,
-    optimizer: torch.optim.Optimizer,
-    view_1: torch.Tensor,
-    view_2: torch.Tensor,
-    lr: float,
-    tau: float,
-    device: torch.device,
-    precision: str,
-    scaler: torch.amp.GradScaler,
-) -> torch.Tensor:
-    """Loss, backward, optimiser step at `lr`, EMA of the target at `tau`; returns the detached loss.
+@dataclass
+class Trainer:
+    """What a BYOL step updates, and where. `train_model` is `model` itself, or its
+    DistributedDataParallel (and/or torch.compile) wrapper, which averages the gradients across ranks
+    during backward. `scaler` (byol.device.grad_scaler) scales the loss in fp16 and skips the step
+    when the gradients overflowed; in fp32 and bf16 it does nothing."""
 
-    `train_model` is `model` itself, or its DistributedDataParallel wrapper (which averages the
-    gradients across ranks during backward). `scaler` (byol.device.grad_scaler) scales the loss in
-    fp16 and skips the step when the gradients overflowed; in fp32 and bf16 it does nothing.
-    """
-    set_learning_rates(optimizer, lr)
-    with autocast(device, precision):
-        loss = train_model(view_1, view_2)
-    backward_step(optimizer, scaler, loss)
-    model.update_target(tau)
+    train_model: nn.Module
+    model: BYOL
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    runtime: Runtime
+
+
+def train_step(
+    trainer: Trainer, view_1: torch.Tensor, view_2: torch.Tensor, lr: float, tau: float
+) -> torch.Tensor:
+    """Loss, backward, optimiser step at `lr`, EMA of the target at `tau`; returns the detached loss."""
+    set_learning_rates(trainer.optimizer, lr)
+    with autocast(trainer.runtime.device, trainer.runtime.precision):
+        loss = trainer.train_model(view_1, view_2)
+    backward_step(trainer.optimizer, trainer.scaler, loss)
+    trainer.model.update_target(tau)
     return loss.detach()
 
 

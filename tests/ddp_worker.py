@@ -16,7 +16,7 @@ import torch
 
 from byol import pretrain as pretrain_module
 from byol.errors import Stopped
-from byol.pretrain import PretrainConfig, pretrain
+from byol.pretrain import PretrainConfig, RunOptions, pretrain
 
 out_dir, config, resume, stop_after_epochs, signal_at = (
     Path(sys.argv[1]),
@@ -30,27 +30,26 @@ rows_seen = []
 real_step_views = pretrain_module.step_views
 
 
-def recording_step_views(images, global_rows, views, generator, ranks, device, fmt):
-    start, stop = ranks.shard_bounds(len(global_rows))
+def recording_step_views(images, global_rows, views, generator, runtime):
+    start, stop = runtime.ranks.shard_bounds(len(global_rows))
     rows_seen.append({"global": global_rows.tolist(), "mine": global_rows[start:stop].tolist()})
     if rank == 1 and len(rows_seen) == signal_at:
         os.kill(os.getpid(), signal.SIGTERM)
-    return real_step_views(images, global_rows, views, generator, ranks, device, fmt)
+    return real_step_views(images, global_rows, views, generator, runtime)
 
 
 pretrain_module.step_views = recording_step_views
 try:
     # fp32: the comparison with one process is to float32 rounding; bf16 (what "auto" picks on CPUs with
     # bf16 units) rounds to 8 bits and would hide a real difference.
-    model = pretrain(
-        config,
-        out_dir,
+    options = RunOptions(
         device_name="cpu",
         precision_name="fp32",
         resume=resume,
         stop_after_epochs=stop_after_epochs,
         snapshot_epochs="1",
     )
+    model = pretrain(config, out_dir, options)
     torch.save(model.state_dict(), out_dir / f"rank{rank}_model.pt")
 except Stopped as stopped:
     print(stopped, file=sys.stderr)

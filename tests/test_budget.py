@@ -13,7 +13,7 @@ from byol import pretrain as pretrain_module
 from byol.budget import CPU_SETTING, Speed, epochs_for_budget, parse_duration
 from byol.errors import Stopped
 from byol.files import load_torch
-from byol.pretrain import PretrainConfig, pretrain
+from byol.pretrain import PretrainConfig, RunOptions, pretrain
 from train_byol import parse_args
 
 TINY = {
@@ -48,16 +48,17 @@ def test_a_budgeted_run_fixes_its_epochs_first_and_resumes_exactly(split_dir, tm
     shutil.copytree(out, straight)
     # 32 images an epoch at 16 images/s: 2 s an epoch, so a 7-second budget buys 3 epochs.
     monkeypatch.setattr(pretrain_module, "measure_speed", fake_speed(16.0))
-    pretrain(PretrainConfig(**TINY), straight, device_name="cpu", time_budget_s=7.0)
+    pretrain(PretrainConfig(**TINY), straight, RunOptions(device_name="cpu", time_budget_s=7.0))
     weights = load_torch(straight / "byol.pt")
     assert weights["config"]["epochs"] == 3 and weights["step"] == 12
     assert json.loads((straight / "byol_config.json").read_text())["time_budget_s"] == 7.0
     assert pd.read_csv(straight / "byol_metrics.csv")["tau"].iloc[-1] == 1.0  # the schedule ended on time
     with pytest.raises(Stopped):
-        pretrain(PretrainConfig(**TINY), out, device_name="cpu", time_budget_s=7.0, stop_after_epochs=1)
+        options = RunOptions(device_name="cpu", time_budget_s=7.0, stop_after_epochs=1)
+        pretrain(PretrainConfig(**TINY), out, options)
     # Resumed on a machine that measures twice as fast: the run keeps the 3 epochs it started with.
     monkeypatch.setattr(pretrain_module, "measure_speed", fake_speed(32.0))
-    pretrain(PretrainConfig(**TINY), out, device_name="cpu", time_budget_s=7.0, resume=True)
+    pretrain(PretrainConfig(**TINY), out, RunOptions(device_name="cpu", time_budget_s=7.0, resume=True))
     resumed = load_torch(out / "byol.pt")
     assert resumed["config"]["epochs"] == 3
     assert all(pretrain_module.torch.equal(resumed["backbone"][k], v) for k, v in weights["backbone"].items())
@@ -119,7 +120,7 @@ def test_a_bad_time_budget_is_one_line(split_dir):
 
 
 def test_stage_3_estimates_its_runs_choices_and_feature_passes_from_the_measured_speed():
-    from byol.comparison import GridSpeed, grid_seconds
+    from byol.comparison import GridSpeed, GridWork, grid_seconds
     from byol.finetune import ClassifierConfig
 
     config = ClassifierConfig(
@@ -129,8 +130,11 @@ def test_stage_3_estimates_its_runs_choices_and_feature_passes_from_the_measured
     # A fine-tuning run on 6 images: 2 epochs x 2 steps x 0.5 s, scored on 12 test images twice: 2.24 s.
     # A feature pass over 24 images: 0.24 s. A rate choice on 6 images: 2 rates x 3 folds, each 2 epochs
     # x 1 step on 4 images (0.5 s a step) and one scoring of its 2 held-out images: 6 x 1.02 s.
-    assert grid_seconds(speed, config, 4, 12, [6], [24], [6]) == pytest.approx(2.24 + 0.24 + 6.12)
-    assert grid_seconds(speed, config, 4, 12, [], [], []) == 0
+    work = GridWork(
+        n_test=12, finetune_runs=[6], feature_passes={("random", 0): 24}, choices={("byol", 6): 6}
+    )
+    assert grid_seconds(speed, config, 4, work) == pytest.approx(2.24 + 0.24 + 6.12)
+    assert grid_seconds(speed, config, 4, GridWork(n_test=12)) == 0
 
 
 def test_stage_3_prints_its_plan_before_the_first_run_and_what_is_done_on_a_rerun(split_dir, monkeypatch):
@@ -174,13 +178,12 @@ def test_stage_3_measures_its_speed_on_the_labelled_images(split_dir):
 
     from byol.comparison import measure_grid_speed
     from byol.distributed import Runtime
-    from byol.finetune import ClassifierConfig
+    from byol.finetune import ClassifierConfig, Examples
 
     images = torch.randint(0, 256, (12, 3, 36, 36), dtype=torch.uint8)
     rng = torch.get_rng_state()
     speed = measure_grid_speed(
-        images,
-        torch.arange(12) % 3,
+        Examples(images, torch.arange(12) % 3),
         3,
         ClassifierConfig(batch_size=4, image_size=32),
         Runtime(torch.device("cpu")),

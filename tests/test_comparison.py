@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY_BYOL, assert_one_error_line, run_script, write_split
 from torch import nn
-from tqdm import tqdm
 
 from byol import comparison, finetune
 from byol.cache import load_cache
@@ -33,6 +32,9 @@ from byol.errors import UserError
 from byol.evaluate import extract_features
 from byol.finetune import (
     ClassifierConfig,
+    Examples,
+    Job,
+    Task,
     balanced_subset,
     cross_validate,
     fine_tune,
@@ -116,10 +118,11 @@ def test_every_init_and_mode_of_a_seed_trains_on_the_same_images_head_and_batche
         drawn.append(real_subset(split, n_labels, seed))
         return drawn[-1]
 
-    def recording_fit(model, head, backbone, optimizer, data, seed, *args):
-        runs.append({"seed": seed, "rows": drawn[-1], "head": head.weight.detach().clone(), "batches": []})
-        assert len(data[0]) == len(drawn[-1])
-        return real_fit(model, head, backbone, optimizer, data, seed, *args)
+    def recording_fit(learner, task, job):
+        head = learner.head.weight.detach().clone()
+        runs.append({"seed": job.seed, "rows": drawn[-1], "head": head, "batches": []})
+        assert len(task.train) == len(drawn[-1])
+        return real_fit(learner, task, job)
 
     def recording_cross_entropy(logits, target, *args, **kwargs):
         if kwargs.get("reduction", "mean") == "mean":  # training batches (the test scores sum)
@@ -220,17 +223,10 @@ def test_finetune_mode_changes_the_backbone(pretrained, precision, epochs):
     before = backbone.conv1.weight.detach().clone()
     images = torch.randint(0, 256, (8, 3, 36, 36), dtype=torch.uint8)
     labels = torch.tensor([0, 1] * 4)
+    examples = Examples(images, labels)
+    config = ClassifierConfig(epochs=epochs, batch_size=4, image_size=32, finetune_lrs=[1e-3])
     rows = fine_tune(
-        backbone,
-        images,
-        labels,
-        images,
-        labels,
-        0,
-        2,
-        ClassifierConfig(epochs=epochs, batch_size=4, image_size=32, finetune_lrs=[1e-3]),
-        Runtime(torch.device("cpu"), precision),
-        tqdm(disable=True),
+        backbone, Task(examples, examples, 2), Job(0, config, Runtime(torch.device("cpu"), precision))
     )
     assert not torch.equal(before, backbone.conv1.weight.detach())
     assert all(torch.isfinite(torch.tensor([row["train_loss"], row["test_loss"]])).all() for row in rows)
@@ -246,9 +242,8 @@ def test_probe_lr_is_chosen_on_the_training_images_only():
 
     def head_lrs(test_labels, config=config, mode="frozen", inputs=features, test_inputs=test_features):
         train = train_probe if mode == "frozen" else partial(fine_tune, resnet18_backbone())
-        rows = train(
-            inputs, labels[: len(inputs)], test_inputs, test_labels, 0, 2, config, CPU, tqdm(disable=True)
-        )
+        task = Task(Examples(inputs, labels[: len(inputs)]), Examples(test_inputs, test_labels), 2)
+        rows = train(task, Job(0, config, CPU))
         return {row["head_lr"] for row in rows}
 
     # The held-out folds of the training images tell a probe that learns (1e-1) from one that cannot.
@@ -450,7 +445,9 @@ def test_cross_validation_picks_the_best_held_out_accuracy_then_the_lower_loss()
         seen.append((set(kept.tolist()), set(held_out.tolist())))
         return {"test_acc": scores[lr][0], "test_loss": scores[lr][1]}
 
-    chosen, accuracies = cross_validate(list(scores), 10, 3, 0, score_fold, tqdm(disable=True), "lr")
+    chosen, accuracies = cross_validate(
+        list(scores), 10, 3, score_fold, Job(0, ClassifierConfig(), CPU), "lr"
+    )
     assert chosen == 1e-2 and accuracies == pytest.approx([0.6, 0.8, 0.8])
     for kept, held_out in seen:  # every fold trains on the rest and holds its own rows out
         assert not kept & held_out and kept | held_out == set(range(10))
@@ -493,9 +490,8 @@ def test_lp_ft_starts_fine_tuning_from_the_probe_on_the_raw_features(tmp_path):
     labels = torch.tensor(split.table["label"].to_numpy())
     backbone = resnet18_backbone()
     config = ClassifierConfig(epochs=20, batch_size=8, image_size=32, probe_lrs=[1e-2])
-    cpu = torch.device("cpu")
-    head, lr = probe_head(backbone, cache, labels, 0, 2, config, CPU, tqdm(disable=True))
-    features = extract_features(backbone, cache, list(range(len(cache))), 32, cpu)
+    head, lr = probe_head(backbone, Examples(cache, labels), 2, Job(0, config, CPU))
+    features = extract_features(backbone, cache, range(len(cache)), 32, CPU)
     # The probe learnt on standardised features; folded into the head, it scores the raw ones as well.
     assert lr == 1e-2 and (head(features).argmax(1) == labels).float().mean() >= 0.9
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from conftest import assert_one_error_line, run_script
 
-from byol.pretrain import PretrainConfig, pretrain
+from byol.pretrain import PretrainConfig, RunOptions, pretrain
 
 PROBE_ARGS = ["--seeds", "2", "--n-labels", "8", "--epochs", "2", "--device", "cpu"]
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # every test here pretrains and trains probes
 def snapshot_run(split_dir):
     out = split_dir()
     config = PretrainConfig(epochs=3, batch_size=8, image_size=32, cache_size=36, max_images=32)
-    pretrain(config, out, device_name="cpu", snapshot_epochs="1,3")
+    pretrain(config, out, RunOptions(device_name="cpu", snapshot_epochs="1,3"))
     return out
 
 
@@ -51,7 +51,11 @@ def test_each_snapshot_is_probed_against_one_random_init_and_read_back_on_a_reru
 
 def test_a_run_without_snapshots_says_which_flag_makes_them(split_dir, tmp_path):
     out = split_dir()
-    pretrain(PretrainConfig(epochs=1, batch_size=8, image_size=32, cache_size=36, max_images=16), out, "cpu")
+    pretrain(
+        PretrainConfig(epochs=1, batch_size=8, image_size=32, cache_size=36, max_images=16),
+        out,
+        RunOptions(device_name="cpu"),
+    )
     result = run_script("byol.compute_curve", out, "--out-dir", tmp_path, *PROBE_ARGS)
     assert result.returncode == 2 and "--snapshots log2" in result.stderr
     assert_one_error_line(result.stderr)

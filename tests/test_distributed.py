@@ -19,7 +19,7 @@ from byol.distributed import Ranks
 from byol.files import load_torch
 from byol.model import resnet18_backbone
 from byol.optim import default_lr
-from byol.pretrain import PretrainConfig, pretrain
+from byol.pretrain import PretrainConfig, RunOptions, pretrain
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 # 32 images, 2 epochs of 2 steps; 2 processes x 8 images = a global batch of 16. LARS at lr 1 and
@@ -124,9 +124,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(split_dir, tmp_
     pretrain(
         PretrainConfig(**{**PER_RANK, "batch_size": 16}),
         runs["single"],
-        device_name="cpu",
-        precision_name="fp32",
-        snapshot_epochs="1",
+        RunOptions(device_name="cpu", precision_name="fp32", snapshot_epochs="1"),
     )  # fp32 here and in the workers: they must agree to float32 rounding
     torchrun(runs["synced"], {**PER_RANK, "sync_bn": True})
     torchrun(runs["plain"], PER_RANK)

@@ -24,7 +24,7 @@ from byol.data import read_split
 from byol.errors import Stopped, UserError
 from byol.files import load_torch
 from byol.model import BYOL, RESNET18_FEATURES, resnet18_backbone
-from byol.pretrain import PretrainConfig, pretrain, pretraining_indices
+from byol.pretrain import PretrainConfig, RunOptions, pretrain, pretraining_indices
 
 
 def tiny_config(**overrides) -> PretrainConfig:
@@ -69,7 +69,9 @@ def test_train_byol_writes_weights_that_load_into_stock_resnet18(split_dir):
 def test_loss_falls_and_features_do_not_collapse(split_dir):
     out = split_dir(per_class=40)
     # At lr 2e-3 this tiny run plateaus after epoch 1 on some machines (1.88-1.90); at 1e-3 it keeps falling.
-    pretrain(tiny_config(epochs=6, max_images=64, optimizer="adamw", lr=1e-3), out, device_name="cpu")
+    pretrain(
+        tiny_config(epochs=6, max_images=64, optimizer="adamw", lr=1e-3), out, RunOptions(device_name="cpu")
+    )
     metrics = pd.read_csv(out / "byol_metrics.csv")
     losses = metrics["loss"].dropna().tolist()
     # Past the first epoch's fast drop (the predictor catching up), the loss still falls.
@@ -81,11 +83,11 @@ def test_loss_falls_and_features_do_not_collapse(split_dir):
 @pytest.mark.slow
 def test_diagnostic_knn_votes_with_many_non_test_images_and_can_be_turned_off(split_dir):
     out = split_dir(per_class=40)
-    pretrain(tiny_config(epochs=1, max_images=16, diag_voters=48), out, device_name="cpu")
+    pretrain(tiny_config(epochs=1, max_images=16, diag_voters=48), out, RunOptions(device_name="cpu"))
     metrics = pd.read_csv(out / "byol_metrics.csv")
     # Voters from every non-test image, not only the 16 pretrained on; k=200 is capped at the 48 voters.
     assert metrics["diag_knn_k20"].notna().all() and metrics["diag_knn_k200"].notna().all()
-    pretrain(tiny_config(epochs=1, diag_voters=0), out, device_name="cpu", overwrite=True)
+    pretrain(tiny_config(epochs=1, diag_voters=0), out, RunOptions(device_name="cpu", overwrite=True))
     metrics = pd.read_csv(out / "byol_metrics.csv")
     assert metrics["diag_knn_k20"].isna().all() and metrics["knn_acc"].notna().all()
 
@@ -94,7 +96,7 @@ def test_diagnostic_knn_votes_with_many_non_test_images_and_can_be_turned_off(sp
 @pytest.mark.parametrize("knn_every, monitored_epochs", [(0, [0, 3]), (2, [0, 2, 3])])
 def test_knn_monitor_runs_at_the_start_every_n_epochs_and_at_the_end(split_dir, knn_every, monitored_epochs):
     out = split_dir()
-    pretrain(tiny_config(epochs=3, knn_every=knn_every), out, device_name="cpu")
+    pretrain(tiny_config(epochs=3, knn_every=knn_every), out, RunOptions(device_name="cpu"))
     metrics = pd.read_csv(out / "byol_metrics.csv")
     assert metrics.loc[metrics["knn_acc"].notna(), "epoch"].tolist() == monitored_epochs
 
@@ -104,12 +106,12 @@ def test_two_epochs_equal_one_epoch_then_resume(split_dir, tmp_path):
     out = split_dir()
     straight = tmp_path / "straight"
     shutil.copytree(out, straight)
-    pretrain(tiny_config(), straight, device_name="cpu", snapshot_epochs="log2")
+    pretrain(tiny_config(), straight, RunOptions(device_name="cpu", snapshot_epochs="log2"))
 
     with pytest.raises(Stopped) as paused:
-        pretrain(tiny_config(), out, device_name="cpu", stop_after_epochs=1, snapshot_epochs="1")
+        pretrain(tiny_config(), out, RunOptions(device_name="cpu", stop_after_epochs=1, snapshot_epochs="1"))
     assert paused.value.exit_code == 0 and not (out / "byol.pt").exists()
-    pretrain(PretrainConfig(), out, device_name="cpu", resume=True)  # the saved config wins
+    pretrain(PretrainConfig(), out, RunOptions(device_name="cpu", resume=True))  # the saved config wins
     assert_same_weights(straight, out)
     # Snapshots: byol.pt's format after the epochs asked for; the last one is byol.pt's backbone.
     assert sorted(path.name for path in (straight / "snapshots").iterdir()) == [
@@ -142,10 +144,10 @@ def test_fp16_trains_with_loss_scaling_and_resumes_exactly(split_dir, tmp_path):
     straight = tmp_path / "straight"
     shutil.copytree(out, straight)
     config = tiny_config(image_size=16, cache_size=20, knn_every=0)
-    pretrain(config, straight, device_name="cpu", precision_name="fp16")
+    pretrain(config, straight, RunOptions(device_name="cpu", precision_name="fp16"))
     with pytest.raises(Stopped):
-        pretrain(config, out, device_name="cpu", precision_name="fp16", stop_after_epochs=1)
-    pretrain(config, out, device_name="cpu", precision_name="fp16", resume=True)
+        pretrain(config, out, RunOptions(device_name="cpu", precision_name="fp16", stop_after_epochs=1))
+    pretrain(config, out, RunOptions(device_name="cpu", precision_name="fp16", resume=True))
     assert_same_weights(straight, out)
     # The loss scale and its growth counter carry over, as they would not if the scaler restarted.
     scaler_state = load_torch(straight / "byol_checkpoint.pt")["grad_scaler"]
@@ -159,7 +161,7 @@ def test_fp16_trains_with_loss_scaling_and_resumes_exactly(split_dir, tmp_path):
 def test_a_nan_loss_in_fp16_also_suggests_another_precision(split_dir):
     config = tiny_config(epochs=1, image_size=16, cache_size=20, knn_every=0, optimizer="sgd", lr=1e30)
     with pytest.raises(UserError, match="loss became .* Lower --lr, or train in --precision fp32 or bf16"):
-        pretrain(config, split_dir(), device_name="cpu", precision_name="fp16")
+        pretrain(config, split_dir(), RunOptions(device_name="cpu", precision_name="fp16"))
 
 
 def assert_same_weights(dir_a, dir_b):
@@ -195,7 +197,7 @@ def test_sigterm_mid_epoch_saves_and_resume_is_exact(split_dir, tmp_path, monkey
     out = split_dir()
     straight = tmp_path / "straight"
     shutil.copytree(out, straight)
-    pretrain(tiny_config(), straight, device_name="cpu")
+    pretrain(tiny_config(), straight, RunOptions(device_name="cpu"))
 
     calls = {"n": 0}
     real_step_views = pretrain_module.step_views
@@ -208,12 +210,12 @@ def test_sigterm_mid_epoch_saves_and_resume_is_exact(split_dir, tmp_path, monkey
 
     monkeypatch.setattr(pretrain_module, "step_views", signal_on_sixth_batch)
     with pytest.raises(Stopped) as stopped:
-        pretrain(tiny_config(), out, device_name="cpu")
+        pretrain(tiny_config(), out, RunOptions(device_name="cpu"))
     assert stopped.value.exit_code == 128 + signal.SIGTERM
     checkpoint = load_torch(out / "byol_checkpoint.pt")
     assert (checkpoint["state"]["epoch"], checkpoint["state"]["batch_in_epoch"]) == (1, 2)
     monkeypatch.setattr(pretrain_module, "step_views", real_step_views)
-    pretrain(tiny_config(), out, device_name="cpu", resume=True)
+    pretrain(tiny_config(), out, RunOptions(device_name="cpu", resume=True))
     assert_same_weights(straight, out)
 
 
@@ -260,14 +262,14 @@ def test_cache_is_built_once_and_rebuilt_when_the_split_changes(split_dir):
 @pytest.mark.slow
 def test_resume_from_a_damaged_or_foreign_checkpoint_is_a_clear_error(split_dir):
     out = split_dir()
-    pretrain(tiny_config(epochs=1), out, device_name="cpu")
+    pretrain(tiny_config(epochs=1), out, RunOptions(device_name="cpu"))
     checkpoint = out / "byol_checkpoint.pt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:5000])  # cut off, as by a full disk or a bad copy
     with pytest.raises(UserError, match="byol_checkpoint.pt is not a readable checkpoint .*--overwrite"):
-        pretrain(tiny_config(epochs=2), out, device_name="cpu", resume=True)
+        pretrain(tiny_config(epochs=2), out, RunOptions(device_name="cpu", resume=True))
     torch.save({"model": {}}, checkpoint)
     with pytest.raises(UserError, match="byol_checkpoint.pt is not a train_byol.py checkpoint"):
-        pretrain(tiny_config(epochs=2), out, device_name="cpu", resume=True)
+        pretrain(tiny_config(epochs=2), out, RunOptions(device_name="cpu", resume=True))
 
 
 def test_a_cpu_step_that_cannot_fit_in_memory_is_refused_before_the_cache_is_built(split_dir, monkeypatch):
@@ -279,7 +281,7 @@ def test_a_cpu_step_that_cannot_fit_in_memory_is_refused_before_the_cache_is_bui
         UserError,
         match=rf"--batch-size 8 at --image-size 32 \(fp32\) needs about {readable_size(needed)} of memory",
     ):
-        pretrain(config, out, device_name="cpu", precision_name="fp32")
+        pretrain(config, out, RunOptions(device_name="cpu", precision_name="fp32"))
     assert not (out / "cache").exists() and not (out / "byol_checkpoint.pt").exists()
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: every process of this machine needs its own
     monkeypatch.setattr(capacity, "available_memory_bytes", lambda: int(2 * needed) - 1)
@@ -431,7 +433,7 @@ def test_compile_auto_is_on_for_cuda_only():
     assert pretrain_module.use_compile("auto", cuda, 10) and not pretrain_module.use_compile("auto", cuda, 0)
     assert pretrain_module.use_compile("on", cpu, 1) and not pretrain_module.use_compile("off", cuda, 10**6)
     with pytest.raises(UserError, match="--compile 'yes'"):
-        pretrain(tiny_config(), "unused", compile_mode="yes")
+        pretrain(tiny_config(), "unused", RunOptions(compile_mode="yes"))
 
 
 @pytest.mark.slow
@@ -444,7 +446,7 @@ def test_compile_wraps_the_training_step_and_keeps_plain_weights(split_dir, monk
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     out = split_dir()
-    model = pretrain(tiny_config(epochs=1), out, device_name="cpu", compile_mode="on")
+    model = pretrain(tiny_config(epochs=1), out, RunOptions(device_name="cpu", compile_mode="on"))
     assert compiled == [model]  # the whole BYOL forward (both views, both networks), once
     weights = load_torch(out / "byol.pt")["backbone"]
     assert not any(name.startswith("_orig_mod") for name in weights)
@@ -466,7 +468,7 @@ def test_resume_with_a_changed_flag_or_another_process_count_is_refused(split_di
     checkpoint["world_size"] = 2
     torch.save(checkpoint, out / "byol_checkpoint.pt")
     with pytest.raises(UserError, match=r"trained by 2 process\(es\), this run has 1; resume with the same"):
-        pretrain(tiny_config(), out, device_name="cpu", resume=True)
+        pretrain(tiny_config(), out, RunOptions(device_name="cpu", resume=True))
     assert not (out / "byol.pt").exists()
 
 
@@ -480,6 +482,6 @@ def test_a_checkpoint_is_written_mid_epoch_every_checkpoint_interval(split_dir, 
 
     monkeypatch.setattr(pretrain_module, "CHECKPOINT_EVERY_S", -1.0)  # every step is past the interval
     monkeypatch.setattr(pretrain_module, "save_checkpoint", recording_save)
-    pretrain(tiny_config(epochs=1, knn_every=0), split_dir(), device_name="cpu")
+    pretrain(tiny_config(epochs=1, knn_every=0), split_dir(), RunOptions(device_name="cpu"))
     # Mid-epoch saves carry the augmentation generator (for an exact resume); the epoch's end does not.
     assert saved == [(0, 1, True), (0, 2, True), (0, 3, True), (0, 4, True), (1, 0, False)]
