@@ -73,7 +73,13 @@ def main() -> None:
         image_dir = args.data_dir or Path("data/PetImages")
     check_out_dir(image_dir, args.out_dir)
     result = make_split(
-        image_dir, args.n_labelled, args.n_test, args.seed, args.workers, args.min_size, args.max_pixels
+        image_dir,
+        args.n_labelled,
+        args.n_test,
+        seed=args.seed,
+        workers=args.workers,
+        min_size=args.min_size,
+        max_pixels=args.max_pixels,
     )
     settings = {
         name: getattr(args, name) for name in ("n_labelled", "n_test", "seed", "min_size", "max_pixels")

@@ -36,7 +36,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out-dir", type=Path, default=Path("results"), help="reads splits.csv, writes byol.pt"
     )
-    parser.add_argument(
+    add_length_flags(parser.add_argument_group("how long"), defaults)
+    add_view_flags(parser.add_argument_group("images and views"), defaults)
+    add_optimiser_flags(parser.add_argument_group("optimisation"), defaults)
+    add_monitor_flags(parser.add_argument_group("k-NN monitor"), defaults)
+    add_running_flags(parser.add_argument_group("where and how it runs"), defaults)
+    return parser
+
+
+def add_length_flags(group, defaults: PretrainConfig) -> None:
+    """The setting, and the number of epochs or the time they may take."""
+    group.add_argument(
         "--setting",
         choices=SETTINGS,
         default="auto",
@@ -45,13 +55,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         f"sized by --time-budget, {format_duration(CPU_SETTING['time_budget'])} unless given. auto: cpu "
         "when --device resolves to a CPU, else gpu",
     )
-    parser.add_argument(
+    group.add_argument(
         "--epochs",
         type=positive_int,
         default=None,
         help=f"default {defaults.epochs}, or as many as fit in --time-budget; given, it overrides the budget",
     )
-    parser.add_argument(
+    group.add_argument(
         "--time-budget",
         type=duration,
         default=0.0,
@@ -60,18 +70,46 @@ def get_args_parser() -> argparse.ArgumentParser:
         "machine before the first step; fixed then, so --resume stays exact (default: none; the cpu "
         "setting's own)",
     )
-    add_batch_and_device_arguments(parser, defaults.batch_size)
-    parser.add_argument(
+
+
+def add_view_flags(group, defaults: PretrainConfig) -> None:
+    """What BYOL trains on: the images, the views' size and augmentations."""
+    group.add_argument(
+        "--max-images",
+        type=non_negative_int,
+        default=defaults.max_images,
+        help="pretrain on a random subset of this many images (0: all)",
+    )
+    group.add_argument(
         "--image-size", type=positive_int, default=defaults.image_size, help="side of each view, px"
     )
-    parser.add_argument(
+    group.add_argument(
         "--cache-size",
         type=non_negative_int,
         default=defaults.cache_size,
         help="side of the decoded image cache, px (default: 1.15 x --image-size)",
     )
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
-    parser.add_argument(
+    for end in ("min", "max"):
+        group.add_argument(
+            f"--blur-sigma-{end}",
+            type=positive_float,
+            default=getattr(defaults, f"blur_sigma_{end}"),
+            help=f"{end} Gaussian blur sigma, px of the view (paper: 0.1-2.0 at 224 px; "
+            "x image-size/224 keeps its relative strength)",
+        )
+    group.add_argument(
+        "--crop-min-scale",
+        type=float,
+        default=defaults.crop_min_scale,
+        help="smallest random crop, as a fraction of the image area",
+    )
+    group.add_argument("--seed", type=int, default=defaults.seed)
+
+
+def add_optimiser_flags(group, defaults: PretrainConfig) -> None:
+    """The optimiser, its rates, and the target network's EMA."""
+    group.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
+    group.add_argument(
         "--lr",
         type=non_negative_float,
         default=defaults.lr,
@@ -79,56 +117,45 @@ def get_args_parser() -> argparse.ArgumentParser:
         + ", ".join(f"{k} {v:g}" for k, v in BASE_LR_PER_256.items())
         + " x batch-size / 256)",
     )
-    parser.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay)
-    for end in ("min", "max"):
-        parser.add_argument(
-            f"--blur-sigma-{end}",
-            type=positive_float,
-            default=getattr(defaults, f"blur_sigma_{end}"),
-            help=f"{end} Gaussian blur sigma, px of the view (paper: 0.1-2.0 at 224 px; "
-            "x image-size/224 keeps its relative strength)",
-        )
-    parser.add_argument(
+    group.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay)
+    group.add_argument(
         "--lars-trust",
         type=positive_float,
         default=defaults.lars_trust,
         help="LARS trust coefficient eta (--optimizer lars only): a step moves each weight tensor by about "
         "lr x eta x its norm",
     )
-    parser.add_argument(
+    group.add_argument(
         "--lars-clip",
         action="store_true",
         help="cap each weight tensor's LARS rate at --lr (LARC; solo-learn's clip_lars_lr, with eta 0.02)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--predictor-lr-scale",
         type=positive_float,
         default=defaults.predictor_lr_scale,
         help="the predictor's learning rate: this x the scheduled rate (e.g. 10)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--warmup-fraction",
         type=non_negative_float,
         default=defaults.warmup_fraction,
         help="fraction of all steps spent warming the learning rate up",
     )
-    parser.add_argument(
+    group.add_argument(
         "--tau-base", type=float, default=defaults.tau_base, help="EMA rate at step 0; rises to 1 on a cosine"
     )
-    parser.add_argument(
-        "--crop-min-scale",
-        type=float,
-        default=defaults.crop_min_scale,
-        help="smallest random crop, as a fraction of the image area",
-    )
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument(
+
+
+def add_monitor_flags(group, defaults: PretrainConfig) -> None:
+    """The k-NN monitor of the features during training."""
+    group.add_argument(
         "--knn-every",
         type=non_negative_int,
         default=defaults.knn_every,
         help="k-NN monitor every N epochs (0: only at the start and end)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--diag-voters",
         type=non_negative_int,
         default=defaults.diag_voters,
@@ -137,39 +164,37 @@ def get_args_parser() -> argparse.ArgumentParser:
         "have. It measures the features precisely enough to choose a pretraining recipe; nothing in the "
         "comparison (probe or fine-tuning rates) may use it. 0: off",
     )
-    parser.add_argument(
-        "--max-images",
-        type=non_negative_int,
-        default=defaults.max_images,
-        help="pretrain on a random subset of this many images (0: all)",
-    )
-    parser.add_argument(
+
+
+def add_running_flags(group, defaults: PretrainConfig) -> None:
+    """Batch, device, processes, checkpoints, snapshots, compiling."""
+    add_batch_and_device_arguments(group, defaults.batch_size)
+    group.add_argument(
         "--sync-bn",
         action="store_true",
         help="under torchrun: BatchNorm statistics over the global batch instead of each process's",
     )
-    add_resume_arguments(parser, "continue from --out-dir/byol_checkpoint.pt")
-    parser.add_argument(
+    add_resume_arguments(group, "continue from --out-dir/byol_checkpoint.pt")
+    group.add_argument(
         "--stop-after-epochs",
         type=non_negative_int,
         default=0,
         help="pause (checkpoint and exit) every N epochs, to split a long run into sessions",
     )
-    parser.add_argument(
+    group.add_argument(
         "--snapshots",
         default="",
         metavar="EPOCHS",
         help="also save the backbone after these epochs to --out-dir/snapshots/byol_epochNNNN.pt (byol.pt's "
         "format): log2 (epochs 1, 2, 4, 8, ... and the last) or a comma list; default none",
     )
-    parser.add_argument(
+    group.add_argument(
         "--compile",
         choices=COMPILE_MODES,
         default="auto",
         help="torch.compile the training step (minutes of compiling per process and per --resume). auto: "
         "on CUDA only (on a 2-core bf16 CPU it measured 1.01x, benchmarks/README.md)",
     )
-    return parser
 
 
 def given_flags(argv: list[str] | None) -> set[str]:

@@ -56,26 +56,56 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out-dir", type=Path, default=Path("results"), help="reads the split and byol.pt here"
     )
-    parser.add_argument("--inits", type=comma_list, default=defaults.inits, help="random,byol")
-    parser.add_argument(
+    add_grid_flags(parser.add_argument_group("the grid"), defaults)
+    add_training_flags(parser.add_argument_group("training"), defaults)
+    add_rate_flags(parser.add_argument_group("learning rates and their choice"), defaults)
+    add_running_flags(parser.add_argument_group("where and how it runs"), defaults)
+    return parser
+
+
+def add_grid_flags(group, defaults: ClassifierConfig) -> None:
+    """Which conditions train: inits, modes, seeds, label counts."""
+    group.add_argument("--inits", type=comma_list, default=defaults.inits, help="random,byol")
+    group.add_argument(
         "--modes",
         type=comma_list,
         default=defaults.modes,
         help="finetune (whole network) and/or frozen (backbone fixed, linear head)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--seeds", type=positive_int, default=defaults.seeds, help="repeats of every condition"
     )
-    parser.add_argument(
+    group.add_argument(
         "--n-labels",
         type=comma_numbers(non_negative_int),
         default=defaults.n_labels,
         help="train on a balanced subset of this many labelled images; a comma list sweeps "
         "(e.g. 25,50,100,250); 0: all of them",
     )
-    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
-    add_batch_and_device_arguments(parser, defaults.batch_size)
-    parser.add_argument(
+
+
+def add_training_flags(group, defaults: ClassifierConfig) -> None:
+    """How long each run trains, on what size of image, and how often it is scored."""
+    group.add_argument("--epochs", type=positive_int, default=defaults.epochs)
+    group.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay)
+    group.add_argument(
+        "--image-size",
+        type=non_negative_int,
+        default=defaults.image_size,
+        help="px; default: the image size byol.pt was pretrained at",
+    )
+    group.add_argument("--cache-size", type=non_negative_int, default=defaults.cache_size)
+    group.add_argument(
+        "--eval-every",
+        type=positive_int,
+        default=defaults.eval_every,
+        help="score the test split every N epochs (always at the last)",
+    )
+
+
+def add_rate_flags(group, defaults: ClassifierConfig) -> None:
+    """The fine-tuning and probe rates, and how they are chosen."""
+    group.add_argument(
         "--finetune-lrs",
         type=comma_numbers(positive_float),
         default=defaults.finetune_lrs,
@@ -84,30 +114,30 @@ def get_args_parser() -> argparse.ArgumentParser:
         f"every seed (default {','.join(f'{lr:g}' for lr in defaults.finetune_lrs)}; the test split plays "
         "no part); one value: no choice",
     )
-    parser.add_argument(
+    group.add_argument(
         "--finetune-folds",
         type=positive_int,
         default=defaults.finetune_folds,
         help="cross-validation folds that choose the fine-tuning rate (each fold fine-tunes a network)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--cv-every-seed",
         action="store_true",
         help="choose the fine-tuning rate on every seed's own labelled images (x seeds the cost)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--lp-ft",
         action="store_true",
         help="fine-tuning starts from the frozen-backbone linear probe's head, then trains everything at "
         "the backbone's rate (LP-FT, Kumar et al. 2022)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--head-lr",
         type=positive_float,
         default=defaults.head_lr,
         help="AdamW learning rate of the fine-tuned network's head (without --lp-ft)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--probe-lrs",
         type=comma_numbers(positive_float),
         default=defaults.probe_lrs,
@@ -116,29 +146,17 @@ def get_args_parser() -> argparse.ArgumentParser:
         f"{','.join(f'{lr:g}' for lr in defaults.probe_lrs)}); one value: no choice. "
         "--resume with other values retrains only the frozen runs",
     )
-    parser.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay)
-    parser.add_argument(
-        "--image-size",
-        type=non_negative_int,
-        default=defaults.image_size,
-        help="px; default: the image size byol.pt was pretrained at",
-    )
-    parser.add_argument("--cache-size", type=non_negative_int, default=defaults.cache_size)
-    parser.add_argument(
-        "--eval-every",
-        type=positive_int,
-        default=defaults.eval_every,
-        help="score the test split every N epochs (always at the last)",
-    )
-    parser.add_argument(
+
+
+def add_running_flags(group, defaults: ClassifierConfig) -> None:
+    """Batch, device, processes, resuming."""
+    add_batch_and_device_arguments(group, defaults.batch_size)
+    group.add_argument(
         "--sync-bn",
         action="store_true",
         help="under torchrun: fine-tuning BatchNorm statistics over the global batch",
     )
-    add_resume_arguments(
-        parser, "keep the runs already complete in classifier_metrics.csv and train the rest"
-    )
-    return parser
+    add_resume_arguments(group, "keep the runs already complete in classifier_metrics.csv and train the rest")
 
 
 def main() -> None:

@@ -265,11 +265,15 @@ def make_view(
     config: ViewConfig,
     out_size: int,
     generator: torch.Generator,
+    *,
     normalize: bool = True,
     global_batch: int = 0,
     offset: int = 0,
 ) -> torch.Tensor:
     """One augmented view of a batch: (B, 3, S, S) uint8 or float in [0, 1] -> (B, 3, out, out) float.
+
+    Seven parameters: what to augment and how, then three named keywords with defaults for the
+    callers that need them (the benchmarks' unnormalised views, and the shard of a global batch).
 
     Under data parallelism, `images` are rows offset..offset+B of a global batch of `global_batch`:
     every rank draws the global batch's parameters (with identically seeded generators) and uses its
@@ -321,7 +325,6 @@ class BYOLViews:
         global_batch: int = 0,
         offset: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return (
-            make_view(images, self.view_1, self.image_size, generator, normalize, global_batch, offset),
-            make_view(images, self.view_2, self.image_size, generator, normalize, global_batch, offset),
-        )
+        options = {"normalize": normalize, "global_batch": global_batch, "offset": offset}
+        view_1 = make_view(images, self.view_1, self.image_size, generator, **options)
+        return view_1, make_view(images, self.view_2, self.image_size, generator, **options)

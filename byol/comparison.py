@@ -43,7 +43,7 @@ from byol.finetune import (
 )
 from byol.model import MIN_BATCH_SIZE, resnet18_backbone
 from byol.plots import mean_and_std, paired_text
-from byol.resume import check_fresh_start
+from byol.resume import check_fresh_start, check_resumable
 from byol.stats import paired_differences
 
 log = logging.getLogger(__name__)
@@ -369,14 +369,8 @@ def finished_rows(config: ClassifierConfig, out_dir: Path, byol_config: dict, wo
             f"--resume: {metrics_path} was trained on another pretraining (byol.pt's settings differ); "
             "start over with --overwrite"
         )
-    changed = [key for key, value in settings.items() if previous.get(key) != value]
-    for key in changed:
-        if key not in frozen_only_settings(config):
-            name = "processes" if key == "world_size" else "--" + key.replace("_", "-")
-            raise UserError(
-                f"--resume: {metrics_path} was trained with {name} {previous.get(key)}, this run has "
-                f"{settings[key]}; resume with the same settings, or start over with --overwrite"
-            )
+    remedy = "resume with the same settings, or start over with --overwrite"
+    changed = check_resumable(metrics_path, previous, settings, remedy, frozen_only_settings(config))
     rows = read_csv(metrics_path, CLASSIFIER_METRIC_COLUMNS, "start over with --overwrite").to_dict("records")
     if changed:  # only the linear probes' settings: keep the fine-tuning runs, retrain the probes
         rows = [row for row in rows if row["mode"] != "frozen"]

@@ -206,9 +206,13 @@ class SplitResult:
 
 
 def make_split(
-    data_dir: Path, n_labelled: int, n_test: int, seed: int, workers: int, min_size: int, max_pixels: int
+    data_dir: Path, n_labelled: int, n_test: int, *, seed: int, workers: int, min_size: int, max_pixels: int
 ) -> SplitResult:
-    """Decode everything under `data_dir` and split the images that decode."""
+    """Decode everything under `data_dir` and split the images that decode.
+
+    Seven parameters, one per data_split.py flag: the split's sizes and seed, the decoding processes,
+    and the two limits an image must meet to be kept; the last four by name.
+    """
     classes = list_classes(data_dir)
     paths = list_files(data_dir, classes)
     decoded = decode_all(data_dir, paths, min_size, max_pixels, workers)

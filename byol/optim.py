@@ -109,11 +109,14 @@ def default_lr(optimizer: str, batch_size: int) -> float:
     return BASE_LR_PER_256[optimizer] * batch_size / 256
 
 
+# Seven parameters: the optimiser's name and rates, then one keyword per train_byol.py flag that
+# tunes it (--lars-trust, --lars-clip, --predictor-lr-scale), each with its default, named by callers.
 def make_optimizer(
     name: str,
     model: nn.Module,
     lr: float,
     weight_decay: float,
+    *,
     lars_trust: float = 1e-3,
     lars_clip: bool = False,
     predictor_lr_scale: float = 1.0,

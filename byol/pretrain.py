@@ -34,7 +34,7 @@ from byol.files import load_torch, save_torch, write_csv, write_json
 from byol.model import BYOL, MIN_BATCH_SIZE, MIN_BATCH_SIZE_REASON, RESNET18_FEATURES, resnet18_backbone
 from byol.optim import OPTIMIZERS, default_lr, make_optimizer
 from byol.plots import plot_views
-from byol.resume import StopRequest, check_fresh_start, check_resume_config
+from byol.resume import StopRequest, check_fresh_start, check_resumable, check_resume_config
 from byol.schedules import lr_at, tau_at
 from byol.step import Trainer, seeded_generator, step_views, train_step
 
@@ -243,7 +243,7 @@ def pretrain(config: PretrainConfig, out_dir: Path, options: RunOptions = RunOpt
     with process_group(options.device_name) as (ranks, device):
         checkpoint = read_checkpoint(out_dir / CHECKPOINT_FILE, ranks) if options.resume else None
         if checkpoint is not None:
-            config = check_resume_config(checkpoint["config"], config)
+            config = check_resume_config(out_dir / CHECKPOINT_FILE, checkpoint["config"], config)
         budgeted = bool(options.time_budget_s) and checkpoint is None
         config = config.resolved(ranks.world_size)
         # fail before the cache is built
@@ -389,11 +389,8 @@ def read_checkpoint(path: Path, ranks: Ranks) -> dict:
     checkpoint = load_torch(path, "start over with --overwrite")
     if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys():
         raise UserError(f"{path} is not a train_byol.py checkpoint; start over with --overwrite")
-    if checkpoint["world_size"] != ranks.world_size:
-        raise UserError(
-            f"--resume: the checkpoint was trained by {checkpoint['world_size']} process(es), "
-            f"this run has {ranks.world_size}; resume with the same number"
-        )
+    remedy = "resume with the same number, or start over with --overwrite"
+    check_resumable(path, {"world_size": checkpoint["world_size"]}, {"world_size": ranks.world_size}, remedy)
     return checkpoint
 
 
@@ -428,9 +425,9 @@ def build_run(
         model,
         config.lr,
         config.weight_decay,
-        config.lars_trust,
-        config.lars_clip,
-        config.predictor_lr_scale,
+        lars_trust=config.lars_trust,
+        lars_clip=config.lars_clip,
+        predictor_lr_scale=config.predictor_lr_scale,
     )
     return Run(
         config=config,

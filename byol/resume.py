@@ -30,20 +30,37 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def check_resume_config(saved: dict, given):
-    """On --resume the saved config wins; a flag that was changed from its default must agree.
+def check_resumable(
+    trained: Path, saved: dict, given: dict, remedy: str, may_change: tuple[str, ...] = ()
+) -> list[str]:
+    """Both stages' --resume check: the settings `given` that differ from those `trained` was made
+    with (`saved`). One that is not in `may_change` is refused in one line naming it, both values,
+    and `remedy`; those that may change are returned."""
+    changed = [name for name, value in given.items() if saved.get(name) != value]
+    for name in changed:
+        if name not in may_change:
+            flag = "the number of processes" if name == "world_size" else "--" + name.replace("_", "-")
+            raise UserError(
+                f"--resume: {trained} was trained with {flag} {saved.get(name)}, this run has "
+                f"{given[name]}; {remedy}"
+            )
+    return changed
+
+
+def check_resume_config(checkpoint: Path, saved: dict, given):
+    """Pretraining's --resume: the saved config wins; a flag that was changed from its default must
+    agree with it (check_resumable).
 
     `given` is a dataclass instance whose defaults are the command line's defaults.
     """
     config_type = type(given)
     defaults = asdict(config_type())
-    for field in fields(config_type):
-        value = getattr(given, field.name)
-        if value != defaults[field.name] and value != saved[field.name]:
-            raise UserError(
-                f"--{field.name.replace('_', '-')} {value} differs from the checkpoint's "
-                f"{saved[field.name]}; drop the flag to resume, or start over with --overwrite"
-            )
+    flags = {
+        field.name: getattr(given, field.name)
+        for field in fields(config_type)
+        if getattr(given, field.name) != defaults[field.name]
+    }
+    check_resumable(checkpoint, saved, flags, "drop the flag to resume, or start over with --overwrite")
     return config_type(**saved)
 
 
