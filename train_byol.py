@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from byol.budget import CPU_SETTING, SETTINGS, duration, format_duration
+from byol.budget import CPU_SETTING, SETTINGS, duration
 from byol.cli import (
     StageArgumentParser,
     add_batch_and_device_arguments,
@@ -28,6 +28,7 @@ from byol.cli import (
 from byol.device import resolve_device
 from byol.optim import BASE_LR_PER_256, OPTIMIZERS
 from byol.pretrain import COMPILE_MODES, PretrainConfig, RunOptions, pretrain
+from byol.timing import format_duration
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,6 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 import torch
 
@@ -69,11 +68,6 @@ def duration(text: str) -> float:
     return seconds
 
 
-def format_duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
-
-
 @dataclass(frozen=True)
 class Speed:
     """What a pretraining epoch costs on this machine."""
@@ -124,7 +118,3 @@ def measure_speed(run, steps: int = 4, warmup: int = 2, monitor_sample: int = 51
             extract_features(model.backbone, run.images, sample, config.image_size, run.runtime)
         monitor_seconds = (time.perf_counter() - started) * len(watched) / max(1, len(sample))
     return Speed(images_per_s=steps * run.global_batch / seconds, monitor_seconds=monitor_seconds)
-
-
-def finish_time(seconds: float, now: datetime | None = None) -> str:
-    return ((now or datetime.now()) + timedelta(seconds=seconds)).strftime("%H:%M")

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from byol.budget import finish_time, format_duration
 from byol.cache import load_cache
 from byol.data import Split, read_split
 from byol.device import resolve_precision
@@ -45,6 +44,7 @@ from byol.model import MIN_BATCH_SIZE, resnet18_backbone
 from byol.plots import mean_and_std, paired_text
 from byol.resume import check_fresh_start, check_resumable
 from byol.stats import paired_differences
+from byol.timing import finish_time, format_duration
 
 log = logging.getLogger(__name__)
 

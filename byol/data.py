@@ -8,8 +8,10 @@ matters and adding one file moves at most that file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from tqdm import tqdm
 
 from byol.errors import UserError
 from byol.files import read_json, write_csv, write_json
+from byol.timing import finish_time, format_duration
 
 SPLITS = ("labelled", "unlabelled", "test")
 SPLITS_FILE = "splits.csv"
@@ -135,21 +138,41 @@ def _decode_chunk(args: tuple[Path, list[str], int, int]) -> list[Decoded]:
 def decode_all(
     data_dir: Path, paths: list[str], min_size: int, max_pixels: int, workers: int
 ) -> list[Decoded]:
-    """Decode `paths` in `workers` processes, with a progress bar; results in the order of `paths`."""
+    """Decode `paths` in `workers` processes, with a progress bar; results in the order of `paths`.
+
+    Once the first chunks are decoded (two per process), the plan line states how long the rest will
+    take at the speed measured on them.
+    """
     chunk = 64
     jobs = [(data_dir, paths[i : i + chunk], min_size, max_pixels) for i in range(0, len(paths), chunk)]
     results: list[Decoded] = []
+    measured_after = min(len(jobs), 2 * max(workers, 1))
+    started = time.perf_counter()
     with tqdm(total=len(paths), desc="decode", unit="img") as bar:
-        if workers <= 1:
-            for job in jobs:
-                results.extend(_decode_chunk(job))
-                bar.update(len(job[1]))
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for decoded in pool.map(_decode_chunk, jobs):
-                    results.extend(decoded)
-                    bar.update(len(decoded))
+        with contextlib.ExitStack() as stack:
+            if workers <= 1:
+                decoded_chunks = map(_decode_chunk, jobs)
+            else:
+                decoded_chunks = stack.enter_context(ProcessPoolExecutor(max_workers=workers)).map(
+                    _decode_chunk, jobs
+                )
+            for done, decoded in enumerate(decoded_chunks, 1):
+                results.extend(decoded)
+                bar.update(len(decoded))
+                if done == measured_after and len(results) < len(paths):
+                    bar.write(decode_plan(len(results), len(paths), time.perf_counter() - started, workers))
     return results
+
+
+def decode_plan(n_done: int, n_total: int, seconds: float, workers: int) -> str:
+    """Stage 1's plan: what is left to decode, and how long it will take at the rate so far."""
+    rate = n_done / max(seconds, 1e-9)
+    left = (n_total - n_done) / rate
+    return (
+        f"plan: decode and check {n_total} files in {max(workers, 1)} process(es). Measured here on the "
+        f"first {n_done}: {rate:.0f} images/s; about {format_duration(left)} more, finishing about "
+        f"{finish_time(left)}"
+    )
 
 
 def split_rank(seed: int, path: str) -> str:

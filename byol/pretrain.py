@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from byol.augment import BYOLViews
-from byol.budget import Speed, epochs_for_budget, finish_time, format_duration, measure_speed
+from byol.budget import Speed, epochs_for_budget, measure_speed
 from byol.cache import check_view_size, default_cache_size, load_cache
 from byol.capacity import check_cpu_memory
 from byol.data import Split, read_split
@@ -37,6 +37,7 @@ from byol.plots import plot_views
 from byol.resume import StopRequest, check_fresh_start, check_resumable, check_resume_config
 from byol.schedules import lr_at, tau_at
 from byol.step import Trainer, seeded_generator, step_views, train_step
+from byol.timing import finish_time, format_duration
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,9 @@ import pytest
 from conftest import REAL_DATA, add_faults, run_script
 
 from byol import data
-from byol.data import make_split, read_split
+from byol.data import decode_plan, make_split, read_split
 from byol.errors import UserError
+from byol.timing import format_duration
 
 
 def split_files(out_dir):
@@ -242,3 +243,28 @@ def test_real_petimages_split(tmp_path):
     assert counts["Cat", "labelled"] == 125 and counts["Dog", "labelled"] == 125
     assert counts["Cat", "test"] == 1250 and counts["Dog", "test"] == 1250
     assert (splits["split"] == "unlabelled").sum() == 22248
+
+
+def test_decoding_states_its_plan_from_the_speed_of_its_first_chunks(image_folder, capsys, monkeypatch):
+    # 3 chunks of 64 files, 1 process: measured on the first 2 chunks, stated before the third.
+    folder = image_folder(per_class=96)
+    events = []
+    real_chunk, real_plan = data._decode_chunk, data.decode_plan
+    monkeypatch.setattr(data, "_decode_chunk", lambda job: events.append("chunk") or real_chunk(job))
+    monkeypatch.setattr(data, "decode_plan", lambda *args: events.append("plan") or real_plan(*args))
+    make_split(folder, 4, 4, seed=0, workers=1, min_size=8, max_pixels=10**8)
+    assert events == ["chunk", "chunk", "plan", "chunk"]
+    out = capsys.readouterr().out
+    assert "plan: decode and check 192 files in 1 process(es). Measured here on the first 128: " in out
+    # 128 images in 2 s: 64 images/s, the other 64 in about 1 s.
+    assert decode_plan(128, 192, 2.0, 1).startswith(
+        "plan: decode and check 192 files in 1 process(es). Measured here on the first 128: 64 images/s; "
+        "about 1 s more, finishing about "
+    )
+    assert "about 4 min more" in decode_plan(100, 7300, 3.0, 2)  # 33 images/s: 216 s to go
+
+
+def test_durations_read_in_seconds_minutes_or_hours():
+    assert [format_duration(s) for s in (0.2, 42, 59.4, 90, 3600, 7500)] == [
+        "1 s", "42 s", "59 s", "2 min", "1 h 00 min", "2 h 05 min",
+    ]  # fmt: skip
