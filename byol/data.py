@@ -140,14 +140,14 @@ def decode_all(
 ) -> list[Decoded]:
     """Decode `paths` in `workers` processes, with a progress bar; results in the order of `paths`.
 
-    Once the first chunks are decoded (two per process), the plan line states how long the rest will
-    take at the speed measured on them.
+    Once two chunks per process are decoded, the plan line states how long the rest will take at the
+    rate of the second round (the first one's includes starting the processes).
     """
     chunk = 64
     jobs = [(data_dir, paths[i : i + chunk], min_size, max_pixels) for i in range(0, len(paths), chunk)]
     results: list[Decoded] = []
-    measured_after = min(len(jobs), 2 * max(workers, 1))
-    started = time.perf_counter()
+    rounds = [max(workers, 1), 2 * max(workers, 1)]  # chunks done at the two times the rate is taken from
+    times: dict[int, float] = {}
     with tqdm(total=len(paths), desc="decode", unit="img") as bar:
         with contextlib.ExitStack() as stack:
             if workers <= 1:
@@ -159,17 +159,19 @@ def decode_all(
             for done, decoded in enumerate(decoded_chunks, 1):
                 results.extend(decoded)
                 bar.update(len(decoded))
-                if done == measured_after and len(results) < len(paths):
-                    bar.write(decode_plan(len(results), len(paths), time.perf_counter() - started, workers))
+                if done in rounds:
+                    times[done] = time.perf_counter()
+                if done == rounds[1] and len(results) < len(paths):
+                    rate = (len(results) - len(jobs[0][1]) * rounds[0]) / (times[done] - times[rounds[0]])
+                    bar.write(decode_plan(len(results), len(paths), rate, workers))
     return results
 
 
-def decode_plan(n_done: int, n_total: int, seconds: float, workers: int) -> str:
-    """Stage 1's plan: what is left to decode, and how long it will take at the rate so far."""
-    rate = n_done / max(seconds, 1e-9)
-    left = (n_total - n_done) / rate
+def decode_plan(n_done: int, n_total: int, rate: float, workers: int) -> str:
+    """Stage 1's plan: what is left to decode, and how long it will take at `rate` images/s."""
+    left = (n_total - n_done) / max(rate, 1e-9)
     return (
-        f"plan: decode and check {n_total} files in {max(workers, 1)} process(es). Measured here on the "
+        f"plan: decode and check {n_total} files in {max(workers, 1)} process(es). Measured here after the "
         f"first {n_done}: {rate:.0f} images/s; about {format_duration(left)} more, finishing about "
         f"{finish_time(left)}"
     )

@@ -246,22 +246,25 @@ def test_real_petimages_split(tmp_path):
 
 
 def test_decoding_states_its_plan_from_the_speed_of_its_first_chunks(image_folder, capsys, monkeypatch):
-    # 3 chunks of 64 files, 1 process: measured on the first 2 chunks, stated before the third.
+    # 3 chunks of 64 files, 1 process: the rate of the second chunk, stated before the third.
     folder = image_folder(per_class=96)
     events = []
     real_chunk, real_plan = data._decode_chunk, data.decode_plan
     monkeypatch.setattr(data, "_decode_chunk", lambda job: events.append("chunk") or real_chunk(job))
     monkeypatch.setattr(data, "decode_plan", lambda *args: events.append("plan") or real_plan(*args))
+    # The clock read when each round is done: chunk 2's 64 images in 0.5 s, 128 images/s.
+    clock = iter([10.0, 10.5])
+    monkeypatch.setattr(data.time, "perf_counter", lambda: next(clock))
     make_split(folder, 4, 4, seed=0, workers=1, min_size=8, max_pixels=10**8)
     assert events == ["chunk", "chunk", "plan", "chunk"]
     out = capsys.readouterr().out
-    assert "plan: decode and check 192 files in 1 process(es). Measured here on the first 128: " in out
-    # 128 images in 2 s: 64 images/s, the other 64 in about 1 s.
-    assert decode_plan(128, 192, 2.0, 1).startswith(
-        "plan: decode and check 192 files in 1 process(es). Measured here on the first 128: 64 images/s; "
+    assert "files in 1 process(es). Measured here after the first 128: 128 images/s; about 1 s more" in out
+    # At 64 images/s, the other 64 in about 1 s.
+    assert decode_plan(128, 192, 64.0, 1).startswith(
+        "plan: decode and check 192 files in 1 process(es). Measured here after the first 128: 64 images/s; "
         "about 1 s more, finishing about "
     )
-    assert "about 4 min more" in decode_plan(100, 7300, 3.0, 2)  # 33 images/s: 216 s to go
+    assert "about 4 min more" in decode_plan(100, 7300, 100 / 3, 2)  # 216 s to go
 
 
 def test_durations_read_in_seconds_minutes_or_hours():
