@@ -335,6 +335,7 @@ class TrainState:
     metrics: list[dict] = field(default_factory=list)  # byol_metrics.csv's rows so far
     loss_sum: float = 0.0  # over the batches of the current epoch so far
     generator_state: torch.Tensor | None = None  # the augmentations' generator mid-epoch; None at its start
+    epoch_seconds: float = 0.0  # seconds the current epoch took before the last resume
 
 
 @dataclass
@@ -573,9 +574,11 @@ def train_one_epoch(run: Run, state: TrainState, stop: StopRequest, bar: tqdm) -
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", images_per_s=f"{images_per_s:.1f}", refresh=False)
         if stop_asked or (ranks.is_main and time.perf_counter() - last_save > CHECKPOINT_EVERY_S):
+            spent = state.epoch_seconds
             state.generator_state = generator.get_state()
+            state.epoch_seconds += time.perf_counter() - started  # a resumed epoch counts both parts
             save_checkpoint(run, state)
-            state.generator_state = None
+            state.generator_state, state.epoch_seconds = None, spent
             last_save = time.perf_counter()
             if stop_asked:
                 raise Stopped(
@@ -603,7 +606,7 @@ def end_epoch(run: Run, state: TrainState, first_batch: int, seconds: float, sna
             "lr": lr_at(state.step - 1, run.total_steps, run.warmup_steps, config.lr),
             **monitored,
             "images_per_s": (run.steps_per_epoch - first_batch) * run.global_batch / seconds,
-            "seconds": seconds,
+            "seconds": state.epoch_seconds + seconds,  # with the part before a resume
         }
     )
     row = state.metrics[-1]
@@ -611,7 +614,7 @@ def end_epoch(run: Run, state: TrainState, first_batch: int, seconds: float, sna
         f"epoch {state.epoch}: loss {row['loss']:.4f} {describe_monitor(monitored)} "
         f"{row['images_per_s']:.1f} images/s"
     )
-    state.batch_in_epoch, state.loss_sum = 0, 0.0
+    state.batch_in_epoch, state.loss_sum, state.epoch_seconds = 0, 0.0, 0.0
     if run.ranks.is_main and state.epoch in snapshots:
         save_weights(run, state, snapshot_path(run.out_dir, state.epoch))
     save_checkpoint(run, state)

@@ -214,9 +214,14 @@ def test_sigterm_mid_epoch_saves_and_resume_is_exact(split_dir, tmp_path, monkey
     assert stopped.value.exit_code == 128 + signal.SIGTERM
     checkpoint = load_torch(out / "byol_checkpoint.pt")
     assert (checkpoint["state"]["epoch"], checkpoint["state"]["batch_in_epoch"]) == (1, 2)
+    before_stop = checkpoint["state"]["epoch_seconds"]  # epoch 2's first 2 batches
+    assert before_stop > 0
     monkeypatch.setattr(pretrain_module, "step_views", real_step_views)
     pretrain(tiny_config(), out, RunOptions(device_name="cpu", resume=True))
     assert_same_weights(straight, out)
+    # The resumed epoch's seconds count both processes' parts; its images/s, the resumed 2 batches'.
+    row = pd.read_csv(out / "byol_metrics.csv").set_index("epoch").loc[2]
+    assert row["seconds"] == pytest.approx(before_stop + 2 * 8 / row["images_per_s"])
 
 
 @pytest.mark.parametrize("workers", [1, 2])
