@@ -118,7 +118,11 @@ def test_recipe_files_give_the_settings_of_the_committed_runs(recipe, run):
 def test_the_long_run_is_the_chosen_trial_for_longer():
     long_run = recipe_config(ROOT / "configs" / "long_byol.args")
     chosen = recipe_config(ROOT / "configs" / "trials" / "steps1400_pred10.args")
-    assert long_run["epochs"] == 86 and {**long_run, "epochs": chosen["epochs"]} == chosen
+    assert (
+        long_run["epochs"] == 86
+        and long_run["predictor_lr_scale"] == 10
+        and {**long_run, "epochs": chosen["epochs"]} == chosen
+    )
     from train_byol import get_args_parser
 
     assert get_args_parser().parse_args([f"@{ROOT / 'configs' / 'long_byol.args'}"]).snapshots == "log2"
