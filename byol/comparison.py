@@ -262,11 +262,12 @@ class Grid:
     def examples(self, rows: list[int]) -> Examples:
         return Examples(self.images[rows], self.labels[rows])
 
-    def finetune_lr(self, init: str, n_labels: int, seed: int, progress: tqdm) -> float:
-        """The backbone rate of a fine-tuning run: chosen once per finetune_choice_key, on seed 0's
-        labelled images (each seed's with --cv-every-seed)."""
+    def finetune_lr(self, init: str, n_labels: int, n_train: int, seed: int, progress: tqdm) -> float:
+        """The backbone rate of a fine-tuning run on `n_train` images (the balanced subset drawn for
+        `n_labels`): chosen once per finetune_choice_key, on seed 0's labelled images (each seed's with
+        --cv-every-seed)."""
         config = self.config
-        choice = finetune_choice_key(config, init, len(balanced_subset(self.split, n_labels, seed)), seed)
+        choice = finetune_choice_key(config, init, n_train, seed)
         if choice not in self.finetune_lrs:
             cv_seed = seed if config.cv_every_seed else 0
             cv_images = self.examples(balanced_subset(self.split, n_labels, cv_seed))
@@ -292,13 +293,14 @@ class Grid:
 
         return Task(of(train_rows), of(self.split.indices("test")), self.n_classes)
 
-    def train(self, run: tuple[int, int, str, str], progress: tqdm) -> list[dict]:
-        """One run's metrics rows, each with its init, mode, seed and number of labelled images."""
+    def train(self, run: tuple[int, int, str, str], train_rows: list[int], progress: tqdm) -> list[dict]:
+        """One run's metrics rows, each with its init, mode, seed and number of labelled images;
+        `train_rows` are the run's balanced subset (balanced_subset(split, n_labels, seed))."""
         n_labels, seed, init, mode = run
-        train_rows = balanced_subset(self.split, n_labels, seed)
         config = self.config
         if mode == "finetune":
-            config = replace(config, finetune_lrs=[self.finetune_lr(init, n_labels, seed, progress)])
+            lr = self.finetune_lr(init, n_labels, len(train_rows), seed, progress)
+            config = replace(config, finetune_lrs=[lr])
         backbone = make_backbone(init, seed, self.byol_state)
         job = Job(seed, config, self.runtime, progress)
         if mode == "frozen":
@@ -419,12 +421,13 @@ def _run_classifiers(config: ClassifierConfig, out_dir: Path, runtime: Runtime, 
     progress = tqdm(grid.runs, desc="classifiers", unit="run", disable=not ranks.is_main)
     for run in progress:
         n_labels, seed, init, mode = run
-        key = (init, mode, seed, len(balanced_subset(grid.split, n_labels, seed)))
+        train_rows = balanced_subset(grid.split, n_labels, seed)  # drawn once per run
+        key = (init, mode, seed, len(train_rows))
         if epochs_done.get(key) == config.epochs:
             continue
         rows = [row for row in rows if (row["init"], row["mode"], row["seed"], row["n_labels"]) != key]
         progress.set_description(f"{init} {mode} seed {seed} n={key[3]}")
-        rows.extend(grid.train(run, progress))
+        rows.extend(grid.train(run, train_rows, progress))
         if ranks.is_main:
             write_csv(metrics_path, pd.DataFrame(rows, columns=CLASSIFIER_METRIC_COLUMNS))
     progress.close()
