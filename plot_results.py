@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from byol.ceiling import read_ceiling
 from byol.cli import StageArgumentParser, run_stage
 from byol.comparison import (
     CLASSIFIER_CONFIG_FILE,
@@ -19,14 +20,14 @@ from byol.comparison import (
 )
 from byol.data import SPLIT_CONFIG_FILE
 from byol.errors import UserError
-from byol.files import read_csv, read_json
+from byol.files import read_csv, read_json, write_text
 from byol.plots import (
     plot_accuracy,
     plot_label_efficiency,
     plot_loss_curves,
     plot_pretraining,
     stage_seconds,
-    write_summary,
+    summary_markdown,
 )
 from byol.pretrain import BYOL_CONFIG_FILE, BYOL_METRIC_COLUMNS, BYOL_METRICS_FILE
 
@@ -65,18 +66,20 @@ def main() -> None:
         )
         written.append(out_dir / "byol_pretraining.png")
         plot_pretraining(byol_metrics, written[-1])
+    ceiling = read_ceiling(out_dir)
     if summary["n_labels"].nunique() > 1:
         written.append(out_dir / "label_efficiency.png")
-        plot_label_efficiency(summary, paired, written[-1])
+        plot_label_efficiency(summary, paired, written[-1], ceiling)
     written.append(out_dir / "summary.md")
-    write_summary(
+    markdown = summary_markdown(
         summary,
         paired,
         read_json_if_present(out_dir / CLASSIFIER_CONFIG_FILE),
         read_json_if_present(out_dir / BYOL_CONFIG_FILE),
-        written[-1],
         stage_seconds(byol_metrics, metrics),
+        ceiling,
     )
+    write_text(written[-1], markdown)
     print("\n".join(f"wrote {path}" for path in written))
 
 

@@ -197,6 +197,7 @@ class Job:
     config: ClassifierConfig
     runtime: Runtime
     progress: tqdm = field(default_factory=lambda: tqdm(disable=True))
+    count_epochs: bool = False  # the bar counts this job's epochs (else its caller counts runs)
 
     def trial(self, **settings) -> Job:
         """A silent job with some settings changed, scored at its last epoch only: a choice's trial run."""
@@ -477,6 +478,8 @@ def _fit(learner: Learner, task: Task, job: Job) -> list[dict]:
         job.progress.set_postfix(
             epoch=epoch, train_loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_acc']:.3f}"
         )
+        if job.count_epochs:
+            job.progress.update()
     return rows
 
 

@@ -7,6 +7,7 @@ test dashed), mean over seeds with a +-1 std band, 150 dpi: readable in print.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -14,12 +15,29 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from byol.files import atomic_path, write_text
+from byol.files import atomic_path
 
 INIT_COLOURS = {"random": "#d95f02", "byol": "#1f78b4"}
 INIT_NAMES = {"random": "random init", "byol": "BYOL init"}
 MODE_TITLES = {"finetune": "Full fine-tuning", "frozen": "Frozen backbone (linear head)"}
 DPI = 150
+CEILING_COLOUR = "#555555"
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """The reference with every label (python -m byol.ceiling): random init fine-tuned on all `n_train`
+    non-test images with their folder labels; its final test accuracy over `seeds` seeds."""
+
+    n_train: int
+    seeds: int
+    epochs: int
+    acc_mean: float
+    acc_std: float
+
+    @property
+    def label(self) -> str:
+        return f"ceiling: random init, all {self.n_train:,} folder labels (labels this setting lacks)"
 
 
 def new_figure(panels: int = 2) -> tuple[Figure, list[Axes]]:
@@ -175,9 +193,12 @@ def plot_pretraining(byol_metrics: pd.DataFrame, path: Path) -> None:
     save_figure(figure, path)
 
 
-def plot_label_efficiency(summary: pd.DataFrame, paired: pd.DataFrame, path: Path) -> None:
-    """Per mode: final test accuracy against the number of labels (top), and BYOL − random paired
-    over seeds with its 95 % interval (bottom, when both inits ran)."""
+def plot_label_efficiency(
+    summary: pd.DataFrame, paired: pd.DataFrame, path: Path, ceiling: Ceiling | None = None
+) -> None:
+    """Per mode: final test accuracy against the number of labels (top, with the `ceiling` as a
+    reference line when given), and BYOL − random paired over seeds with its 95 % interval (bottom,
+    when both inits ran)."""
     modes = modes_in(summary)
     rows = 2 if not paired.empty else 1
     figure = Figure(figsize=(6 * len(modes), 4.5 * rows))
@@ -198,6 +219,11 @@ def plot_label_efficiency(summary: pd.DataFrame, paired: pd.DataFrame, path: Pat
                 color=colour,
                 label=INIT_NAMES[init],
             )
+        if ceiling is not None:
+            axis.axhline(ceiling.acc_mean, color=CEILING_COLOUR, linestyle="--", label=ceiling.label)
+            if math.isfinite(ceiling.acc_std):
+                low, high = ceiling.acc_mean - ceiling.acc_std, ceiling.acc_mean + ceiling.acc_std
+                axis.axhspan(low, high, color=CEILING_COLOUR, alpha=0.12, linewidth=0)
         axis.set_title(MODE_TITLES[mode])
         axis.set_ylabel("final test accuracy (mean ± std over seeds)")
         if rows == 2:
@@ -250,10 +276,12 @@ def summary_markdown(
     classifier_config: dict,
     byol_config: dict | None,
     stage_seconds: dict[str, float] | None = None,
+    ceiling: Ceiling | None = None,
 ) -> str:
     """The comparison table, BYOL − random per mode and label count (paired over seeds, with its 95 %
     interval), the settings behind it and the wall-clock time of each stage (`stage_seconds`: stage
-    name → seconds, from the metrics CSVs)."""
+    name → seconds, from the metrics CSVs); with the `ceiling`, its row and the share of the gap to it
+    that BYOL closes."""
     lines = [
         "# Random init vs BYOL init",
         "",
@@ -264,6 +292,12 @@ def summary_markdown(
         accuracy = mean_and_std(row.test_acc_mean, row.test_acc_std)
         lines.append(
             f"| {row.n_labels} | {row.mode} | {row.init} | {accuracy} | {row.seeds} | {row.epochs} |"
+        )
+    if ceiling is not None:
+        accuracy = mean_and_std(ceiling.acc_mean, ceiling.acc_std)
+        lines.append(
+            f"| {ceiling.n_train} (all, folder labels) | finetune | random (ceiling) | {accuracy} | "
+            f"{ceiling.seeds} | {ceiling.epochs} |"
         )
     if not paired.empty:
         lines += [
@@ -280,6 +314,8 @@ def summary_markdown(
             f"{row.verdict} | {row.seeds} |"
             for row in paired.sort_values(["n_labels", "mode"], ascending=[False, True]).itertuples()
         ]
+    if ceiling is not None and not paired.empty:
+        lines += gap_lines(summary, paired, ceiling)
     if stage_seconds:
         lines += ["", "## Wall-clock time", "", "| stage | minutes |", "|---|---:|"]
         lines += [f"| {stage} | {seconds / 60:.1f} |" for stage, seconds in stage_seconds.items()]
@@ -293,6 +329,30 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
+def gap_lines(summary: pd.DataFrame, paired: pd.DataFrame, ceiling: Ceiling) -> list[str]:
+    """BYOL − random as a share of the gap between random init and the ceiling, per mode and labels."""
+    random = summary[summary["init"] == "random"].set_index(["mode", "n_labels"])["test_acc_mean"]
+    lines = [
+        "",
+        "## The gap to the ceiling",
+        "",
+        f"The ceiling: random init fine-tuned on all {ceiling.n_train:,} non-test images with their folder "
+        f"labels (labels this low-label setting does not have), "
+        f"{mean_and_std(ceiling.acc_mean, ceiling.acc_std)} over {ceiling.seeds} seed(s). The share of the "
+        "gap between random init and the ceiling that BYOL closes: BYOL − random and its interval divided "
+        "by (ceiling − random mean); the ceiling's own spread is not in the interval.",
+        "",
+        "| labels | mode | random init | gap to the ceiling | share BYOL closes [95 % interval] |",
+        "|---:|---|---:|---:|---|",
+    ]
+    for row in paired.sort_values(["n_labels", "mode"], ascending=[False, True]).itertuples():
+        base = random.get((row.mode, row.n_labels), math.nan)
+        gap = ceiling.acc_mean - base
+        share = paired_text(row.diff_mean / gap, row.ci_low / gap, row.ci_high / gap) if gap > 0 else "—"
+        lines.append(f"| {row.n_labels} | {row.mode} | {base:.3f} | {gap:+.3f} | {share} |")
+    return lines
+
+
 def stage_seconds(byol_metrics: pd.DataFrame | None, classifier_metrics: pd.DataFrame) -> dict[str, float]:
     """Seconds spent per stage, summed over the per-epoch `seconds` the training scripts record."""
     stages = {
@@ -304,17 +364,6 @@ def stage_seconds(byol_metrics: pd.DataFrame | None, classifier_metrics: pd.Data
         for stage, frame in stages.items()
         if frame is not None and frame["seconds"].notna().any()
     }
-
-
-def write_summary(
-    summary: pd.DataFrame,
-    paired: pd.DataFrame,
-    classifier_config: dict,
-    byol_config: dict | None,
-    path: Path,
-    seconds: dict[str, float] | None = None,
-) -> None:
-    write_text(path, summary_markdown(summary, paired, classifier_config, byol_config, seconds))
 
 
 def plot_views(images, views, generator, path: Path) -> None:

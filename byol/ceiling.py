@@ -1,0 +1,237 @@
+"""The ceiling, for scale: random-init fine-tuning on every non-test image, with its folder label.
+
+It uses labels the low-label setting does not have (the unlabelled split's Cat/Dog folder names), so it
+is not a competitor but the top of the scale: a reader sees how much of the gap between a few hundred
+labels and all of them BYOL closes. Trained as stage 3 fine-tunes (the light augmentation, AdamW with
+cosine decay, a new linear head at --head-lr) at the view size of RUN_DIR's byol_config.json when there
+is one, and scored on the same held-out test split.
+
+    python -m byol.ceiling RUN_DIR [--out-dir results] [--seeds 2] [--epochs 20] [--finetune-lrs 1e-3]
+
+RUN_DIR: a folder with data_split.py's split (its image cache is built there when missing). With
+several --finetune-lrs the rate is chosen by --finetune-folds-fold cross-validation on the non-test
+images (seed 0), never on the test split; each candidate costs that many fine-tunings. Writes
+ceiling_metrics.csv (a row per seed and epoch) and ceiling_config.json to --out-dir after every seed;
+--resume keeps the seeds already done. plot_results.py then draws the ceiling in label_efficiency.png
+and adds it to summary.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from byol.cache import load_cache
+from byol.cli import (
+    StageArgumentParser,
+    add_batch_and_device_arguments,
+    add_resume_arguments,
+    positive_float,
+    positive_int,
+    run_stage,
+)
+from byol.comparison import GridWork, grid_seconds, measure_grid_speed
+from byol.data import Split, read_split
+from byol.device import resolve_precision
+from byol.distributed import Runtime, process_group
+from byol.errors import UserError
+from byol.files import read_csv, read_json, write_csv, write_json
+from byol.finetune import ClassifierConfig, Examples, Job, Task, choose_finetune_lr, fine_tune, make_backbone
+from byol.plots import Ceiling
+from byol.pretrain import BYOL_CONFIG_FILE
+from byol.resume import check_fresh_start, check_resumable
+from byol.timing import finish_time, format_duration
+
+log = logging.getLogger(__name__)
+
+CEILING_METRICS_FILE = "ceiling_metrics.csv"
+CEILING_CONFIG_FILE = "ceiling_config.json"
+CEILING_COLUMNS = [
+    "seed",
+    "n_train",
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "seconds",
+    "head_lr",
+    "backbone_lr",
+]
+TRAIN_SPLITS = ("labelled", "unlabelled")  # every image the test split does not hold
+
+
+def read_ceiling(out_dir: Path) -> Ceiling | None:
+    """The ceiling's final test accuracy over its seeds, from out_dir's ceiling_metrics.csv (None
+    without one). A seed counts once it reached the last epoch ceiling_config.json names."""
+    metrics_path = out_dir / CEILING_METRICS_FILE
+    if not metrics_path.is_file():
+        return None
+    remedy = f"run python -m byol.ceiling RUN_DIR --out-dir {out_dir} again, or delete it"
+    metrics = read_csv(metrics_path, CEILING_COLUMNS, remedy)
+    epochs = read_json(out_dir / CEILING_CONFIG_FILE, remedy)["epochs"]
+    final = metrics[metrics["epoch"] == epochs]
+    if final.empty:
+        return None
+    return Ceiling(
+        n_train=int(final["n_train"].iloc[0]),
+        seeds=len(final),
+        epochs=int(epochs),
+        acc_mean=float(final["test_acc"].mean()),
+        acc_std=float(final["test_acc"].std()),
+    )
+
+
+@dataclass(frozen=True)
+class CeilingRun:
+    """What every seed shares: the settings, the images (all non-test rows, then the test rows)."""
+
+    config: ClassifierConfig
+    train: Examples
+    test: Examples
+    n_classes: int
+    runtime: Runtime
+
+
+def load_run(config: ClassifierConfig, run_dir: Path, runtime: Runtime) -> tuple[CeilingRun, Split]:
+    split = read_split(run_dir)
+    byol_config_path = run_dir / BYOL_CONFIG_FILE
+    byol_config = read_json(byol_config_path, "re-run train_byol.py") if byol_config_path.is_file() else {}
+    config = config.resolved(byol_config)
+    train_rows, test_rows = split.indices(*TRAIN_SPLITS), split.indices("test")
+    if not test_rows or not train_rows:
+        raise UserError(f"{run_dir}: the split needs test and non-test images; re-run data_split.py")
+    images = load_cache(split, run_dir, config.cache_size, torch.device("cpu"), runtime.ranks)
+    labels = torch.tensor(split.table["label"].to_numpy())
+    examples = Examples(images, labels)
+    return CeilingRun(config, examples[train_rows], examples[test_rows], len(split.classes), runtime), split
+
+
+def kept_rows(metrics_path: Path, settings: dict, config: ClassifierConfig, resume: bool) -> list[dict]:
+    """--resume: the rows of the seeds an earlier run with the same settings finished."""
+    config_path = metrics_path.with_name(CEILING_CONFIG_FILE)
+    if not (resume and metrics_path.is_file() and config_path.is_file()):
+        return []
+    remedy = "resume with the same settings, or start over with --overwrite"
+    check_resumable(metrics_path, read_json(config_path, remedy), settings, remedy)
+    rows = read_csv(metrics_path, CEILING_COLUMNS, "start over with --overwrite")
+    done = rows.loc[rows["epoch"] == config.epochs, "seed"]
+    return rows[rows["seed"].isin(done)].to_dict("records")
+
+
+def plan_line(run: CeilingRun, pending: list[int], choose: bool) -> str:
+    """What is left to train and how long it will take at the speed measured here."""
+    config, runtime = run.config, run.runtime
+    speed = measure_grid_speed(run.train, run.n_classes, config, runtime)
+    n_train = len(run.train)
+    work = GridWork(n_test=len(run.test), finetune_runs=[n_train] * len(pending))
+    if choose:
+        work.choices[("ceiling",)] = n_train
+    seconds = grid_seconds(speed, config, config.batch_size * runtime.ranks.world_size, work)
+    choice = f" and a rate choice ({len(config.finetune_lrs)} rates x {config.finetune_folds} folds)" * choose
+    return (
+        f"plan: {len(pending)} seed(s) x {config.epochs} epochs of {n_train} images{choice}, "
+        f"{runtime.precision} on {runtime.device}. Measured here: {speed.step_seconds:.2f} s per step of "
+        f"{config.batch_size * runtime.ranks.world_size}; about {format_duration(seconds)}, finishing "
+        f"about {finish_time(seconds)}"
+    )
+
+
+def train_ceiling(config: ClassifierConfig, run_dir: Path, out_dir: Path, args) -> pd.DataFrame:
+    """Fine-tune every seed not yet done, writing the metrics after each; returns all rows."""
+    metrics_path = out_dir / CEILING_METRICS_FILE
+    check_fresh_start(out_dir, (CEILING_METRICS_FILE,), args.resume, args.overwrite)
+    with process_group(args.device) as (ranks, device):
+        runtime = Runtime(device, resolve_precision(args.precision, device), ranks)
+        run, split = load_run(config, run_dir, runtime)
+        config = run.config
+        settings = {key: value for key, value in asdict(config).items() if key != "seeds"}
+        settings.update(world_size=ranks.world_size, splits_sha256=split.fingerprint)
+        rows = kept_rows(metrics_path, settings, config, args.resume)
+        done = {row["seed"] for row in rows}
+        pending = [seed for seed in range(config.seeds) if seed not in done]
+        rates = {row["backbone_lr"] for row in rows}  # the rate the seeds already done trained at
+        choose = len(config.finetune_lrs) > 1 and not rates
+        if ranks.is_main:
+            write_json(out_dir / CEILING_CONFIG_FILE, {**settings, "precision": runtime.precision})
+        log.info(
+            plan_line(run, pending, choose) if pending else "plan: every seed is done"
+        )  # every rank times
+        progress = tqdm(
+            total=len(pending) * config.epochs, desc="ceiling", unit="epoch", disable=not ranks.is_main
+        )
+        if choose:
+            job = Job(0, config, runtime, progress)
+            rates = {choose_finetune_lr("random", None, run.train, run.n_classes, job)}
+        config = replace(config, finetune_lrs=[rates.pop()] if rates else config.finetune_lrs)
+        for seed in pending:
+            progress.set_description(f"ceiling seed {seed}")
+            job = Job(seed, config, runtime, progress, count_epochs=True)
+            task = Task(run.train, run.test, run.n_classes)
+            rows += [
+                {"seed": seed, "n_train": len(run.train), **row}
+                for row in fine_tune(make_backbone("random", seed, None), task, job)
+            ]
+            if ranks.is_main:
+                write_csv(metrics_path, pd.DataFrame(rows, columns=CEILING_COLUMNS))
+        progress.close()
+    return pd.DataFrame(rows, columns=CEILING_COLUMNS)
+
+
+def get_args_parser() -> StageArgumentParser:
+    parser = StageArgumentParser(description=__doc__)
+    parser.add_argument("run_dir", type=Path, help="a data_split.py --out-dir (the study's split)")
+    parser.add_argument(
+        "--out-dir", type=Path, default=Path("results"), help="writes ceiling_metrics.csv here"
+    )
+    parser.add_argument("--seeds", type=positive_int, default=2)
+    parser.add_argument("--epochs", type=positive_int, default=20)
+    parser.add_argument("--eval-every", type=positive_int, default=2, help="test accuracy every N epochs")
+    parser.add_argument(
+        "--finetune-lrs",
+        type=lambda text: [positive_float(part) for part in text.split(",")],
+        default=[1e-3],
+        help="the backbone's AdamW rate; a comma list is chosen by cross-validation on the non-test images",
+    )
+    parser.add_argument(
+        "--finetune-folds", type=positive_int, default=3, help="cross-validation folds for several rates"
+    )
+    parser.add_argument("--head-lr", type=positive_float, default=ClassifierConfig.head_lr)
+    parser.add_argument(
+        "--image-size",
+        type=positive_int,
+        default=0,
+        help="0: RUN_DIR's byol_config.json's, else stage 2's default",
+    )
+    add_batch_and_device_arguments(parser, 64)
+    add_resume_arguments(parser, "keep the seeds already complete in ceiling_metrics.csv and train the rest")
+    return parser
+
+
+def main() -> None:
+    args = get_args_parser().parse_args()
+    config = ClassifierConfig(
+        inits=["random"],
+        modes=["finetune"],
+        seeds=args.seeds,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        finetune_lrs=args.finetune_lrs,
+        finetune_folds=args.finetune_folds,
+        head_lr=args.head_lr,
+        image_size=args.image_size,
+        eval_every=args.eval_every,
+    )
+    metrics = train_ceiling(config, args.run_dir, args.out_dir, args)
+    final = metrics[metrics["epoch"] == config.epochs]
+    print(final[["seed", "n_train", "test_acc", "backbone_lr"]].to_string(index=False))
+    print(f"wrote {args.out_dir / CEILING_METRICS_FILE}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

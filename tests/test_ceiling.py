@@ -1,0 +1,121 @@
+"""The ceiling (byol/ceiling.py): random init fine-tuned on every non-test image; how the report shows it."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from conftest import assert_one_error_line, run_script
+
+from byol import finetune, plots
+from byol.comparison import CLASSIFIER_METRIC_COLUMNS
+
+# byol/ceiling.py's columns; the module itself is run as a user runs it (importing it here first would
+# make runpy warn that it runs a second copy).
+CEILING_COLUMNS = (
+    "seed n_train epoch train_loss train_acc test_loss test_acc seconds head_lr backbone_lr".split()
+)
+
+TINY = ["--epochs", "2", "--batch-size", "8", "--image-size", "32", "--device", "cpu"]
+
+
+@pytest.mark.slow
+def test_every_non_test_image_trains_with_its_folder_label_and_seeds_resume(split_dir, tmp_path):
+    run_dir, out = split_dir(per_class=24, n_labelled=8, n_test=16), tmp_path / "out"
+    result = run_script("byol.ceiling", run_dir, "--out-dir", out, "--seeds", "2", *TINY)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "plan: 2 seed(s) x 2 epochs of 32 images" in result.stderr
+    metrics = pd.read_csv(out / "ceiling_metrics.csv")
+    splits = pd.read_csv(run_dir / "splits.csv")
+    assert (metrics["n_train"] == (splits["split"] != "test").sum()).all()  # labelled + unlabelled: 32
+    assert metrics[["seed", "epoch"]].values.tolist() == [[0, 1], [0, 2], [1, 1], [1, 2]]
+    final = metrics[metrics["epoch"] == 2]
+    assert final["test_acc"].between(0, 1).all() and (final["backbone_lr"] == 1e-3).all()
+    assert final["test_acc"].mul(16).round(6).mod(1).eq(0).all()  # scored on the 16 test images
+
+    again = run_script("byol.ceiling", run_dir, "--out-dir", out, "--seeds", "2", *TINY)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    assert_one_error_line(again.stderr)
+    more = run_script("byol.ceiling", run_dir, "--out-dir", out, "--seeds", "3", "--resume", *TINY)
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert "plan: 1 seed(s)" in more.stderr
+    resumed = pd.read_csv(out / "ceiling_metrics.csv")
+    pd.testing.assert_frame_equal(resumed[resumed["seed"] < 2], metrics)  # kept, not trained again
+    assert resumed["seed"].tolist()[-2:] == [2, 2]
+    other = run_script("byol.ceiling", run_dir, "--out-dir", out, "--resume", *TINY[2:], "--epochs", "3")
+    assert other.returncode == 2 and "--epochs 2" in other.stderr and "3" in other.stderr
+    assert_one_error_line(other.stderr)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "ceiling_metrics.csv"), resumed)
+
+
+@pytest.mark.slow
+def test_the_ceilings_rate_is_chosen_on_the_non_test_images_and_used(split_dir, tmp_path, monkeypatch):
+    run_dir = split_dir(per_class=24, n_labelled=8, n_test=16)
+    seen = []
+
+    def choose(init, byol_state, train, n_classes, job):  # what the choice is given, and a rate to spot
+        seen.append((init, byol_state, train.labels.tolist(), job.seed))
+        return 0.0123
+
+    monkeypatch.setattr(finetune, "choose_finetune_lr", choose)
+    args = [run_dir, "--seeds", "2", "--finetune-lrs", "1e-4,1e-3", "--finetune-folds", "2", *TINY]
+    result = run_script("byol.ceiling", *args, "--out-dir", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "a rate choice (2 rates x 2 folds)" in result.stderr
+    splits = pd.read_csv(run_dir / "splits.csv")
+    non_test = splits.loc[splits["split"] != "test", "label"].tolist()
+    assert seen == [("random", None, non_test, 0)]  # once, for every seed, on the non-test images only
+    assert (pd.read_csv(tmp_path / "ceiling_metrics.csv")["backbone_lr"] == 0.0123).all()
+
+
+def write_report_inputs(out, ceiling_accs: list[float], epochs_done: int = 20) -> None:
+    """A two-label-count grid's final rows (random 0.60 and BYOL 0.70 at 250 labels, fine-tuned and
+    frozen) and a ceiling of len(ceiling_accs) seeds at 20 epochs, each at `epochs_done`."""
+    rows = [
+        {"init": init, "mode": mode, "seed": seed, "n_labels": n, "epoch": 30}
+        | {"train_loss": 0.5, "train_acc": 0.8, "test_loss": 0.6, "seconds": 1.0, "head_lr": 1e-2}
+        | {
+            "backbone_lr": 1e-3,
+            "test_acc": {"random": 0.60, "byol": 0.70}[init] - (250 - n) / 1000 + seed / 100,
+        }
+        for init in ("random", "byol")
+        for mode in ("finetune", "frozen")
+        for seed in range(2)
+        for n in (50, 250)
+    ]
+    pd.DataFrame(rows, columns=CLASSIFIER_METRIC_COLUMNS).to_csv(out / "classifier_metrics.csv", index=False)
+    ceiling = [
+        {"seed": seed, "n_train": 22498, "epoch": epochs_done, "train_loss": 0.1, "train_acc": 0.95}
+        | {"test_loss": 0.3, "test_acc": acc, "seconds": 60.0, "head_lr": 1e-2, "backbone_lr": 1e-3}
+        for seed, acc in enumerate(ceiling_accs)
+    ]
+    pd.DataFrame(ceiling, columns=CEILING_COLUMNS).to_csv(out / "ceiling_metrics.csv", index=False)
+    (out / "ceiling_config.json").write_text(json.dumps({"epochs": 20}))
+
+
+def test_the_report_shows_the_ceiling_and_the_share_of_the_gap_byol_closes(tmp_path, monkeypatch):
+    write_report_inputs(tmp_path, [0.89, 0.91])
+    drawn = []
+    save = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: (drawn.append(figure), save(figure, path)))
+    result = run_script("plot_results.py", "--out-dir", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| 22498 (all, folder labels) | finetune | random (ceiling) | 0.900 ± 0.014 | 2 | 20 |" in summary
+    # 250 labels: random 0.605 (seeds 0.60, 0.61), BYOL − random +0.100 on both seeds; gap 0.900 − 0.605.
+    share = 0.100 / (0.900 - 0.605)
+    assert f"| 250 | finetune | 0.605 | +0.295 | {share:+.3f} [{share:+.3f}, {share:+.3f}] |" in summary
+    (efficiency,) = [figure for figure in drawn if "Label efficiency" in figure.get_suptitle()]
+    top_panels = efficiency.axes[:2]  # fine-tuned and frozen accuracy: the ceiling in both
+    for axis in top_panels:
+        levels = [line.get_ydata()[0] for line in axis.get_lines() if line.get_linestyle() == "--"]
+        assert levels == pytest.approx([0.900])
+        assert "folder labels" in " ".join(text.get_text() for text in axis.get_legend().get_texts())
+
+
+def test_a_ceiling_still_training_is_left_out_of_the_report(tmp_path):
+    write_report_inputs(tmp_path, [0.89], epochs_done=10)
+    result = run_script("plot_results.py", "--out-dir", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ceiling" not in (tmp_path / "summary.md").read_text()
