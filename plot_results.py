@@ -1,5 +1,8 @@
 """Stage 4: the report — side-by-side loss curves, accuracy, BYOL pretraining, label efficiency, summary.md.
 
+Also what the optional tools left in --out-dir: the compute curve (compute_curve.csv) and the ceiling
+(ceiling_metrics.csv).
+
 Reads only the CSV/JSON files the earlier stages wrote in --out-dir (nothing is retrained), so
 it regenerates every committed figure and table from committed files.
 """
@@ -18,6 +21,7 @@ from byol.comparison import (
     paired_summary,
     summarize,
 )
+from byol.compute_curve import CURVE_COLUMNS, CURVE_FIGURE, CURVE_FILE, plot_compute_curve
 from byol.data import SPLIT_CONFIG_FILE
 from byol.errors import UserError
 from byol.files import read_csv, read_json, write_text
@@ -66,6 +70,10 @@ def main() -> None:
         )
         written.append(out_dir / "byol_pretraining.png")
         plot_pretraining(byol_metrics, written[-1])
+    if (out_dir / CURVE_FILE).is_file():  # python -m byol.compute_curve's table
+        remedy = "run python -m byol.compute_curve again or delete it"
+        written.append(out_dir / CURVE_FIGURE)
+        plot_compute_curve(read_csv(out_dir / CURVE_FILE, CURVE_COLUMNS, remedy), written[-1])
     ceiling = read_ceiling(out_dir)
     if summary["n_labels"].nunique() > 1:
         written.append(out_dir / "label_efficiency.png")

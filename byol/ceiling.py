@@ -36,12 +36,21 @@ from byol.cli import (
     run_stage,
 )
 from byol.comparison import GridWork, grid_seconds, measure_grid_speed
-from byol.data import Split, read_split
+from byol.data import SPLIT_CONFIG_FILE, read_split
 from byol.device import resolve_precision
 from byol.distributed import Runtime, process_group
 from byol.errors import UserError
 from byol.files import read_csv, read_json, write_csv, write_json
-from byol.finetune import ClassifierConfig, Examples, Job, Task, choose_finetune_lr, fine_tune, make_backbone
+from byol.finetune import (
+    EPOCH_COLUMNS,
+    ClassifierConfig,
+    Examples,
+    Job,
+    Task,
+    choose_finetune_lr,
+    fine_tune,
+    make_backbone,
+)
 from byol.plots import Ceiling
 from byol.pretrain import BYOL_CONFIG_FILE
 from byol.resume import check_fresh_start, check_resumable
@@ -51,18 +60,7 @@ log = logging.getLogger(__name__)
 
 CEILING_METRICS_FILE = "ceiling_metrics.csv"
 CEILING_CONFIG_FILE = "ceiling_config.json"
-CEILING_COLUMNS = [
-    "seed",
-    "n_train",
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "test_loss",
-    "test_acc",
-    "seconds",
-    "head_lr",
-    "backbone_lr",
-]
+CEILING_COLUMNS = ["seed", "n_train", *EPOCH_COLUMNS]
 TRAIN_SPLITS = ("labelled", "unlabelled")  # every image the test split does not hold
 
 
@@ -98,18 +96,35 @@ class CeilingRun:
     runtime: Runtime
 
 
-def load_run(config: ClassifierConfig, run_dir: Path, runtime: Runtime) -> tuple[CeilingRun, Split]:
-    split = read_split(run_dir)
+def resolved_settings(
+    config: ClassifierConfig, run_dir: Path, world_size: int
+) -> tuple[ClassifierConfig, dict]:
+    """The config with its sizes filled in from RUN_DIR's byol_config.json (when there is one), and
+    the settings a resumed run must share: all but --seeds, the number of processes, and the split
+    (splits.csv's hash in split_config.json; read_split checks the two agree before anything trains).
+    Needs no images: a finished ceiling resumes to "nothing to train" on a clone without them."""
     byol_config_path = run_dir / BYOL_CONFIG_FILE
     byol_config = read_json(byol_config_path, "re-run train_byol.py") if byol_config_path.is_file() else {}
     config = config.resolved(byol_config)
+    split_config = run_dir / SPLIT_CONFIG_FILE
+    if not split_config.is_file():
+        read_split(run_dir)  # its one-line error: no split in RUN_DIR
+    settings = {key: value for key, value in asdict(config).items() if key != "seeds"}
+    settings["world_size"] = world_size
+    settings["splits_sha256"] = read_json(split_config, "re-run data_split.py").get("splits_sha256")
+    return config, settings
+
+
+def load_run(config: ClassifierConfig, run_dir: Path, runtime: Runtime) -> CeilingRun:
+    """The split's images: every non-test row with its folder label, and the test rows."""
+    split = read_split(run_dir)
     train_rows, test_rows = split.indices(*TRAIN_SPLITS), split.indices("test")
     if not test_rows or not train_rows:
         raise UserError(f"{run_dir}: the split needs test and non-test images; re-run data_split.py")
     images = load_cache(split, run_dir, config.cache_size, torch.device("cpu"), runtime.ranks)
     labels = torch.tensor(split.table["label"].to_numpy())
     examples = Examples(images, labels)
-    return CeilingRun(config, examples[train_rows], examples[test_rows], len(split.classes), runtime), split
+    return CeilingRun(config, examples[train_rows], examples[test_rows], len(split.classes), runtime)
 
 
 def kept_rows(metrics_path: Path, settings: dict, config: ClassifierConfig, resume: bool) -> list[dict]:
@@ -148,39 +163,41 @@ def train_ceiling(config: ClassifierConfig, run_dir: Path, out_dir: Path, args) 
     check_fresh_start(out_dir, (CEILING_METRICS_FILE,), args.resume, args.overwrite)
     with process_group(args.device) as (ranks, device):
         runtime = Runtime(device, resolve_precision(args.precision, device), ranks)
-        run, split = load_run(config, run_dir, runtime)
-        config = run.config
-        settings = {key: value for key, value in asdict(config).items() if key != "seeds"}
-        settings.update(world_size=ranks.world_size, splits_sha256=split.fingerprint)
+        config, settings = resolved_settings(config, run_dir, ranks.world_size)
         rows = kept_rows(metrics_path, settings, config, args.resume)
-        done = {row["seed"] for row in rows}
-        pending = [seed for seed in range(config.seeds) if seed not in done]
-        rates = {row["backbone_lr"] for row in rows}  # the rate the seeds already done trained at
-        choose = len(config.finetune_lrs) > 1 and not rates
+        pending = [seed for seed in range(config.seeds) if seed not in {row["seed"] for row in rows}]
+        if not pending:
+            log.info(f"plan: all {config.seeds} seed(s) already done in {metrics_path}; nothing to train")
+            return pd.DataFrame(rows, columns=CEILING_COLUMNS)
         if ranks.is_main:
             write_json(out_dir / CEILING_CONFIG_FILE, {**settings, "precision": runtime.precision})
-        log.info(
-            plan_line(run, pending, choose) if pending else "plan: every seed is done"
-        )  # every rank times
+        run = load_run(config, run_dir, runtime)
+        rates = {row["backbone_lr"] for row in rows}  # the rate the seeds already done trained at
+        choose = len(config.finetune_lrs) > 1 and not rates
+        log.info(plan_line(run, pending, choose))  # on every rank: the speed is measured on all
         progress = tqdm(
             total=len(pending) * config.epochs, desc="ceiling", unit="epoch", disable=not ranks.is_main
         )
         if choose:
             job = Job(0, config, runtime, progress)
             rates = {choose_finetune_lr("random", None, run.train, run.n_classes, job)}
-        config = replace(config, finetune_lrs=[rates.pop()] if rates else config.finetune_lrs)
+        run = replace(
+            run, config=replace(config, finetune_lrs=[rates.pop()] if rates else config.finetune_lrs)
+        )
         for seed in pending:
-            progress.set_description(f"ceiling seed {seed}")
-            job = Job(seed, config, runtime, progress, count_epochs=True)
-            task = Task(run.train, run.test, run.n_classes)
-            rows += [
-                {"seed": seed, "n_train": len(run.train), **row}
-                for row in fine_tune(make_backbone("random", seed, None), task, job)
-            ]
+            rows += train_seed(run, seed, progress)
             if ranks.is_main:
                 write_csv(metrics_path, pd.DataFrame(rows, columns=CEILING_COLUMNS))
         progress.close()
     return pd.DataFrame(rows, columns=CEILING_COLUMNS)
+
+
+def train_seed(run: CeilingRun, seed: int, progress: tqdm) -> list[dict]:
+    """One seed's metrics rows: a fresh random backbone fine-tuned at run.config's one rate."""
+    progress.set_description(f"ceiling seed {seed}")
+    job = Job(seed, run.config, run.runtime, progress, count_epochs=True)
+    rows = fine_tune(make_backbone("random", seed, None), Task(run.train, run.test, run.n_classes), job)
+    return [{"seed": seed, "n_train": len(run.train), **row} for row in rows]
 
 
 def get_args_parser() -> StageArgumentParser:

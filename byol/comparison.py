@@ -25,6 +25,7 @@ from byol.errors import UserError
 from byol.evaluate import extract_features
 from byol.files import read_csv, read_json, write_csv, write_json
 from byol.finetune import (
+    EPOCH_COLUMNS,
     INITS,
     MODES,
     ClassifierConfig,
@@ -52,20 +53,7 @@ CLASSIFIER_METRICS_FILE = "classifier_metrics.csv"
 CLASSIFIER_SUMMARY_FILE = "classifier_summary.csv"
 PAIRED_FILE = "classifier_paired.csv"
 CLASSIFIER_CONFIG_FILE = "classifier_config.json"
-CLASSIFIER_METRIC_COLUMNS = [
-    "init",
-    "mode",
-    "seed",
-    "n_labels",
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "test_loss",
-    "test_acc",
-    "seconds",
-    "head_lr",
-    "backbone_lr",
-]
+CLASSIFIER_METRIC_COLUMNS = ["init", "mode", "seed", "n_labels", *EPOCH_COLUMNS]
 
 
 def frozen_only_settings(config: ClassifierConfig) -> tuple[str, ...]:

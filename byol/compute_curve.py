@@ -34,6 +34,19 @@ from byol.pretrain import BYOL_CONFIG_FILE, BYOL_METRIC_COLUMNS, BYOL_METRICS_FI
 from byol.stats import paired_interval, verdict
 
 CURVE_FILE = "compute_curve.csv"
+# What plot_compute_curve reads.
+CURVE_COLUMNS = [
+    "epoch",
+    "images_seen",
+    "hours",
+    "diag_knn_k20",
+    "probe_n_labels",
+    "probe_byol",
+    "probe_random",
+    "probe_diff",
+    "probe_diff_low",
+    "probe_diff_high",
+]
 CURVE_FIGURE = "compute_curve.png"
 WORK_DIR = "compute_curve"
 MONITOR_COLUMNS = ["knn_acc", "diag_knn_k20", "diag_knn_k200", "feature_rank"]
@@ -103,6 +116,7 @@ def curve_rows(run_dir: Path, config: ClassifierConfig, device: str) -> pd.DataF
                 "images_seen": row["step"] * byol_config["global_batch_size"],
                 "hours": float(hours.loc[epoch]) if epoch else 0.0,
                 **{column: monitor.loc[epoch, column] for column in MONITOR_COLUMNS},
+                "probe_n_labels": config.n_labels[0],
                 "probe_seeds": len(seeds),
                 "probe_byol": row["byol"][seeds].mean(),
                 "probe_byol_std": row["byol"][seeds].std(),
@@ -116,8 +130,10 @@ def curve_rows(run_dir: Path, config: ClassifierConfig, device: str) -> pd.DataF
     return pd.DataFrame(table)
 
 
-def plot_compute_curve(table: pd.DataFrame, path: Path, n_labels: int) -> None:
-    """Accuracy against images seen (log x; the random init, seen 0 images, as horizontal lines)."""
+def plot_compute_curve(table: pd.DataFrame, path: Path) -> None:
+    """Accuracy against images seen (log x; the random init, seen 0 images, as horizontal lines).
+    Drawn from compute_curve.csv alone, so plot_results.py redraws it too."""
+    n_labels = int(table["probe_n_labels"].iloc[0])
     figure = Figure(figsize=(7.5, 4.8))
     axis = figure.subplots()
     trained, start = table[table["epoch"] > 0], table[table["epoch"] == 0].iloc[0]
@@ -184,7 +200,7 @@ def main() -> None:
     )
     table = curve_rows(args.run_dir, config, args.device)
     write_csv(args.out_dir / CURVE_FILE, table)
-    plot_compute_curve(table, args.out_dir / CURVE_FIGURE, args.n_labels)
+    plot_compute_curve(table, args.out_dir / CURVE_FIGURE)
     columns = ["epoch", "images_seen", "hours", "diag_knn_k20", "probe_byol", "probe_diff", "probe_verdict"]
     print(table[columns].to_string(index=False))
     print(f"wrote {args.out_dir / CURVE_FILE} and {args.out_dir / CURVE_FIGURE}")

@@ -39,6 +39,17 @@ MODES = ("finetune", "frozen")
 LIGHT_VIEW = ViewConfig(crop_scale=(0.25, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
 PROBE_FOLDS = 5  # cross-validation folds that choose the frozen probe's learning rate
 EVAL_BATCH = 256  # images (or feature rows) scored per forward pass
+# What a classifier run's metrics row holds, one per epoch (test_loss and test_acc NaN between evaluations).
+EPOCH_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "seconds",
+    "head_lr",
+    "backbone_lr",
+]
 
 
 @dataclass

@@ -193,6 +193,47 @@ def plot_pretraining(byol_metrics: pd.DataFrame, path: Path) -> None:
     save_figure(figure, path)
 
 
+def accuracy_panel(axis: Axes, summary: pd.DataFrame, ceiling: Ceiling | None) -> None:
+    """One mode's final test accuracy per init against the number of labels, and the `ceiling`."""
+    for init, colour in INIT_COLOURS.items():
+        rows = summary[summary["init"] == init].sort_values("n_labels")
+        if rows.empty:
+            continue
+        axis.errorbar(
+            rows["n_labels"],
+            rows["test_acc_mean"],
+            yerr=rows["test_acc_std"].fillna(0),
+            marker="o",
+            capsize=3,
+            color=colour,
+            label=INIT_NAMES[init],
+        )
+    if ceiling is not None:
+        axis.axhline(ceiling.acc_mean, color=CEILING_COLOUR, linestyle="--", label=ceiling.label)
+        if math.isfinite(ceiling.acc_std):
+            low, high = ceiling.acc_mean - ceiling.acc_std, ceiling.acc_mean + ceiling.acc_std
+            axis.axhspan(low, high, color=CEILING_COLOUR, alpha=0.12, linewidth=0)
+    axis.set_ylabel("final test accuracy (mean ± std over seeds)")
+
+
+def difference_panel(axis: Axes, paired: pd.DataFrame) -> None:
+    """One mode's BYOL − random per number of labels, with its 95 % paired interval."""
+    here = paired.sort_values("n_labels")
+    low, high = here["ci_low"].to_numpy(), here["ci_high"].to_numpy()
+    mean = here["diff_mean"].to_numpy()
+    axis.errorbar(
+        here["n_labels"],
+        mean,
+        yerr=[(mean - low), (high - mean)],
+        marker="o",
+        capsize=3,
+        color=INIT_COLOURS["byol"],
+        label="BYOL − random (paired over seeds)",
+    )
+    axis.axhline(0, color="black", linewidth=0.8, linestyle=":")
+    axis.set_ylabel("test accuracy difference")
+
+
 def plot_label_efficiency(
     summary: pd.DataFrame, paired: pd.DataFrame, path: Path, ceiling: Ceiling | None = None
 ) -> None:
@@ -205,44 +246,11 @@ def plot_label_efficiency(
     grid = figure.subplots(rows, len(modes), squeeze=False)
     labels = sorted(summary["n_labels"].unique())
     for column, mode in enumerate(modes):
-        axis = grid[0][column]
-        for init, colour in INIT_COLOURS.items():
-            rows_here = summary[(summary["mode"] == mode) & (summary["init"] == init)].sort_values("n_labels")
-            if rows_here.empty:
-                continue
-            axis.errorbar(
-                rows_here["n_labels"],
-                rows_here["test_acc_mean"],
-                yerr=rows_here["test_acc_std"].fillna(0),
-                marker="o",
-                capsize=3,
-                color=colour,
-                label=INIT_NAMES[init],
-            )
-        if ceiling is not None:
-            axis.axhline(ceiling.acc_mean, color=CEILING_COLOUR, linestyle="--", label=ceiling.label)
-            if math.isfinite(ceiling.acc_std):
-                low, high = ceiling.acc_mean - ceiling.acc_std, ceiling.acc_mean + ceiling.acc_std
-                axis.axhspan(low, high, color=CEILING_COLOUR, alpha=0.12, linewidth=0)
-        axis.set_title(MODE_TITLES[mode])
-        axis.set_ylabel("final test accuracy (mean ± std over seeds)")
+        accuracy_panel(grid[0][column], summary[summary["mode"] == mode], ceiling)
+        grid[0][column].set_title(MODE_TITLES[mode])
         if rows == 2:
-            difference = grid[1][column]
-            here = paired[paired["mode"] == mode].sort_values("n_labels")
-            low, high = here["ci_low"].to_numpy(), here["ci_high"].to_numpy()
-            mean = here["diff_mean"].to_numpy()
-            difference.errorbar(
-                here["n_labels"],
-                mean,
-                yerr=[(mean - low), (high - mean)],
-                marker="o",
-                capsize=3,
-                color=INIT_COLOURS["byol"],
-                label="BYOL − random (paired over seeds)",
-            )
-            difference.axhline(0, color="black", linewidth=0.8, linestyle=":")
-            difference.set_title(f"{MODE_TITLES[mode]}: BYOL − random, 95 % interval")
-            difference.set_ylabel("test accuracy difference")
+            difference_panel(grid[1][column], paired[paired["mode"] == mode])
+            grid[1][column].set_title(f"{MODE_TITLES[mode]}: BYOL − random, 95 % interval")
         for axis in [grid[r][column] for r in range(rows)]:
             axis.set_xscale("log")
             axis.set_xticks(labels)

@@ -60,6 +60,8 @@ def run_script(script: str, *args: str | Path, cwd: Path | None = None) -> subpr
         os.chdir(cwd or ROOT)
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             try:
+                if not path:  # a module another script imported: runpy would warn that it runs a second copy
+                    sys.modules.pop(script, None)
                 runpy.run_path(str(path), run_name="__main__") if path else runpy.run_module(
                     script, run_name="__main__", alter_sys=True
                 )

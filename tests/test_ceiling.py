@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -47,6 +48,12 @@ def test_every_non_test_image_trains_with_its_folder_label_and_seeds_resume(spli
     assert other.returncode == 2 and "--epochs 2" in other.stderr and "3" in other.stderr
     assert_one_error_line(other.stderr)
     pd.testing.assert_frame_equal(pd.read_csv(out / "ceiling_metrics.csv"), resumed)
+    # Finished: resuming trains nothing and needs no images (make study on a clone without them).
+    shutil.rmtree(json.loads((run_dir / "split_config.json").read_text())["data_dir"])
+    shutil.rmtree(run_dir / "cache")
+    done = run_script("byol.ceiling", run_dir, "--out-dir", out, "--seeds", "3", "--resume", *TINY)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "nothing to train" in done.stderr
 
 
 @pytest.mark.slow

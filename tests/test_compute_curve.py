@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pandas as pd
 import pytest
 from conftest import assert_one_error_line, run_script
@@ -47,6 +49,15 @@ def test_each_snapshot_is_probed_against_one_random_init_and_read_back_on_a_reru
     assert again.returncode == 0, again.stderr
     assert {path: path.stat().st_mtime_ns for path in trained} == trained  # nothing trained again
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "compute_curve.csv"), table)
+
+    # Stage 4 redraws the figure from the CSV alone (what make study does on a clone without snapshots).
+    drawn = (tmp_path / "compute_curve.png").read_bytes()
+    (tmp_path / "compute_curve.png").unlink()
+    shutil.copy(work / "epoch0003" / "classifier_metrics.csv", tmp_path)
+    report = run_script("plot_results.py", "--out-dir", tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert f"wrote {tmp_path / 'compute_curve.png'}" in report.stdout
+    assert (tmp_path / "compute_curve.png").read_bytes() == drawn
 
 
 def test_a_run_without_snapshots_says_which_flag_makes_them(split_dir, tmp_path):
