@@ -21,7 +21,7 @@ from byol.comparison import (
     paired_summary,
     summarize,
 )
-from byol.compute_curve import CURVE_COLUMNS, CURVE_FIGURE, CURVE_FILE, plot_compute_curve
+from byol.compute_curve import CURVE_COLUMNS, CURVE_FIGURE, CURVE_FILE, curve_markdown, plot_compute_curve
 from byol.data import SPLIT_CONFIG_FILE
 from byol.errors import UserError
 from byol.files import read_csv, read_json, write_text
@@ -70,10 +70,12 @@ def main() -> None:
         )
         written.append(out_dir / "byol_pretraining.png")
         plot_pretraining(byol_metrics, written[-1])
+    curve = None
     if (out_dir / CURVE_FILE).is_file():  # python -m byol.compute_curve's table
         remedy = "run python -m byol.compute_curve again or delete it"
+        curve = read_csv(out_dir / CURVE_FILE, CURVE_COLUMNS, remedy)
         written.append(out_dir / CURVE_FIGURE)
-        plot_compute_curve(read_csv(out_dir / CURVE_FILE, CURVE_COLUMNS, remedy), written[-1])
+        plot_compute_curve(curve, written[-1])
     ceiling = read_ceiling(out_dir)
     if summary["n_labels"].nunique() > 1:
         written.append(out_dir / "label_efficiency.png")
@@ -87,7 +89,7 @@ def main() -> None:
         stage_seconds(byol_metrics, metrics),
         ceiling,
     )
-    write_text(written[-1], markdown)
+    write_text(written[-1], markdown + (curve_markdown(curve) if curve is not None else ""))
     print("\n".join(f"wrote {path}" for path in written))
 
 

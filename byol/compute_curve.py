@@ -29,17 +29,20 @@ from byol.data import SPLIT_CONFIG_FILE, SPLITS_FILE
 from byol.errors import UserError
 from byol.files import read_csv, read_json, write_csv
 from byol.finetune import ClassifierConfig
-from byol.plots import INIT_COLOURS, save_figure
+from byol.plots import INIT_COLOURS, paired_text, save_figure
 from byol.pretrain import BYOL_CONFIG_FILE, BYOL_METRIC_COLUMNS, BYOL_METRICS_FILE, SNAPSHOT_DIR, WEIGHTS_FILE
 from byol.stats import paired_interval, verdict
 
 CURVE_FILE = "compute_curve.csv"
-# What plot_compute_curve reads.
+# What plot_compute_curve and curve_markdown read.
 CURVE_COLUMNS = [
     "epoch",
     "images_seen",
     "hours",
     "diag_knn_k20",
+    "diag_knn_k200",
+    "feature_rank",
+    "probe_verdict",
     "probe_n_labels",
     "probe_byol",
     "probe_random",
@@ -128,6 +131,74 @@ def curve_rows(run_dir: Path, config: ClassifierConfig, device: str) -> pd.DataF
             }
         )
     return pd.DataFrame(table)
+
+
+TREND_POINTS = 3  # the trend's line goes through the last snapshots: the curve's slope where it ends
+
+
+def log_trend(images: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    """The least-squares line of `values` against log2(images): (its value at 1 image, rise per doubling)."""
+    slope, intercept = np.polyfit(np.log2(images), values, 1)
+    return float(intercept), float(slope)
+
+
+def trend_line(table: pd.DataFrame, column: str, what: str) -> str | None:
+    """What the last TREND_POINTS snapshots' straight line in log(images seen) predicts for `column` at
+    2x and 10x the last snapshot's images; None with fewer than two snapshots."""
+    trained = table[table["epoch"] > 0].dropna(subset=[column]).tail(TREND_POINTS)
+    if len(trained) < 2:
+        return None
+    intercept, slope = log_trend(trained["images_seen"].to_numpy(float), trained[column].to_numpy(float))
+    slope = round(slope, 6) + 0.0  # no "-0.000" for a flat line's rounding error
+    last = float(trained["images_seen"].iloc[-1])
+    at = {factor: intercept + slope * math.log2(factor * last) for factor in (2, 10)}
+    first_epoch, last_epoch = int(trained["epoch"].iloc[0]), int(trained["epoch"].iloc[-1])
+    return (
+        f"{what}: {slope:+.3f} per doubling of the images seen over epochs {first_epoch}–{last_epoch}; "
+        f"the line predicts {at[2]:.3f} at 2× the images ({2 * last:,.0f}) and {at[10]:.3f} at 10× "
+        f"({10 * last:,.0f})."
+    )
+
+
+def curve_markdown(table: pd.DataFrame) -> str:
+    """summary.md's section on compute_curve.csv: every snapshot's monitor and probe against random init,
+    and what the end of the curve predicts for more compute."""
+    n_labels = int(table["probe_n_labels"].iloc[0])
+    lines = [
+        "",
+        "## What more pretraining buys (`compute_curve.csv`)",
+        "",
+        "Each snapshot of the pretraining: the diagnostic k-NN (5,000 non-test voters with their folder "
+        "labels, k = 20 and 200), the features' effective rank, and a frozen-backbone linear probe at "
+        f"{n_labels} labels against random init's on the same seeds (BYOL − random paired over seeds, "
+        "95 % interval). Epoch 0 is the random init.",
+        "",
+        "| epoch | images seen | hours | k-NN k=20 | k-NN k=200 | rank | probe BYOL | probe random | "
+        "BYOL − random [95 % interval] | verdict |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for row in table.itertuples():
+        difference = (
+            paired_text(row.probe_diff, row.probe_diff_low, row.probe_diff_high) if row.epoch else "—"
+        )
+        lines.append(
+            f"| {row.epoch} | {row.images_seen:,} | {row.hours:.2f} | {row.diag_knn_k20:.3f} | "
+            f"{row.diag_knn_k200:.3f} | {row.feature_rank:.0f} | {row.probe_byol:.3f} | "
+            f"{row.probe_random:.3f} | {difference} | {row.probe_verdict} |"
+        )
+    trends = [
+        trend_line(table, "diag_knn_k20", "k-NN k=20"),
+        trend_line(table, "probe_diff", f"BYOL − random, frozen probe at {n_labels} labels"),
+    ]
+    if any(trends):
+        lines += [
+            "",
+            f"The trend: a straight line in log(images seen) through the last {TREND_POINTS} snapshots, "
+            "extrapolated (a curve that is flattening falls short of it).",
+            "",
+        ]
+        lines += [f"- {trend}" for trend in trends if trend]
+    return "\n".join(lines) + "\n"
 
 
 def plot_compute_curve(table: pd.DataFrame, path: Path) -> None:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pandas as pd
 import pytest
 from conftest import assert_one_error_line, run_script
 
+from byol.compute_curve import curve_markdown, trend_line
 from byol.pretrain import PretrainConfig, RunOptions, pretrain
 
 PROBE_ARGS = ["--seeds", "2", "--n-labels", "8", "--epochs", "2", "--device", "cpu"]
-
-pytestmark = pytest.mark.slow  # every test here pretrains and trains probes
 
 
 @pytest.fixture
@@ -23,6 +23,7 @@ def snapshot_run(split_dir):
     return out
 
 
+@pytest.mark.slow  # pretrains, then trains probes
 def test_each_snapshot_is_probed_against_one_random_init_and_read_back_on_a_rerun(snapshot_run, tmp_path):
     result = run_script("byol.compute_curve", snapshot_run, "--out-dir", tmp_path, *PROBE_ARGS)
     assert result.returncode == 0, result.stderr
@@ -58,8 +59,56 @@ def test_each_snapshot_is_probed_against_one_random_init_and_read_back_on_a_reru
     assert report.returncode == 0, report.stderr
     assert f"wrote {tmp_path / 'compute_curve.png'}" in report.stdout
     assert (tmp_path / "compute_curve.png").read_bytes() == drawn
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## What more pretraining buys" in summary and "frozen probe at 8 labels" in summary
+    row = table.set_index("epoch").loc[3]
+    assert f"| 3 | 96 | {row['hours']:.2f} | {row['diag_knn_k20']:.3f} |" in summary
 
 
+def curve_table(epochs: list[int], knn) -> pd.DataFrame:
+    """compute_curve.csv's columns for snapshots at `epochs` of 1,000 images each, k-NN knn(images)."""
+    images = [1000 * epoch for epoch in epochs]
+    return pd.DataFrame(
+        {
+            "epoch": [0, *epochs],
+            "images_seen": [0, *images],
+            "hours": [0.0, *(epoch / 10 for epoch in epochs)],
+            "diag_knn_k20": [0.55, *map(knn, images)],
+            "diag_knn_k200": 0.6,
+            "feature_rank": 100.0,
+            "probe_n_labels": 250,
+            "probe_byol": 0.6,
+            "probe_random": 0.55,
+            "probe_diff": [0.0, *(0.05 for _ in epochs)],
+            "probe_diff_low": [math.nan, *(0.04 for _ in epochs)],
+            "probe_diff_high": [math.nan, *(0.06 for _ in epochs)],
+            "probe_verdict": ["random init", *("gain" for _ in epochs)],
+        }
+    )
+
+
+def test_the_trend_is_the_last_snapshots_line_in_log_images():
+    # Rising 0.02 per doubling at the end, after a flat start the trend must leave out.
+    knn = lambda images: 0.5 + 0.02 * max(math.log2(images / 4000), 0)  # noqa: E731
+    table = curve_table([1, 2, 4, 8, 16, 32], knn)
+    line = trend_line(table, "diag_knn_k20", "k-NN")
+    assert line.startswith("k-NN: +0.020 per doubling of the images seen over epochs 8–32;")
+    assert (
+        f"predicts {knn(64000):.3f} at 2× the images (64,000) and {knn(320000):.3f} at 10× (320,000)" in line
+    )
+    flat = trend_line(table, "probe_diff", "probe")
+    assert flat.startswith("probe: +0.000 per doubling") and "predicts 0.050 at 2×" in flat
+    assert trend_line(curve_table([4], knn), "diag_knn_k20", "k-NN") is None  # one snapshot: no line
+    markdown = curve_markdown(table)
+    assert (
+        "| 32 | 32,000 | 3.20 | 0.560 | 0.600 | 100 | 0.600 | 0.550 | +0.050 [+0.040, +0.060] | gain |"
+        in markdown
+    )
+    assert "| 0 | 0 | 0.00 | 0.550 | 0.600 | 100 | 0.600 | 0.550 | — | random init |" in markdown
+    assert line.replace("k-NN:", "- k-NN k=20:") in markdown
+
+
+@pytest.mark.slow
 def test_a_run_without_snapshots_says_which_flag_makes_them(split_dir, tmp_path):
     out = split_dir()
     pretrain(
