@@ -59,7 +59,10 @@ demo: setup
 # committed comparison ran its fine-tuning at the old fixed rate, --finetune-lrs 1e-3).
 # A stage whose outputs are complete is skipped: on a fresh clone `make study` only redraws every figure
 # and table from the committed results/*.csv. To train again, delete $(OUT_DIR)/classifier_summary.csv and
-# classifier_metrics.csv (the comparison) and $(OUT_DIR)/byol.pt and byol_checkpoint.pt (the pretraining).
+# classifier_metrics.csv (the comparison), $(OUT_DIR)/byol.pt and byol_checkpoint.pt (the pretraining),
+# ceiling_metrics.csv (the ceiling: all labels, configs/ceiling.args). The ceiling runs after the
+# pretraining (it trains at byol_config.json's view size): trained with the study, continued when
+# unfinished, a finished one checked without reading an image, skipped for a finished study without one.
 STUDY_DATA_DIR ?= ../shared/data/PetImages
 STUDY_BYOL_ARGS ?= @configs/study_byol.args
 STUDY_CLASSIFIER_ARGS ?= @configs/study_classifier.args
@@ -71,6 +74,9 @@ study: setup
 	[ -f "$(OUT_DIR)/byol.pt" ] || [ -f "$(OUT_DIR)/classifier_summary.csv" ] || \
 		$(BIN)/python train_byol.py --out-dir "$(OUT_DIR)" $(STUDY_BYOL_ARGS) \
 		$(call resume_flag,$(OUT_DIR)/byol_checkpoint.pt)
+	[ -f "$(OUT_DIR)/classifier_summary.csv" ] && [ ! -f "$(OUT_DIR)/ceiling_metrics.csv" ] || \
+		$(BIN)/python -m byol.ceiling "$(OUT_DIR)" --out-dir "$(OUT_DIR)" @configs/ceiling.args \
+		$(call resume_flag,$(OUT_DIR)/ceiling_metrics.csv)
 	[ -f "$(OUT_DIR)/classifier_summary.csv" ] || \
 		$(BIN)/python train_classifier.py --out-dir "$(OUT_DIR)" $(STUDY_CLASSIFIER_ARGS) \
 		$(call resume_flag,$(OUT_DIR)/classifier_metrics.csv)

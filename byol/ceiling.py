@@ -130,8 +130,13 @@ def load_run(config: ClassifierConfig, run_dir: Path, runtime: Runtime) -> Ceili
 def kept_rows(metrics_path: Path, settings: dict, config: ClassifierConfig, resume: bool) -> list[dict]:
     """--resume: the rows of the seeds an earlier run with the same settings finished."""
     config_path = metrics_path.with_name(CEILING_CONFIG_FILE)
-    if not (resume and metrics_path.is_file() and config_path.is_file()):
+    if not (resume and metrics_path.is_file()):
         return []
+    if not config_path.is_file():
+        raise UserError(
+            f"--resume: {config_path} is missing, so the settings of {metrics_path} are unknown; "
+            "start over with --overwrite"
+        )
     remedy = "resume with the same settings, or start over with --overwrite"
     check_resumable(metrics_path, read_json(config_path, remedy), settings, remedy)
     rows = read_csv(metrics_path, CEILING_COLUMNS, "start over with --overwrite")
@@ -189,6 +194,7 @@ def train_ceiling(config: ClassifierConfig, run_dir: Path, out_dir: Path, args) 
             if ranks.is_main:
                 write_csv(metrics_path, pd.DataFrame(rows, columns=CEILING_COLUMNS))
         progress.close()
+        log.info(f"wrote {metrics_path}")
     return pd.DataFrame(rows, columns=CEILING_COLUMNS)
 
 
@@ -247,7 +253,6 @@ def main() -> None:
     metrics = train_ceiling(config, args.run_dir, args.out_dir, args)
     final = metrics[metrics["epoch"] == config.epochs]
     print(final[["seed", "n_train", "test_acc", "backbone_lr"]].to_string(index=False))
-    print(f"wrote {args.out_dir / CEILING_METRICS_FILE}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ def test_every_non_test_image_trains_with_its_folder_label_and_seeds_resume(spli
     result = run_script("byol.ceiling", run_dir, "--out-dir", out, "--seeds", "2", *TINY)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "plan: 2 seed(s) x 2 epochs of 32 images" in result.stderr
+    assert f"wrote {out / 'ceiling_metrics.csv'}" in result.stderr
     metrics = pd.read_csv(out / "ceiling_metrics.csv")
     splits = pd.read_csv(run_dir / "splits.csv")
     assert (metrics["n_train"] == (splits["split"] != "test").sum()).all()  # labelled + unlabelled: 32
@@ -48,12 +49,18 @@ def test_every_non_test_image_trains_with_its_folder_label_and_seeds_resume(spli
     assert other.returncode == 2 and "--epochs 2" in other.stderr and "3" in other.stderr
     assert_one_error_line(other.stderr)
     pd.testing.assert_frame_equal(pd.read_csv(out / "ceiling_metrics.csv"), resumed)
+    settings = (out / "ceiling_config.json").read_bytes()
+    (out / "ceiling_config.json").unlink()
+    lost = run_script("byol.ceiling", run_dir, "--out-dir", out, "--resume", *TINY)
+    assert lost.returncode == 2 and "ceiling_config.json is missing" in lost.stderr
+    assert_one_error_line(lost.stderr)
+    (out / "ceiling_config.json").write_bytes(settings)
     # Finished: resuming trains nothing and needs no images (make study on a clone without them).
     shutil.rmtree(json.loads((run_dir / "split_config.json").read_text())["data_dir"])
     shutil.rmtree(run_dir / "cache")
     done = run_script("byol.ceiling", run_dir, "--out-dir", out, "--seeds", "3", "--resume", *TINY)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "nothing to train" in done.stderr
+    assert "nothing to train" in done.stderr and "wrote" not in done.stdout + done.stderr
 
 
 @pytest.mark.slow
