@@ -30,6 +30,8 @@ from byol.plots import (
     plot_label_efficiency,
     plot_loss_curves,
     plot_pretraining,
+    pretraining_markdown,
+    settings_markdown,
     stage_seconds,
     summary_markdown,
 )
@@ -51,46 +53,67 @@ def read_json_if_present(path: Path) -> dict:
 def main() -> None:
     out_dir = get_args_parser().parse_args().out_dir
     metrics_path = out_dir / CLASSIFIER_METRICS_FILE
-    if not metrics_path.is_file():
-        raise UserError(f"{metrics_path} not found: run train_classifier.py --out-dir {out_dir} first")
-    metrics = read_csv(
-        metrics_path, CLASSIFIER_METRIC_COLUMNS, f"run train_classifier.py --out-dir {out_dir} again"
-    )
-    if metrics.empty:
-        raise UserError(f"{metrics_path} has no rows: run train_classifier.py again")
-    summary, paired = summarize(metrics), paired_summary(metrics)
-    n_classes = len(read_json_if_present(out_dir / SPLIT_CONFIG_FILE).get("classes", [0, 1]))
-    written = [out_dir / "loss_curves.png", out_dir / "accuracy.png"]
-    plot_loss_curves(metrics, written[0])
-    plot_accuracy(metrics, n_classes, written[1])
-    byol_metrics = None
+    byol_metrics = curve = None
     if (out_dir / BYOL_METRICS_FILE).is_file():
-        byol_metrics = read_csv(
-            out_dir / BYOL_METRICS_FILE, BYOL_METRIC_COLUMNS, "run train_byol.py again or delete it"
-        )
-        written.append(out_dir / "byol_pretraining.png")
-        plot_pretraining(byol_metrics, written[-1])
-    curve = None
+        remedy = "run train_byol.py again or delete it"
+        byol_metrics = read_csv(out_dir / BYOL_METRICS_FILE, BYOL_METRIC_COLUMNS, remedy)
     if (out_dir / CURVE_FILE).is_file():  # python -m byol.compute_curve's table
         remedy = "run python -m byol.compute_curve again or delete it"
         curve = read_csv(out_dir / CURVE_FILE, CURVE_COLUMNS, remedy)
+    metrics = None  # every input is read before anything is drawn: a damaged one leaves no half report
+    if metrics_path.is_file():
+        remedy = f"run train_classifier.py --out-dir {out_dir} again"
+        metrics = read_csv(metrics_path, CLASSIFIER_METRIC_COLUMNS, remedy)
+        if metrics.empty:
+            raise UserError(f"{metrics_path} has no rows: run train_classifier.py again")
+    elif byol_metrics is None and curve is None:
+        raise UserError(f"{metrics_path} not found: run train_classifier.py --out-dir {out_dir} first")
+    byol_config = read_json_if_present(out_dir / BYOL_CONFIG_FILE)
+    written = []
+    if byol_metrics is not None:
+        written.append(out_dir / "byol_pretraining.png")
+        plot_pretraining(byol_metrics, written[-1])
+    if curve is not None:
         written.append(out_dir / CURVE_FIGURE)
         plot_compute_curve(curve, written[-1])
+    sections = (pretraining_markdown(byol_metrics, byol_config) if byol_metrics is not None else "") + (
+        curve_markdown(curve) if curve is not None else ""
+    )
+    if metrics is not None:
+        markdown = comparison_report(out_dir, metrics, byol_metrics, byol_config, sections, written)
+    else:  # a pretraining in progress: its own report, the comparison to come
+        markdown = (
+            f"# BYOL pretraining\n\nNo comparison yet: {metrics_path.name} is not here "
+            f"(run train_classifier.py --out-dir {out_dir}).\n"
+            f"{sections}{settings_markdown(None, byol_config)}"
+        )
+    written.append(out_dir / "summary.md")
+    write_text(written[-1], markdown)
+    print("\n".join(f"wrote {path}" for path in written))
+
+
+def comparison_report(
+    out_dir: Path, metrics, byol_metrics, byol_config: dict, sections: str, written: list[Path]
+) -> str:
+    """The comparison's figures (appended to `written`) and its summary.md, `sections` included."""
+    summary, paired = summarize(metrics), paired_summary(metrics)
+    n_classes = len(read_json_if_present(out_dir / SPLIT_CONFIG_FILE).get("classes", [0, 1]))
+    written += [out_dir / "loss_curves.png", out_dir / "accuracy.png"]
+    plot_loss_curves(metrics, written[-2])
+    plot_accuracy(metrics, n_classes, written[-1])
     ceiling = read_ceiling(out_dir)
     if summary["n_labels"].nunique() > 1:
         written.append(out_dir / "label_efficiency.png")
         plot_label_efficiency(summary, paired, written[-1], ceiling)
-    written.append(out_dir / "summary.md")
-    markdown = summary_markdown(
+    return summary_markdown(
         summary,
         paired,
         read_json_if_present(out_dir / CLASSIFIER_CONFIG_FILE),
-        read_json_if_present(out_dir / BYOL_CONFIG_FILE),
+        byol_config,
         stage_seconds(byol_metrics, metrics),
         ceiling,
+        sections,
     )
-    write_text(written[-1], markdown + (curve_markdown(curve) if curve is not None else ""))
-    print("\n".join(f"wrote {path}" for path in written))
 
 
 if __name__ == "__main__":

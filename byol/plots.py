@@ -285,11 +285,13 @@ def summary_markdown(
     byol_config: dict | None,
     stage_seconds: dict[str, float] | None = None,
     ceiling: Ceiling | None = None,
+    sections: str = "",
 ) -> str:
     """The comparison table, BYOL − random per mode and label count (paired over seeds, with its 95 %
     interval), the settings behind it and the wall-clock time of each stage (`stage_seconds`: stage
     name → seconds, from the metrics CSVs); with the `ceiling`, its row and the share of the gap to it
-    that BYOL closes."""
+    that BYOL closes. `sections` (more markdown: the pretraining, the compute curve) goes before the
+    wall-clock time and the settings."""
     lines = [
         "# Random init vs BYOL init",
         "",
@@ -324,16 +326,85 @@ def summary_markdown(
         ]
     if ceiling is not None and not paired.empty:
         lines += gap_lines(summary, paired, ceiling)
+    if sections:
+        lines.append(sections.rstrip("\n"))
     if stage_seconds:
         lines += ["", "## Wall-clock time", "", "| stage | minutes |", "|---|---:|"]
         lines += [f"| {stage} | {seconds / 60:.1f} |" for stage, seconds in stage_seconds.items()]
-    lines += ["", "## Settings", "", "Classifier (`classifier_config.json`):", "", "```"]
-    lines += [f"{key}: {value}" for key, value in classifier_config.items() if key != "byol_config"]
-    lines += ["```"]
+    return "\n".join(lines) + "\n" + settings_markdown(classifier_config, byol_config)
+
+
+def settings_markdown(classifier_config: dict | None, byol_config: dict | None) -> str:
+    """summary.md's last section: the settings files, key by key."""
+    lines = ["", "## Settings"]
+    if classifier_config is not None:
+        lines += ["", "Classifier (`classifier_config.json`):", "", "```"]
+        lines += [f"{key}: {value}" for key, value in classifier_config.items() if key != "byol_config"]
+        lines += ["```"]
     if byol_config:
         lines += ["", "BYOL pretraining (`byol_config.json`):", "", "```"]
         lines += [f"{key}: {value}" for key, value in byol_config.items()]
         lines += ["```"]
+    return "\n".join(lines) + "\n"
+
+
+def shown_epochs(epochs: list[int]) -> list[int]:
+    """The monitor rows summary.md shows: all of a short run; of a long one the random init, the powers
+    of two (the log-spaced snapshots) and the last."""
+    if len(epochs) <= 13:
+        return epochs
+    return [epoch for epoch in epochs if epoch & (epoch - 1) == 0 or epoch == epochs[-1]]
+
+
+def number(value: float, digits: int = 3) -> str:
+    return "—" if pd.isna(value) else f"{value:.{digits}f}"
+
+
+def pretraining_markdown(byol_metrics: pd.DataFrame, byol_config: dict) -> str:
+    """summary.md's section on byol_metrics.csv: how far the pretraining went (steps, images, hours,
+    images/s, precision; an unfinished run says so) and its monitor at log-spaced epochs."""
+    trained = byol_metrics.dropna(subset=["loss"])
+    if trained.empty:
+        return ""
+    last = trained.iloc[-1]
+    planned = int(byol_config.get("epochs", last.epoch))
+    batch = int(byol_config.get("global_batch_size", byol_config.get("batch_size", 0)))
+    speed = trained["images_per_s"].dropna()
+    hours = byol_metrics["seconds"].fillna(0).cumsum() / 3600  # training only, as compute_curve.csv's
+    monitor_seconds = byol_metrics["monitor_seconds"].dropna()
+    monitor = (
+        f" ({monitor_seconds.sum() / 3600:.2f} more in the k-NN monitor)" if len(monitor_seconds) else ""
+    )
+    lines = [
+        "",
+        "## BYOL pretraining (`byol_metrics.csv`)",
+        "",
+        f"{int(last.epoch)} of {planned} epochs: {int(last.step):,} steps of {batch} images "
+        f"({int(last.step) * batch:,} images seen), {hours.iloc[-1]:.2f} hours of training{monitor}, "
+        f"{speed.median():.1f} images/s (median over epochs; {speed.min():.1f}–{speed.max():.1f}), "
+        f"precision `{byol_config.get('precision', '?')}`.",
+    ]
+    if last.epoch < planned:
+        lines.append(
+            f"**Unfinished**: {planned - int(last.epoch)} epochs to go; `train_byol.py --resume` "
+            "continues it."
+        )
+    lines += [
+        "",
+        "The monitor: the k-NN whose voters are the labelled split, the diagnostic k-NN (5,000 non-test "
+        "voters with their folder labels, k = 20 and 200) and the features' effective rank. Epoch 0 is "
+        "the random init.",
+        "",
+        "| epoch | steps | hours | loss | k-NN, labelled voters | k-NN k=20 | k-NN k=200 | rank |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = byol_metrics.assign(hours=hours).set_index("epoch")
+    for epoch in shown_epochs(rows.index.tolist()):
+        row = rows.loc[epoch]
+        lines.append(
+            f"| {epoch} | {int(row.step):,} | {row.hours:.2f} | {number(row.loss)} | {number(row.knn_acc)} | "
+            f"{number(row.diag_knn_k20)} | {number(row.diag_knn_k200)} | {number(row.feature_rank, 0)} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from functools import partial
 from pathlib import Path
@@ -45,7 +46,13 @@ from byol.finetune import (
     train_probe,
 )
 from byol.model import resnet18_backbone
-from byol.plots import plot_accuracy, plot_label_efficiency, plot_loss_curves, summary_markdown
+from byol.plots import (
+    plot_accuracy,
+    plot_label_efficiency,
+    plot_loss_curves,
+    pretraining_markdown,
+    summary_markdown,
+)
 
 CPU = Runtime(torch.device("cpu"))
 
@@ -428,6 +435,63 @@ def test_plot_results_without_metrics_is_a_clear_error(tmp_path):
     result = run_script("plot_results.py", "--out-dir", tmp_path)
     assert result.returncode == 2 and "train_classifier.py" in result.stderr
     assert_one_error_line(result.stderr)
+
+
+def pretraining_metrics(epochs: int) -> pd.DataFrame:
+    """byol_metrics.csv as train_byol.py writes it: epoch 0 (the random init, no loss) and `epochs`
+    trained epochs of 10 steps, 60 s and 5 s of monitor each."""
+    return pd.DataFrame(
+        {
+            "epoch": range(epochs + 1),
+            "step": [10 * epoch for epoch in range(epochs + 1)],
+            "loss": [math.nan, *(2.0 - 0.01 * epoch for epoch in range(1, epochs + 1))],
+            "tau": 0.99,
+            "lr": 0.1,
+            "knn_acc": 0.55,
+            "feature_std": 0.02,
+            "diag_knn_k20": [0.5 + 0.01 * epoch for epoch in range(epochs + 1)],
+            "diag_knn_k200": 0.6,
+            "feature_rank": 100.0,
+            "images_per_s": [math.nan, *(40.0 + epoch for epoch in range(1, epochs + 1))],
+            "seconds": [0.0, *(60.0 for _ in range(epochs))],
+            "monitor_seconds": 5.0,
+        }
+    )
+
+
+def test_plot_results_reports_a_pretraining_in_progress_without_a_comparison(tmp_path):
+    pretraining_metrics(3).to_csv(tmp_path / "byol_metrics.csv", index=False)
+    config = {"epochs": 8, "global_batch_size": 64, "precision": "bf16", "lr": 0.25}
+    (tmp_path / "byol_config.json").write_text(json.dumps(config))
+    result = run_script("plot_results.py", "--out-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "byol_pretraining.png").stat().st_size > 10_000
+    assert not (tmp_path / "loss_curves.png").exists()
+    summary = (tmp_path / "summary.md").read_text()
+    assert "No comparison yet: classifier_metrics.csv is not here" in summary
+    assert "3 of 8 epochs: 30 steps of 64 images (1,920 images seen), 0.05 hours of training" in summary
+    assert "42.0 images/s (median over epochs; 41.0–43.0), precision `bf16`" in summary
+    assert "**Unfinished**: 5 epochs to go" in summary
+    assert "| 0 | 0 | 0.00 | — | 0.550 | 0.500 | 0.600 | 100 |" in summary
+    assert "| 3 | 30 | 0.05 | 1.970 | 0.550 | 0.530 | 0.600 | 100 |" in summary
+    assert "lr: 0.25" in summary
+
+    # A damaged comparison beside it: one line, and the pretraining's figure is not redrawn.
+    drawn = (tmp_path / "byol_pretraining.png").stat().st_mtime_ns
+    (tmp_path / "classifier_metrics.csv").write_text("a,b\n1,2\n")
+    damaged = run_script("plot_results.py", "--out-dir", tmp_path)
+    assert damaged.returncode == 2 and "classifier_metrics.csv lacks the column(s)" in damaged.stderr
+    assert_one_error_line(damaged.stderr)
+    assert (tmp_path / "byol_pretraining.png").stat().st_mtime_ns == drawn
+
+
+def test_a_long_pretraining_shows_its_monitor_at_log_spaced_epochs():
+    markdown = pretraining_markdown(pretraining_metrics(40), {"epochs": 40, "global_batch_size": 8})
+    shown = [line.split("|")[1].strip() for line in markdown.splitlines() if line.startswith("| ")][1:]
+    assert shown == ["0", "1", "2", "4", "8", "16", "32", "40"]
+    assert "40 of 40 epochs" in markdown and "Unfinished" not in markdown
+    short = pretraining_markdown(pretraining_metrics(5), {"epochs": 5, "global_batch_size": 8})
+    assert "| 3 | 30 |" in short  # a short run shows every epoch
 
 
 def test_plot_results_with_a_damaged_metrics_file_is_a_clear_error(tmp_path):
