@@ -63,6 +63,7 @@ demo: setup
 # ceiling_metrics.csv (the ceiling: all labels, configs/ceiling.args). The ceiling runs after the
 # pretraining (it trains at byol_config.json's view size): trained with the study, continued when
 # unfinished, a finished one checked without reading an image, skipped for a finished study without one.
+# $(OUT_DIR)/long_run (issue 21's long pretraining, its CSVs copied there as it goes) is redrawn too.
 STUDY_DATA_DIR ?= ../shared/data/PetImages
 STUDY_BYOL_ARGS ?= @configs/study_byol.args
 STUDY_CLASSIFIER_ARGS ?= @configs/study_classifier.args
@@ -81,6 +82,7 @@ study: setup
 		$(BIN)/python train_classifier.py --out-dir "$(OUT_DIR)" $(STUDY_CLASSIFIER_ARGS) \
 		$(call resume_flag,$(OUT_DIR)/classifier_metrics.csv)
 	$(BIN)/python plot_results.py --out-dir "$(OUT_DIR)"
+	[ ! -f "$(OUT_DIR)/long_run/byol_metrics.csv" ] || $(BIN)/python plot_results.py --out-dir "$(OUT_DIR)/long_run"
 
 # Short pretraining trials, one file each in configs/trials/: those that chose the study's recipe (5
 # epochs of 6,400 images at 64 px), then steps1400_* (1,404 steps on all images, ranked by the 5,000-voter

@@ -34,6 +34,7 @@ from byol.plots import (
     settings_markdown,
     stage_seconds,
     summary_markdown,
+    wall_clock_markdown,
 )
 from byol.pretrain import BYOL_CONFIG_FILE, BYOL_METRIC_COLUMNS, BYOL_METRICS_FILE
 
@@ -105,14 +106,11 @@ def comparison_report(
     if summary["n_labels"].nunique() > 1:
         written.append(out_dir / "label_efficiency.png")
         plot_label_efficiency(summary, paired, written[-1], ceiling)
-    return summary_markdown(
-        summary,
-        paired,
-        read_json_if_present(out_dir / CLASSIFIER_CONFIG_FILE),
-        byol_config,
-        stage_seconds(byol_metrics, metrics),
-        ceiling,
-        sections,
+    return (
+        summary_markdown(summary, paired, ceiling)
+        + sections
+        + wall_clock_markdown(stage_seconds(byol_metrics, metrics))
+        + settings_markdown(read_json_if_present(out_dir / CLASSIFIER_CONFIG_FILE), byol_config)
     )
 
 

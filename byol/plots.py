@@ -278,20 +278,11 @@ def paired_text(mean: float, low: float, high: float) -> str:
     return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
-def summary_markdown(
-    summary: pd.DataFrame,
-    paired: pd.DataFrame,
-    classifier_config: dict,
-    byol_config: dict | None,
-    stage_seconds: dict[str, float] | None = None,
-    ceiling: Ceiling | None = None,
-    sections: str = "",
-) -> str:
-    """The comparison table, BYOL − random per mode and label count (paired over seeds, with its 95 %
-    interval), the settings behind it and the wall-clock time of each stage (`stage_seconds`: stage
-    name → seconds, from the metrics CSVs); with the `ceiling`, its row and the share of the gap to it
-    that BYOL closes. `sections` (more markdown: the pretraining, the compute curve) goes before the
-    wall-clock time and the settings."""
+def summary_markdown(summary: pd.DataFrame, paired: pd.DataFrame, ceiling: Ceiling | None = None) -> str:
+    """summary.md's comparison: the accuracy table, BYOL − random per mode and label count (paired over
+    seeds, with its 95 % interval); with the `ceiling`, its row and the share of the gap to it that
+    BYOL closes. plot_results.py adds the pretraining, the compute curve, the wall-clock time of each
+    stage and the settings."""
     lines = [
         "# Random init vs BYOL init",
         "",
@@ -326,12 +317,16 @@ def summary_markdown(
         ]
     if ceiling is not None and not paired.empty:
         lines += gap_lines(summary, paired, ceiling)
-    if sections:
-        lines.append(sections.rstrip("\n"))
-    if stage_seconds:
-        lines += ["", "## Wall-clock time", "", "| stage | minutes |", "|---|---:|"]
-        lines += [f"| {stage} | {seconds / 60:.1f} |" for stage, seconds in stage_seconds.items()]
-    return "\n".join(lines) + "\n" + settings_markdown(classifier_config, byol_config)
+    return "\n".join(lines) + "\n"
+
+
+def wall_clock_markdown(stage_seconds: dict[str, float]) -> str:
+    """The wall-clock time of each stage (stage name → seconds, from the metrics CSVs)."""
+    if not stage_seconds:
+        return ""
+    lines = ["", "## Wall-clock time", "", "| stage | minutes |", "|---|---:|"]
+    lines += [f"| {stage} | {seconds / 60:.1f} |" for stage, seconds in stage_seconds.items()]
+    return "\n".join(lines) + "\n"
 
 
 def settings_markdown(classifier_config: dict | None, byol_config: dict | None) -> str:

@@ -395,7 +395,7 @@ def test_one_seed_is_shown_without_a_spread_rather_than_plus_minus_zero():
         }
     )
     summary = summarize(metrics)
-    table = summary_markdown(summary, paired_summary(metrics), {}, None)
+    table = summary_markdown(summary, paired_summary(metrics))
     assert "| 250 | finetune | random | 0.600 (one seed: no spread) | 1 | 30 |" in table
     assert "| 250 | frozen | byol | 0.600 ± 0.028 | 2 | 30 |" in table
     # One seed has no interval; two seeds of +0.08 each have a zero-width one: a gain.

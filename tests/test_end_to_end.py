@@ -69,6 +69,9 @@ def test_four_stages_end_to_end(tmp_path):
     clone = tmp_path / "clone"
     shutil.copytree(out, clone, ignore=shutil.ignore_patterns("*.pt", "cache", "*.png"))
     (clone / "summary.md").unlink()
+    (clone / "long_run").mkdir()  # a long pretraining's progress, copied there as it goes
+    for name in ("byol_metrics.csv", "byol_config.json"):
+        shutil.copy(out / name, clone / "long_run")
     bin_dir = Path(sys.executable).parent
     result = subprocess.run(
         ["make", "-C", ROOT, "-o", f"{bin_dir}/python", "study", f"BIN={bin_dir}", f"OUT_DIR={clone}"],
@@ -81,3 +84,5 @@ def test_four_stages_end_to_end(tmp_path):
     assert (clone / "summary.md").read_text() == summary
     for name in ("loss_curves.png", "accuracy.png", "byol_pretraining.png", "label_efficiency.png"):
         assert (clone / name).is_file(), name
+    assert (clone / "long_run" / "byol_pretraining.png").is_file()
+    assert "No comparison yet" in (clone / "long_run" / "summary.md").read_text()
