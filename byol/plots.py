@@ -380,10 +380,11 @@ def pretraining_markdown(byol_metrics: pd.DataFrame, byol_config: dict) -> str:
         f"precision `{byol_config.get('precision', '?')}`.",
     ]
     if last.epoch < planned:
-        lines.append(
+        lines += [
+            "",
             f"**Unfinished**: {planned - int(last.epoch)} epochs to go; `train_byol.py --resume` "
-            "continues it."
-        )
+            "continues it.",
+        ]
     lines += [
         "",
         "The monitor: the k-NN whose voters are the labelled split, the diagnostic k-NN (5,000 non-test "
