@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from byol.cli import StageArgumentParser, positive_int, run_stage
 from byol.comparison import CLASSIFIER_METRICS_FILE, CLASSIFIER_SUMMARY_FILE, final_rows, run_classifiers
@@ -201,6 +202,30 @@ def curve_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def short_count(images: float) -> str:
+    """22464 -> '22k', 1797120 -> '1.8M': a tick label."""
+    for size, suffix in ((1e6, "M"), (1e3, "k")):
+        if images >= size:
+            return f"{images / size:.2g}{suffix}" if images < 10 * size else f"{images / size:.0f}{suffix}"
+    return f"{images:.0f}"
+
+
+def short_hours(hours: float) -> str:
+    return f"{hours:.2f}" if hours < 1 else f"{hours:.1f}" if hours < 10 else f"{hours:.0f}"
+
+
+def label_snapshots(axis, images: np.ndarray, hours: np.ndarray) -> None:
+    """Ticks at the snapshots only: images seen below, the hours of pretraining they took above."""
+    axis.set_xticks(images, [short_count(value) for value in images])
+    axis.xaxis.set_minor_locator(NullLocator())
+    top = axis.twiny()
+    top.set_xscale("log")
+    top.set_xlim(axis.get_xlim())
+    top.set_xticks(images, [short_hours(value) for value in hours])
+    top.xaxis.set_minor_locator(NullLocator())
+    top.set_xlabel("hours of pretraining on this machine")
+
+
 def plot_compute_curve(table: pd.DataFrame, path: Path) -> None:
     """Accuracy against images seen (log x; the random init, seen 0 images, as horizontal lines).
     Drawn from compute_curve.csv alone, so plot_results.py redraws it too."""
@@ -241,16 +266,7 @@ def plot_compute_curve(table: pd.DataFrame, path: Path) -> None:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="best")
     axis.set_title("What more BYOL pretraining buys")
-    images, hours = trained["images_seen"].to_numpy(float), trained["hours"].to_numpy(float)
-    if len(images) >= 2 and np.all(np.diff(images) > 0):
-        top = axis.secondary_xaxis(
-            "top",
-            functions=(
-                lambda x: np.interp(np.log(np.maximum(x, 1)), np.log(images), hours),
-                lambda h: np.exp(np.interp(h, hours, np.log(images))),
-            ),
-        )
-        top.set_xlabel("hours of pretraining on this machine")
+    label_snapshots(axis, trained["images_seen"].to_numpy(float), trained["hours"].to_numpy(float))
     save_figure(figure, path)
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import assert_one_error_line, run_script
 
-from byol.compute_curve import curve_markdown, trend_line
+from byol.compute_curve import curve_markdown, short_count, short_hours, trend_line
 from byol.pretrain import PretrainConfig, RunOptions, pretrain
 
 PROBE_ARGS = ["--seeds", "2", "--n-labels", "8", "--epochs", "2", "--device", "cpu"]
@@ -120,3 +120,14 @@ def test_a_run_without_snapshots_says_which_flag_makes_them(split_dir, tmp_path)
     assert result.returncode == 2 and "--snapshots log2" in result.stderr
     assert_one_error_line(result.stderr)
     assert not (tmp_path / "compute_curve.csv").exists()
+
+
+def test_the_snapshot_ticks_read_as_images_and_hours():
+    assert [short_count(n) for n in (999, 22_464, 179_712, 1_932_288, 30_000_000)] == [
+        "999",
+        "22k",
+        "180k",
+        "1.9M",
+        "30M",
+    ]
+    assert [short_hours(h) for h in (0.184, 1.243, 12.6)] == ["0.18", "1.2", "13"]
