@@ -30,7 +30,7 @@ from byol.data import SPLIT_CONFIG_FILE, SPLITS_FILE
 from byol.errors import UserError
 from byol.files import read_csv, read_json, write_csv
 from byol.finetune import ClassifierConfig
-from byol.plots import INIT_COLOURS, paired_text, save_figure
+from byol.plots import INIT_COLOURS, paired_text, save_figure, training_hours
 from byol.pretrain import BYOL_CONFIG_FILE, BYOL_METRIC_COLUMNS, BYOL_METRICS_FILE, SNAPSHOT_DIR, WEIGHTS_FILE
 from byol.stats import paired_interval, verdict
 
@@ -98,7 +98,7 @@ def curve_rows(run_dir: Path, config: ClassifierConfig, device: str) -> pd.DataF
     byol_config = read_json(run_dir / BYOL_CONFIG_FILE, "finish the run first")
     monitor = monitor.set_index("epoch")
     epochs = snapshot_epochs(run_dir)  # before any training: a run without snapshots fails at once
-    hours = monitor["seconds"].cumsum() / 3600  # training time only: the monitor's seconds are apart
+    hours = training_hours(monitor)
     random = probe(probe_folder(run_dir, "random", None), ["random"], config, device).set_index("seed")
     rows = [{"epoch": 0, "step": 0, "byol": random["test_acc"]}]
     for epoch in epochs:

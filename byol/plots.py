@@ -355,6 +355,12 @@ def number(value: float, digits: int = 3) -> str:
     return "—" if pd.isna(value) else f"{value:.{digits}f}"
 
 
+def training_hours(byol_metrics: pd.DataFrame) -> pd.Series:
+    """Hours of pretraining up to each row of byol_metrics.csv: training time only (the monitor's
+    seconds are a column apart), as summary.md and compute_curve.csv both report it."""
+    return byol_metrics["seconds"].fillna(0).cumsum() / 3600
+
+
 def pretraining_markdown(byol_metrics: pd.DataFrame, byol_config: dict) -> str:
     """summary.md's section on byol_metrics.csv: how far the pretraining went (steps, images, hours,
     images/s, precision; an unfinished run says so) and its monitor at log-spaced epochs."""
@@ -365,7 +371,7 @@ def pretraining_markdown(byol_metrics: pd.DataFrame, byol_config: dict) -> str:
     planned = int(byol_config.get("epochs", last.epoch))
     batch = int(byol_config.get("global_batch_size", byol_config.get("batch_size", 0)))
     speed = trained["images_per_s"].dropna()
-    hours = byol_metrics["seconds"].fillna(0).cumsum() / 3600  # training only, as compute_curve.csv's
+    hours = training_hours(byol_metrics)
     monitor_seconds = byol_metrics["monitor_seconds"].dropna()
     monitor = (
         f" ({monitor_seconds.sum() / 3600:.2f} more in the k-NN monitor)" if len(monitor_seconds) else ""
