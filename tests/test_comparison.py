@@ -228,10 +228,10 @@ def test_frozen_probe_standardises_by_the_training_features_only():
 def test_finetune_mode_changes_the_backbone(pretrained, precision, epochs):
     backbone = resnet18_backbone()
     before = backbone.conv1.weight.detach().clone()
-    images = torch.randint(0, 256, (8, 3, 36, 36), dtype=torch.uint8)
+    images = torch.randint(0, 256, (8, 3, 20, 20), dtype=torch.uint8)  # 16 px: a CPU emulates fp16 slowly
     labels = torch.tensor([0, 1] * 4)
     examples = Examples(images, labels)
-    config = ClassifierConfig(epochs=epochs, batch_size=4, image_size=32, finetune_lrs=[1e-3])
+    config = ClassifierConfig(epochs=epochs, batch_size=4, image_size=16, finetune_lrs=[1e-3])
     rows = fine_tune(
         backbone, Task(examples, examples, 2), Job(0, config, Runtime(torch.device("cpu"), precision))
     )
