@@ -6,7 +6,7 @@ DATA_DIR ?= data/PetImages
 OUT_DIR ?= results
 DEMO_DIR ?= demo
 
-.PHONY: setup test test-fast pipeline demo clean-demo study recipe-search
+.PHONY: setup test test-fast pipeline demo clean-demo study recipe-search long-run long-run-report
 
 $(BIN)/python: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,8 +71,8 @@ STUDY_DATA_DIR ?= ../shared/data/PetImages
 STUDY_BYOL_ARGS ?= @configs/study_byol.args
 STUDY_CLASSIFIER_ARGS ?= @configs/study_classifier.args
 resume_flag = $(if $(wildcard $(1)),--resume,)
-split_if_missing = [ -f "$(OUT_DIR)/splits.csv" ] || \
-	$(BIN)/python data_split.py --data-dir "$(STUDY_DATA_DIR)" --out-dir "$(OUT_DIR)"
+split_in = [ -f "$(1)/splits.csv" ] || $(BIN)/python data_split.py --data-dir "$(STUDY_DATA_DIR)" --out-dir "$(1)"
+split_if_missing = $(call split_in,$(OUT_DIR))
 study: setup
 	$(split_if_missing)
 	[ -f "$(OUT_DIR)/byol.pt" ] || [ -f "$(OUT_DIR)/classifier_summary.csv" ] || \
@@ -105,3 +105,42 @@ recipe-search: setup
 	$(foreach trial,$(TRIALS),$(call run_trial,$(trial)) && ) true
 	$(BIN)/python -m byol.recipe_search $(foreach trial,$(TRIALS),$(call trial_dir,$(trial))) \
 		--out "$(OUT_DIR)/recipe_search.csv"
+
+# Issue 21's long pretraining and everything it feeds, in one resumable command (docs/experiments.md):
+# the study's split in LONG_DIR, configs/long_byol.args (30,186 steps; continued with --resume after an
+# interruption), then `long-run-report`, then the study's comparison grid on the final byol.pt, its CSVs
+# and report in LONG_OUT beside the ceiling's. Run again, it continues where it stopped; a finished
+# step is skipped. LONG_DIR holds the weights, snapshots and image cache: never commit it.
+#   make long-run LONG_DIR=/path/outside/the/checkout
+# `make long-run-report` while it trains (from a second shell): the run's small files so far copied to
+# LONG_OUT, each snapshot so far scored (python -m byol.compute_curve), the report redrawn.
+LONG_DIR ?= runs/long
+LONG_OUT ?= $(OUT_DIR)/long_run
+LONG_BYOL_ARGS ?= @configs/long_byol.args
+LONG_CURVE_ARGS ?=
+LONG_CLASSIFIER_ARGS ?= $(STUDY_CLASSIFIER_ARGS)
+LONG_COPIED := byol_config.json byol_metrics.csv
+LONG_STUDY_COPIED := classifier_config.json classifier_metrics.csv classifier_summary.csv
+copy_present = for name in $(3); do [ ! -f "$(1)/$$name" ] || cp "$(1)/$$name" "$(2)/"; done
+# (A canned recipe, not a sub-make: a sub-make would not inherit `make -o`.)
+define long_run_report
+mkdir -p "$(LONG_OUT)"
+$(call copy_present,$(LONG_DIR),$(LONG_OUT),$(LONG_COPIED))
+[ -z "$$(ls "$(LONG_DIR)/snapshots" 2>/dev/null)" ] || \
+	$(BIN)/python -m byol.compute_curve "$(LONG_DIR)" --out-dir "$(LONG_OUT)" $(LONG_CURVE_ARGS)
+$(BIN)/python plot_results.py --out-dir "$(LONG_OUT)"
+endef
+long-run: setup
+	$(call split_in,$(LONG_DIR))
+	[ -f "$(LONG_DIR)/byol.pt" ] || $(BIN)/python train_byol.py --out-dir "$(LONG_DIR)" $(LONG_BYOL_ARGS) \
+		$(call resume_flag,$(LONG_DIR)/byol_checkpoint.pt)
+	$(long_run_report)
+	[ -f "$(LONG_DIR)/classifier_summary.csv" ] || \
+		$(BIN)/python train_classifier.py --out-dir "$(LONG_DIR)" $(LONG_CLASSIFIER_ARGS) \
+		$(call resume_flag,$(LONG_DIR)/classifier_metrics.csv)
+	$(call copy_present,$(LONG_DIR),$(LONG_OUT),$(LONG_STUDY_COPIED))
+	$(call copy_present,$(OUT_DIR),$(LONG_OUT),ceiling_config.json ceiling_metrics.csv)
+	$(BIN)/python plot_results.py --out-dir "$(LONG_OUT)"
+
+long-run-report: setup
+	$(long_run_report)
