@@ -282,8 +282,16 @@ def main() -> None:
     for needed in (BYOL_METRICS_FILE, BYOL_CONFIG_FILE, SPLITS_FILE):
         if not (args.run_dir / needed).is_file():
             raise UserError(f"{args.run_dir / needed} not found: give a train_byol.py --out-dir")
+    byol_config = read_json(args.run_dir / BYOL_CONFIG_FILE, "finish the run first")
     config = ClassifierConfig(
-        modes=["frozen"], seeds=args.seeds, n_labels=[args.n_labels], epochs=args.epochs
+        modes=["frozen"],
+        seeds=args.seeds,
+        n_labels=[args.n_labels],
+        epochs=args.epochs,
+        # The run's own view size for every probe: the random init's folder has no byol.pt to take it
+        # from, and train_classifier.py's default without one (150 px) is not what the snapshots saw.
+        image_size=byol_config["image_size"],
+        cache_size=byol_config["cache_size"],
     )
     table = curve_rows(args.run_dir, config, args.device)
     write_csv(args.out_dir / CURVE_FILE, table)

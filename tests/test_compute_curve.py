@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -34,6 +35,10 @@ def test_each_snapshot_is_probed_against_one_random_init_and_read_back_on_a_reru
     assert table["diag_knn_k20"].tolist() == monitor.loc[[0, 1, 3], "diag_knn_k20"].tolist()
     assert (table["hours"].diff().dropna() > 0).all()
     assert table["probe_random"].nunique() == 1 and (table["probe_seeds"] == 2).all()
+    # Random init and snapshots are probed alike, at the run's own view size.
+    for folder in ("random", "epoch0001", "epoch0003"):
+        probed = json.loads((snapshot_run / "compute_curve" / folder / "classifier_config.json").read_text())
+        assert (probed["image_size"], probed["cache_size"]) == (32, 36), folder
     # The paired difference, recomputed from the probes' own CSVs: snapshot 3 against the random init.
     work = snapshot_run / "compute_curve"
     random = pd.read_csv(work / "random" / "classifier_metrics.csv")
