@@ -93,9 +93,8 @@ def probe(folder: Path, inits: list[str], config: ClassifierConfig, device: str)
     return final_rows(metrics)[["init", "seed", "test_acc"]]
 
 
-def curve_rows(run_dir: Path, config: ClassifierConfig, device: str) -> pd.DataFrame:
+def curve_rows(run_dir: Path, byol_config: dict, config: ClassifierConfig, device: str) -> pd.DataFrame:
     monitor = read_csv(run_dir / BYOL_METRICS_FILE, BYOL_METRIC_COLUMNS, "finish the run first")
-    byol_config = read_json(run_dir / BYOL_CONFIG_FILE, "finish the run first")
     monitor = monitor.set_index("epoch")
     epochs = snapshot_epochs(run_dir)  # before any training: a run without snapshots fails at once
     hours = training_hours(monitor)
@@ -293,7 +292,7 @@ def main() -> None:
         image_size=byol_config["image_size"],
         cache_size=byol_config["cache_size"],
     )
-    table = curve_rows(args.run_dir, config, args.device)
+    table = curve_rows(args.run_dir, byol_config, config, args.device)
     write_csv(args.out_dir / CURVE_FILE, table)
     plot_compute_curve(table, args.out_dir / CURVE_FIGURE)
     columns = ["epoch", "images_seen", "hours", "diag_knn_k20", "probe_byol", "probe_diff", "probe_verdict"]
