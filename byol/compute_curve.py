@@ -142,9 +142,11 @@ def log_trend(images: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     return float(intercept), float(slope)
 
 
-def trend_line(table: pd.DataFrame, column: str, what: str) -> str | None:
+def trend_line(table: pd.DataFrame, column: str, what: str, bound: float) -> str | None:
     """What the last TREND_POINTS snapshots' straight line in log(images seen) predicts for `column` at
-    2x and 10x the last snapshot's images; None with fewer than two snapshots."""
+    2x and 10x the last snapshot's images; None with fewer than two snapshots. `column` cannot pass
+    `bound` (an accuracy cannot pass 1): a prediction above it is not printed as a number; the line says
+    where the straight line would reach it instead, since the curve must flatten before then."""
     trained = table[table["epoch"] > 0].dropna(subset=[column]).tail(TREND_POINTS)
     if len(trained) < 2:
         return None
@@ -153,11 +155,22 @@ def trend_line(table: pd.DataFrame, column: str, what: str) -> str | None:
     last = float(trained["images_seen"].iloc[-1])
     at = {factor: intercept + slope * math.log2(factor * last) for factor in (2, 10)}
     first_epoch, last_epoch = int(trained["epoch"].iloc[0]), int(trained["epoch"].iloc[-1])
-    return (
-        f"{what}: {slope:+.3f} per doubling of the images seen over epochs {first_epoch}–{last_epoch}; "
-        f"the line predicts {at[2]:.3f} at 2× the images ({2 * last:,.0f}) and {at[10]:.3f} at 10× "
-        f"({10 * last:,.0f})."
-    )
+    text = f"{what}: {slope:+.3f} per doubling of the images seen over epochs {first_epoch}–{last_epoch}; "
+    within = [factor for factor, value in at.items() if value <= bound]
+    if within:
+        points = [f"{at[factor]:.3f} at {factor}×" for factor in within]
+        points[0] += " the images"
+        text += "the line predicts " + " and ".join(
+            f"{point} ({factor * last:,.0f})" for point, factor in zip(points, within, strict=True)
+        )
+    if len(within) < len(at):
+        reach = 2 ** ((bound - intercept) / slope) / last  # where the line meets the bound (slope > 0 here)
+        text += "; " if within else "the line "
+        text += (
+            f"reaches {bound:.3f}, the most possible, at {reach:.1f}× the images ({reach * last:,.0f}), "
+            "so the curve must flatten before then and the line says nothing further"
+        )
+    return text + "."
 
 
 def curve_markdown(table: pd.DataFrame) -> str:
@@ -186,9 +199,10 @@ def curve_markdown(table: pd.DataFrame) -> str:
             f"{row.diag_knn_k200:.3f} | {row.feature_rank:.0f} | {row.probe_byol:.3f} | "
             f"{row.probe_random:.3f} | {difference} | {row.probe_verdict} |"
         )
+    best_diff = 1 - float(table["probe_random"].iloc[-1])  # BYOL's probe at 1, random's as measured
     trends = [
-        trend_line(table, "diag_knn_k20", "k-NN k=20"),
-        trend_line(table, "probe_diff", f"BYOL − random, frozen probe at {n_labels} labels"),
+        trend_line(table, "diag_knn_k20", "k-NN k=20", bound=1.0),
+        trend_line(table, "probe_diff", f"BYOL − random, frozen probe at {n_labels} labels", best_diff),
     ]
     if any(trends):
         lines += [

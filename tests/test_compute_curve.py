@@ -96,14 +96,25 @@ def test_the_trend_is_the_last_snapshots_line_in_log_images():
     # Rising 0.02 per doubling at the end, after a flat start the trend must leave out.
     knn = lambda images: 0.5 + 0.02 * max(math.log2(images / 4000), 0)  # noqa: E731
     table = curve_table([1, 2, 4, 8, 16, 32], knn)
-    line = trend_line(table, "diag_knn_k20", "k-NN")
+    line = trend_line(table, "diag_knn_k20", "k-NN", 1.0)
     assert line.startswith("k-NN: +0.020 per doubling of the images seen over epochs 8–32;")
     assert (
         f"predicts {knn(64000):.3f} at 2× the images (64,000) and {knn(320000):.3f} at 10× (320,000)" in line
     )
-    flat = trend_line(table, "probe_diff", "probe")
+    flat = trend_line(table, "probe_diff", "probe", 0.45)
     assert flat.startswith("probe: +0.000 per doubling") and "predicts 0.050 at 2×" in flat
-    assert trend_line(curve_table([4], knn), "diag_knn_k20", "k-NN") is None  # one snapshot: no line
+    assert trend_line(curve_table([4], knn), "diag_knn_k20", "k-NN", 1.0) is None  # one snapshot: no line
+    # An accuracy cannot pass 1: past it the line gives where it would get there, not a number above 1.
+    steep = lambda images: 0.7 + 0.08 * math.log2(images / 8000)  # noqa: E731  0.94 at 2x, 1.126 at 10x
+    capped = trend_line(curve_table([8, 16, 32], steep), "diag_knn_k20", "k-NN", 1.0)
+    reach = 8000 * 2 ** (0.3 / 0.08)
+    assert capped.endswith(
+        f"the line predicts 0.940 at 2× the images (64,000); reaches 1.000, the most possible, at 3.4× "
+        f"the images ({reach:,.0f}), so the curve must flatten before then and the line says nothing further."
+    ), capped
+    assert "1.126" not in capped
+    past = trend_line(curve_table([8, 16, 32], steep), "diag_knn_k20", "k-NN", 0.9)
+    assert "predicts" not in past and "the line reaches 0.900, the most possible, at 1.4× the images" in past
     markdown = curve_markdown(table)
     assert (
         "| 32 | 32,000 | 3.20 | 0.560 | 0.600 | 100 | 0.600 | 0.550 | +0.050 [+0.040, +0.060] | gain |"
