@@ -25,18 +25,15 @@ from byol.compute_curve import CURVE_COLUMNS, CURVE_FIGURE, CURVE_FILE, curve_ma
 from byol.data import SPLIT_CONFIG_FILE
 from byol.errors import UserError
 from byol.files import read_csv, read_json, write_text
-from byol.plots import (
-    plot_accuracy,
-    plot_label_efficiency,
-    plot_loss_curves,
-    plot_pretraining,
+from byol.plots import plot_accuracy, plot_label_efficiency, plot_loss_curves, plot_pretraining
+from byol.pretrain import BYOL_CONFIG_FILE, BYOL_METRIC_COLUMNS, BYOL_METRICS_FILE
+from byol.report import (
     pretraining_markdown,
     settings_markdown,
     stage_seconds,
     summary_markdown,
     wall_clock_markdown,
 )
-from byol.pretrain import BYOL_CONFIG_FILE, BYOL_METRIC_COLUMNS, BYOL_METRICS_FILE
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -42,7 +42,7 @@ from byol.finetune import (
     train_probe,
 )
 from byol.model import MIN_BATCH_SIZE, resnet18_backbone
-from byol.plots import mean_and_std, paired_text
+from byol.report import mean_and_std, paired_text
 from byol.resume import check_fresh_start, check_resumable
 from byol.stats import paired_differences
 from byol.timing import finish_time, format_duration

@@ -30,8 +30,9 @@ from byol.data import SPLIT_CONFIG_FILE, SPLITS_FILE
 from byol.errors import UserError
 from byol.files import read_csv, read_json, write_csv
 from byol.finetune import ClassifierConfig
-from byol.plots import INIT_COLOURS, paired_text, save_figure, training_hours
+from byol.plots import INIT_COLOURS, save_figure
 from byol.pretrain import BYOL_CONFIG_FILE, BYOL_METRIC_COLUMNS, BYOL_METRICS_FILE, SNAPSHOT_DIR, WEIGHTS_FILE
+from byol.report import paired_text, training_hours
 from byol.stats import paired_interval, verdict
 
 CURVE_FILE = "compute_curve.csv"

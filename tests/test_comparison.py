@@ -1,4 +1,4 @@
-"""Stage 3 and 4 (byol/finetune.py, byol/comparison.py, byol/plots.py): fairness, frozen mode, the report."""
+"""Stage 3 and 4 (byol/finetune.py, comparison.py, plots.py, report.py): fairness, frozen mode, the report."""
 
 from __future__ import annotations
 
@@ -46,13 +46,8 @@ from byol.finetune import (
     train_probe,
 )
 from byol.model import resnet18_backbone
-from byol.plots import (
-    plot_accuracy,
-    plot_label_efficiency,
-    plot_loss_curves,
-    pretraining_markdown,
-    summary_markdown,
-)
+from byol.plots import plot_accuracy, plot_label_efficiency, plot_loss_curves
+from byol.report import pretraining_markdown, summary_markdown
 
 CPU = Runtime(torch.device("cpu"))
 
