@@ -268,13 +268,14 @@ def plot_label_efficiency(
 def plot_views(images, views, generator, path: Path) -> None:
     """byol_views.png: a few cached images beside their two augmented views, as pretraining sees them.
 
-    `images` (N, 3, S, S) uint8; `views` a BYOLViews. Views are drawn without normalisation, which is
-    the same as denormalising them.
+    `images` (N, 3, S, S) uint8 on any device (training keeps its cache on the GPU); `views` a
+    BYOLViews; `generator` on the device to draw them on. Views are drawn without normalisation, which
+    is the same as denormalising them.
     """
     import torch
     import torch.nn.functional as F
 
-    batch = images
+    batch = images.to(generator.device)  # the views' parameters are drawn on the generator's device
     view_1, view_2 = views(batch, generator, normalize=False)
     originals = F.interpolate(batch.float() / 255, size=view_1.shape[-2:], mode="bilinear", antialias=True)
     figure = Figure(figsize=(6, 2 * len(batch)), layout="constrained")
