@@ -193,8 +193,9 @@ def add_running_flags(group, defaults: PretrainConfig) -> None:
         "--compile",
         choices=COMPILE_MODES,
         default="auto",
-        help="torch.compile the training step (minutes of compiling per process and per --resume). auto: "
-        "on CUDA only (on a 2-core bf16 CPU it measured 1.01x, benchmarks/README.md)",
+        help="torch.compile the training step (compiling costs about 45 s on a GPU, minutes on a CPU, per "
+        "process and per --resume). auto: on CUDA when 8,000 or more steps are left (an H200 measured 1.15x, "
+        "paid back after about 7,700 steps; a 2-core bf16 CPU 1.01x: benchmarks/README.md)",
     )
 
 

@@ -668,15 +668,22 @@ def parse_snapshot_epochs(spec: str, epochs: int) -> set[int]:
 COMPILE_MODES = ("auto", "on", "off")
 
 
+# Steps left from which --compile auto compiles on CUDA: where its one-off cost is paid back. On an
+# H200 (benchmarks/README.md, "On a GPU"), at 64 px and batch 64, the compiled step ran 1.15x the
+# eager one after about 44 s of compiling in a new process: break-even at about 7,700 steps.
+COMPILE_PAYS_AFTER_STEPS = 8000
+
+
 def use_compile(mode: str, device: torch.device, steps_left: int) -> bool:
-    """--compile: torch.compile the training step's forward and backward; auto: on CUDA only.
+    """--compile: torch.compile the training step's forward and backward; auto: on CUDA, for a run
+    (or what a --resume has left of it) long enough for the compile to pay, COMPILE_PAYS_AFTER_STEPS.
 
     On this project's 2-core bf16 CPU, benchmarks/bench_byol.py --compile-only measured 95 s of
     compiling for a step 1.01x as fast (77.4 vs 76.6 images/s, interleaved): inside the noise, and
     paid again after every --resume, so a CPU trains uncompiled unless asked.
     """
     if mode == "auto":
-        return steps_left > 0 and device.type == "cuda"
+        return device.type == "cuda" and steps_left >= COMPILE_PAYS_AFTER_STEPS
     return mode == "on"
 
 

@@ -433,10 +433,17 @@ def test_bad_snapshot_epochs_name_the_flag(spec):
         pretrain_module.parse_snapshot_epochs(spec, 10)
 
 
-def test_compile_auto_is_on_for_cuda_only():
+def test_compile_auto_is_on_for_long_cuda_runs_only():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not pretrain_module.use_compile("auto", cpu, 10**6)
-    assert pretrain_module.use_compile("auto", cuda, 10) and not pretrain_module.use_compile("auto", cuda, 0)
+    # On CUDA, only where the compile is paid back: a long run, or a long run's long remainder.
+    pays = pretrain_module.COMPILE_PAYS_AFTER_STEPS
+    assert pretrain_module.use_compile("auto", cuda, pays) and pretrain_module.use_compile(
+        "auto", cuda, 30_186
+    )
+    assert not pretrain_module.use_compile("auto", cuda, pays - 1) and not pretrain_module.use_compile(
+        "auto", cuda, 0
+    )
     assert pretrain_module.use_compile("on", cpu, 1) and not pretrain_module.use_compile("off", cuda, 10**6)
     with pytest.raises(UserError, match="--compile 'yes'"):
         pretrain(tiny_config(), "unused", RunOptions(compile_mode="yes"))
