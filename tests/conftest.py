@@ -40,6 +40,22 @@ TINY_BYOL = [
 ]
 
 
+def four_stages(images: Path, device: str, resumed: bool = False) -> list[tuple]:
+    """The four stages' (script, *flags) for a run of seconds on a generated folder of 24 images per
+    class: 12 labelled, 12 test, 16 pretraining images. `resumed`: the pretraining stopped after its
+    first epoch and continued with --resume, as after an interruption."""
+    size = ["--image-size", "32", "--cache-size", "36", "--device", device]
+    byol = ["train_byol.py", "--epochs", "2", "--batch-size", "8", "--max-images", "16", *size]
+    pretraining = [(*byol, "--stop-after-epochs", "1"), (*byol, "--resume")] if resumed else [tuple(byol)]
+    classifier = ["--epochs", "2", "--batch-size", "8", "--seeds", "2", "--n-labels", "4,12", *size]
+    return [
+        ("data_split.py", "--data-dir", images, "--n-labelled", "12", "--n-test", "12"),
+        *pretraining,
+        ("train_classifier.py", *classifier),
+        ("plot_results.py",),
+    ]
+
+
 def run_script(script: str, *args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run a stage script (`train_byol.py`, `benchmarks/bench_memory.py`) or a module
     (`byol.recipe_search`) as a user does, with the same exit status, stdout and stderr (the log

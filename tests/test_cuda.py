@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
-from conftest import run_script
+from conftest import four_stages, run_script
 
 from byol.demo_images import make_demo_images
 
@@ -15,32 +15,13 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-ON_CUDA = ["--image-size", "32", "--cache-size", "36", "--device", "cuda"]
 
 
 def test_four_stages_on_cuda_with_a_resumed_pretraining(tmp_path):
     images = make_demo_images(tmp_path / "images", per_class=24, size=40)
     out = tmp_path / "results"
-    byol = ["--epochs", "2", "--batch-size", "8", "--max-images", "16", *ON_CUDA]
-    stages = [
-        ("data_split.py", "--data-dir", images, "--n-labelled", "12", "--n-test", "12"),
-        # Stopped after one epoch and resumed: the checkpoint saved from the GPU loads back onto it.
-        ("train_byol.py", *byol, "--stop-after-epochs", "1"),
-        ("train_byol.py", *byol, "--resume"),
-        (
-            "train_classifier.py",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "8",
-            "--seeds",
-            "2",
-            "--n-labels",
-            "4,12",
-            *ON_CUDA,
-        ),
-        ("plot_results.py",),
-    ]
+    # The pretraining stopped after one epoch and resumed: the checkpoint saved from the GPU loads back.
+    stages = four_stages(images, "cuda", resumed=True)
     for script, *args in stages:
         result = run_script(script, "--out-dir", out, *args)
         assert result.returncode == 0, (script, result.stderr)

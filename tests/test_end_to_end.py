@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.image
 import pandas as pd
 import pytest
-from conftest import ROOT, run_script
+from conftest import ROOT, four_stages, run_script
 
 from byol.demo_images import make_demo_images
 
@@ -20,24 +20,7 @@ from byol.demo_images import make_demo_images
 def test_four_stages_end_to_end(tmp_path):
     images = make_demo_images(tmp_path / "images", per_class=24, size=40)
     out = tmp_path / "results"
-    size = ["--image-size", "32", "--cache-size", "36", "--device", "cpu"]
-    stages = [
-        ("data_split.py", "--data-dir", images, "--n-labelled", "12", "--n-test", "12"),
-        ("train_byol.py", "--epochs", "2", "--batch-size", "8", "--max-images", "16", *size),
-        (
-            "train_classifier.py",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "8",
-            "--seeds",
-            "2",
-            "--n-labels",
-            "4,12",
-            *size,
-        ),
-        ("plot_results.py",),
-    ]
+    stages = four_stages(images, "cpu")
     for script, *args in stages:
         result = run_script(script, "--out-dir", out, *args)
         assert result.returncode == 0, (script, result.stderr)
