@@ -1,4 +1,5 @@
-"""How good are the features: backbone features of cached images, and a weighted k-NN monitor.
+"""How good are the features: backbone features of cached images, a weighted k-NN, and the monitor
+train_byol.py runs each epoch with them (byol_metrics.csv's knn_acc, diag_knn_*, feature_std/rank).
 
 The k-NN classifier (Wu et al. 2018, as used by solo-learn and lightly) labels each test image by the
 cosine-similarity-weighted vote of its k nearest labelled images; it needs no training, so it can
@@ -8,7 +9,10 @@ directions the features use: dimensional collapse, which the k-NN accuracy alone
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +22,7 @@ from byol.augment import normalize_imagenet
 from byol.data import Split, split_rank
 from byol.device import autocast
 from byol.distributed import Runtime
+from byol.model import BYOL
 
 # The diagnostic k-NN's voters are drawn by a hash of this seed and each path: one fixed sample for
 # every run on a split, whatever its --seed or --max-images, so that trials are scored alike.
@@ -112,3 +117,78 @@ def effective_rank(features: torch.Tensor) -> float:
     singular_values = torch.linalg.svdvals(features - features.mean(0))
     p = singular_values / singular_values.sum().clamp_min(1e-12) + 1e-12
     return torch.exp(-(p * p.log()).sum()).item()
+
+
+# The monitor's columns of byol_metrics.csv, for an epoch it skips (--knn-every) or cannot score.
+NOT_MONITORED = {
+    "knn_acc": math.nan,
+    "diag_knn_k20": math.nan,
+    "diag_knn_k200": math.nan,
+    "feature_std": math.nan,
+    "feature_rank": math.nan,
+    "monitor_seconds": math.nan,
+}
+DIAG_KS = (20, 200)  # the diagnostic k-NN's neighbours: the usual k, and a smoother vote over many voters
+
+
+@dataclass(frozen=True)
+class MonitorRows:
+    """The cache rows the monitor scores: the labelled voters, the test images and the diagnostic voters."""
+
+    labelled: list[int]
+    test: list[int]
+    voters: list[int]  # diagnostic_voters: non-test images, labels the low-label setting lacks
+    labels: torch.Tensor  # (N,) every cache row's folder label
+
+
+def monitor_rows(split: Split, diag_voters: int) -> MonitorRows:
+    labels = torch.tensor(split.table["label"].to_numpy())
+    voters = diagnostic_voters(split, diag_voters)
+    return MonitorRows(split.indices("labelled"), split.indices("test"), voters, labels)
+
+
+def knn_monitor(
+    model: BYOL, images: torch.Tensor, rows: MonitorRows, image_size: int, runtime: Runtime
+) -> dict[str, float]:
+    """k-NN accuracy (labelled -> test, and diagnostic voters -> test), the per-dimension std of the
+    normalised features, their effective rank, and the seconds all of it took.
+
+    Two collapse alarms. The std is near 0 when all images map to one point, about 1/sqrt(D) when
+    the features are spread. The effective rank falls when the features keep their spread but
+    squeeze into a few directions (dimensional collapse), which a linear probe then cannot undo.
+    Every image's features come from one pass, the voters' with the test images'.
+    """
+    if not rows.labelled or not rows.test:
+        return NOT_MONITORED
+    started = time.perf_counter()
+    unique = list(dict.fromkeys(rows.labelled + rows.test + rows.voters))
+    position = {row: i for i, row in enumerate(unique)}
+    features = extract_features(model.backbone, images, unique, image_size, runtime).cpu()
+
+    def of(subset: list[int]) -> torch.Tensor:
+        return features[[position[row] for row in subset]]
+
+    test_features, test_labels = of(rows.test), rows.labels[rows.test]
+    result = dict(NOT_MONITORED)
+    result["knn_acc"] = knn_accuracy(
+        of(rows.labelled), rows.labels[rows.labelled], test_features, test_labels
+    )
+    if rows.voters:
+        voter_features, voter_labels = of(rows.voters), rows.labels[rows.voters]
+        for k in DIAG_KS:
+            result[f"diag_knn_k{k}"] = knn_accuracy(
+                voter_features, voter_labels, test_features, test_labels, k=k
+            )
+    # The collapse alarms on the labelled and test images, as before the diagnostic voters existed.
+    scored = features[: len(rows.labelled) + len(rows.test)]
+    result["feature_std"] = F.normalize(scored, dim=1).std(dim=0).mean().item()
+    result["feature_rank"] = effective_rank(scored)
+    result["monitor_seconds"] = time.perf_counter() - started
+    return result
+
+
+def describe_monitor(monitored: dict[str, float]) -> str:
+    return (
+        f"knn_acc {monitored['knn_acc']:.4f} diag_knn_k20 {monitored['diag_knn_k20']:.4f} "
+        f"diag_knn_k200 {monitored['diag_knn_k200']:.4f} feature_rank {monitored['feature_rank']:.1f}"
+    )
