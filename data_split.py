@@ -13,8 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from byol.cli import StageArgumentParser, non_negative_int, positive_int, run_stage
-from byol.data import SPLITS_FILE, check_out_dir, make_split, save_split, summary_table
-from byol.device import available_cpus
+from byol.data import SPLITS_FILE, available_cpus, check_out_dir, make_split, save_split, summary_table
 from byol.download import PETIMAGES_URL, download_and_extract
 
 

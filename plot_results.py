@@ -12,28 +12,38 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from byol.ceiling import read_ceiling
 from byol.cli import StageArgumentParser, run_stage
-from byol.comparison import (
-    CLASSIFIER_CONFIG_FILE,
-    CLASSIFIER_METRIC_COLUMNS,
-    CLASSIFIER_METRICS_FILE,
-    paired_summary,
-    summarize,
-)
-from byol.compute_curve import CURVE_COLUMNS, CURVE_FIGURE, CURVE_FILE, curve_markdown, plot_compute_curve
 from byol.data import SPLIT_CONFIG_FILE
 from byol.errors import UserError
 from byol.files import read_csv, read_json, write_text
-from byol.plots import plot_accuracy, plot_label_efficiency, plot_loss_curves, plot_pretraining
-from byol.pretrain import BYOL_CONFIG_FILE, BYOL_METRIC_COLUMNS, BYOL_METRICS_FILE
+from byol.outputs import (
+    BYOL_CONFIG_FILE,
+    BYOL_METRIC_COLUMNS,
+    BYOL_METRICS_FILE,
+    CLASSIFIER_CONFIG_FILE,
+    CLASSIFIER_METRIC_COLUMNS,
+    CLASSIFIER_METRICS_FILE,
+    CURVE_COLUMNS,
+    CURVE_FIGURE,
+    CURVE_FILE,
+)
+from byol.plots import (
+    plot_accuracy,
+    plot_compute_curve,
+    plot_label_efficiency,
+    plot_loss_curves,
+    plot_pretraining,
+)
 from byol.report import (
+    curve_markdown,
     pretraining_markdown,
+    read_ceiling,
     settings_markdown,
     stage_seconds,
     summary_markdown,
     wall_clock_markdown,
 )
+from byol.stats import paired_summary, summarize
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -26,9 +26,10 @@ from byol.cli import (
     positive_int,
     run_stage,
 )
-from byol.comparison import PAIRED_FILE, format_summary, run_classifiers
+from byol.comparison import format_summary, run_classifiers
 from byol.files import read_csv
 from byol.finetune import PROBE_FOLDS, ClassifierConfig
+from byol.outputs import PAIRED_FILE
 
 
 def comma_list(text: str) -> list[str]:

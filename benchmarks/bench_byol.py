@@ -39,12 +39,11 @@ from torchvision import transforms
 
 from byol.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW_1, VIEW_2, BYOLViews, ViewConfig
 from byol.cache import cache_paths, default_cache_size, load_cache
-from byol.data import Split, make_split, read_split, save_split
+from byol.data import Split, available_cpus, make_split, read_split, save_split
 from byol.demo_images import make_demo_images
 from byol.device import (
     AUTOCAST_DTYPES,
     PRECISIONS,
-    available_cpus,
     grad_scaler,
     resolve_device,
     resolve_precision,

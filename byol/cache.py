@@ -17,8 +17,7 @@ from tqdm import tqdm
 
 from byol.augment import MIN_IMAGE_SIZE
 from byol.capacity import check_disk_space
-from byol.data import Split
-from byol.device import available_cpus
+from byol.data import Split, available_cpus
 from byol.distributed import SINGLE_PROCESS, Ranks
 from byol.errors import UserError
 from byol.files import atomic_path, write_json

@@ -42,7 +42,6 @@ from byol.distributed import Runtime, process_group
 from byol.errors import UserError
 from byol.files import read_csv, read_json, write_csv, write_json
 from byol.finetune import (
-    EPOCH_COLUMNS,
     ClassifierConfig,
     Examples,
     Job,
@@ -51,38 +50,13 @@ from byol.finetune import (
     fine_tune,
     make_backbone,
 )
-from byol.plots import Ceiling
-from byol.pretrain import BYOL_CONFIG_FILE
+from byol.outputs import BYOL_CONFIG_FILE, CEILING_COLUMNS, CEILING_CONFIG_FILE, CEILING_METRICS_FILE
 from byol.resume import check_fresh_start, check_resumable
 from byol.timing import finish_time, format_duration
 
 log = logging.getLogger(__name__)
 
-CEILING_METRICS_FILE = "ceiling_metrics.csv"
-CEILING_CONFIG_FILE = "ceiling_config.json"
-CEILING_COLUMNS = ["seed", "n_train", *EPOCH_COLUMNS]
 TRAIN_SPLITS = ("labelled", "unlabelled")  # every image the test split does not hold
-
-
-def read_ceiling(out_dir: Path) -> Ceiling | None:
-    """The ceiling's final test accuracy over its seeds, from out_dir's ceiling_metrics.csv (None
-    without one). A seed counts once it reached the last epoch ceiling_config.json names."""
-    metrics_path = out_dir / CEILING_METRICS_FILE
-    if not metrics_path.is_file():
-        return None
-    remedy = f"run python -m byol.ceiling RUN_DIR --out-dir {out_dir} again, or delete it"
-    metrics = read_csv(metrics_path, CEILING_COLUMNS, remedy)
-    epochs = read_json(out_dir / CEILING_CONFIG_FILE, remedy)["epochs"]
-    final = metrics[metrics["epoch"] == epochs]
-    if final.empty:
-        return None
-    return Ceiling(
-        n_train=int(final["n_train"].iloc[0]),
-        seeds=len(final),
-        epochs=int(epochs),
-        acc_mean=float(final["test_acc"].mean()),
-        acc_std=float(final["test_acc"].std()),
-    )
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,8 @@
 """What every stage script shares: turning a UserError (or running out of memory) into one line and
-exit status 2, and the argparse types and flags the stages have in common."""
+exit status 2, and the argparse types and flags the stages have in common.
+
+Importable without torch (plot_results.py runs without it): what needs torch imports it when called.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,7 @@ import math
 import sys
 from collections.abc import Callable
 
-import torch
-
-from byol.device import PRECISIONS
 from byol.errors import Stopped, UserError, first_line
-from byol.model import MIN_BATCH_SIZE, MIN_BATCH_SIZE_REASON
 
 
 class StageArgumentParser(argparse.ArgumentParser):
@@ -57,7 +56,9 @@ def run_stage(main: Callable[[], None]) -> None:
 
 def is_out_of_memory(error: RuntimeError) -> bool:
     """CUDA's OutOfMemoryError, or the CPU allocator's "can't allocate memory"."""
-    return isinstance(error, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(error)
+    torch = sys.modules.get("torch")  # a stage that never imported torch cannot have run out in it
+    cuda_oom = torch is not None and isinstance(error, torch.cuda.OutOfMemoryError)
+    return cuda_oom or "can't allocate memory" in str(error)
 
 
 def positive_int(text: str) -> int:
@@ -91,6 +92,8 @@ def positive_float(text: str) -> float:
 
 
 def valid_batch_size(text: str) -> int:
+    from byol.model import MIN_BATCH_SIZE, MIN_BATCH_SIZE_REASON  # imports torch: only the training stages
+
     value = int(text)
     if value < MIN_BATCH_SIZE:
         raise argparse.ArgumentTypeError(f"{MIN_BATCH_SIZE_REASON}, got {value}")
@@ -99,6 +102,8 @@ def valid_batch_size(text: str) -> int:
 
 def add_batch_and_device_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
     """--batch-size, --device and --precision, which the training stages share."""
+    from byol.device import PRECISIONS  # imports torch: only the training stages call this
+
     parser.add_argument(
         "--batch-size",
         type=valid_batch_size,

@@ -25,9 +25,6 @@ from byol.errors import UserError
 from byol.evaluate import extract_features
 from byol.files import read_csv, read_json, write_csv, write_json
 from byol.finetune import (
-    EPOCH_COLUMNS,
-    INITS,
-    MODES,
     ClassifierConfig,
     Examples,
     Job,
@@ -42,18 +39,19 @@ from byol.finetune import (
     train_probe,
 )
 from byol.model import MIN_BATCH_SIZE, resnet18_backbone
+from byol.outputs import (
+    CLASSIFIER_CONFIG_FILE,
+    CLASSIFIER_METRIC_COLUMNS,
+    CLASSIFIER_METRICS_FILE,
+    CLASSIFIER_SUMMARY_FILE,
+    PAIRED_FILE,
+)
 from byol.report import mean_and_std, paired_text
 from byol.resume import check_fresh_start, check_resumable
-from byol.stats import paired_differences
+from byol.stats import paired_summary, summarize
 from byol.timing import finish_time, format_duration
 
 log = logging.getLogger(__name__)
-
-CLASSIFIER_METRICS_FILE = "classifier_metrics.csv"
-CLASSIFIER_SUMMARY_FILE = "classifier_summary.csv"
-PAIRED_FILE = "classifier_paired.csv"
-CLASSIFIER_CONFIG_FILE = "classifier_config.json"
-CLASSIFIER_METRIC_COLUMNS = ["init", "mode", "seed", "n_labels", *EPOCH_COLUMNS]
 
 
 def frozen_only_settings(config: ClassifierConfig) -> tuple[str, ...]:
@@ -88,36 +86,6 @@ def check_labelled(split: Split, config: ClassifierConfig, world_size: int) -> N
                 f"fold cross-validation (each fold fine-tunes on {least} images or more); lower "
                 "--finetune-folds or pass one --finetune-lrs value"
             )
-
-
-def final_rows(metrics: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: its last epoch."""
-    return metrics.loc[metrics.groupby(["init", "mode", "n_labels", "seed"])["epoch"].idxmax()]
-
-
-def paired_summary(metrics: pd.DataFrame) -> pd.DataFrame:
-    """BYOL − random per (label count, mode): the mean per-seed paired difference and its 95 % interval."""
-    return paired_differences(final_rows(metrics))
-
-
-def summarize(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Final-epoch test accuracy and loss per condition: mean and std (sample, over seeds)."""
-    final = final_rows(metrics)
-    summary = final.groupby(["init", "mode", "n_labels"], sort=False).agg(
-        seeds=("seed", "nunique"),
-        epochs=("epoch", "max"),
-        test_acc_mean=("test_acc", "mean"),
-        test_acc_std=("test_acc", "std"),
-        test_loss_mean=("test_loss", "mean"),
-        test_loss_std=("test_loss", "std"),
-    )
-    summary = summary.reset_index()
-    order = {name: i for i, name in enumerate(INITS + MODES)}
-    return summary.sort_values(
-        ["n_labels", "init", "mode"],
-        key=lambda c: c.map(order) if c.name != "n_labels" else c,
-        ignore_index=True,
-    )
 
 
 def finetune_choice_key(config: ClassifierConfig, init: str, n_labels: int, seed: int) -> tuple:

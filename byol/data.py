@@ -42,6 +42,15 @@ class Decoded:
     reason: str | None = None
 
 
+def available_cpus() -> int:
+    """Cores this process may run on. Slurm, taskset and docker --cpuset-cpus restrict the affinity
+    mask, which os.cpu_count() ignores: on a 4-core share of a 128-core node it would start 128
+    decoding processes."""
+    if hasattr(os, "sched_getaffinity"):  # Linux; macOS and Windows have no affinity mask to read
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def list_classes(data_dir: Path) -> list[str]:
     """Class names are the sub-folders of `data_dir`, sorted (PetImages: Cat=0, Dog=1)."""
     if data_dir.exists() and not data_dir.is_dir():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -39,15 +38,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"--device {name}: only cpu and cuda are supported")
     return device
-
-
-def available_cpus() -> int:
-    """Cores this process may run on. Slurm, taskset and docker --cpuset-cpus restrict the affinity
-    mask, which os.cpu_count() ignores: on a 4-core share of a 128-core node it would start 128
-    decoding processes."""
-    if hasattr(os, "sched_getaffinity"):  # Linux; macOS and Windows have no affinity mask to read
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 CPUINFO = Path("/proc/cpuinfo")

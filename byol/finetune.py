@@ -27,29 +27,17 @@ from byol.errors import UserError, first_line
 from byol.evaluate import eval_view, extract_features
 from byol.files import load_torch
 from byol.model import MIN_BATCH_SIZE, MIN_BATCH_SIZE_REASON, RESNET18_FEATURES, resnet18_backbone
+from byol.outputs import INITS, MODES
 from byol.pretrain import WEIGHTS_FILE, PretrainConfig
 from byol.schedules import lr_at
 from byol.step import backward_step
 
 log = logging.getLogger(__name__)
 
-INITS = ("random", "byol")
-MODES = ("finetune", "frozen")
 # Fine-tuning sees light augmentation only: a random crop of at least a quarter of the image, and a flip.
 LIGHT_VIEW = ViewConfig(crop_scale=(0.25, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
 PROBE_FOLDS = 5  # cross-validation folds that choose the frozen probe's learning rate
 EVAL_BATCH = 256  # images (or feature rows) scored per forward pass
-# What a classifier run's metrics row holds, one per epoch (test_loss and test_acc NaN between evaluations).
-EPOCH_COLUMNS = [
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "test_loss",
-    "test_acc",
-    "seconds",
-    "head_lr",
-    "backbone_lr",
-]
 
 
 @dataclass

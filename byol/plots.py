@@ -11,10 +11,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
 
 from byol.files import atomic_path
 
@@ -262,6 +263,74 @@ def plot_label_efficiency(
             axis.legend(fontsize=8)
     figure.suptitle("Label efficiency")
     figure.tight_layout()
+    save_figure(figure, path)
+
+
+def short_count(images: float) -> str:
+    """22464 -> '22k', 1797120 -> '1.8M': a tick label."""
+    for size, suffix in ((1e6, "M"), (1e3, "k")):
+        if images >= size:
+            return f"{images / size:.2g}{suffix}" if images < 10 * size else f"{images / size:.0f}{suffix}"
+    return f"{images:.0f}"
+
+
+def short_hours(hours: float) -> str:
+    return f"{hours:.2f}" if hours < 1 else f"{hours:.1f}" if hours < 10 else f"{hours:.0f}"
+
+
+def label_snapshots(axis, images: np.ndarray, hours: np.ndarray) -> None:
+    """Ticks at the snapshots only: images seen below, the hours of pretraining they took above."""
+    axis.set_xticks(images, [short_count(value) for value in images])
+    axis.xaxis.set_minor_locator(NullLocator())
+    top = axis.twiny()
+    top.set_xscale("log")
+    top.set_xlim(axis.get_xlim())
+    top.set_xticks(images, [short_hours(value) for value in hours])
+    top.xaxis.set_minor_locator(NullLocator())
+    top.set_xlabel("hours of pretraining on this machine")
+
+
+def plot_compute_curve(table: pd.DataFrame, path: Path) -> None:
+    """Accuracy against images seen (log x; the random init, seen 0 images, as horizontal lines).
+    Drawn from compute_curve.csv alone, so plot_results.py redraws it too."""
+    n_labels = int(table["probe_n_labels"].iloc[0])
+    figure = Figure(figsize=(7.5, 4.8))
+    axis = figure.subplots()
+    trained, start = table[table["epoch"] > 0], table[table["epoch"] == 0].iloc[0]
+    colour = INIT_COLOURS["byol"]
+    axis.plot(
+        trained["images_seen"], trained["diag_knn_k20"], "o-", color=colour, label="BYOL: k-NN, 5,000 voters"
+    )
+    axis.axhline(start["diag_knn_k20"], color=colour, linestyle=":", label="random init: k-NN, 5,000 voters")
+    errors = np.vstack(
+        [
+            trained["probe_diff"] - trained["probe_diff_low"],
+            trained["probe_diff_high"] - trained["probe_diff"],
+        ]
+    )
+    probe_colour = "#33a02c"
+    axis.errorbar(
+        trained["images_seen"],
+        trained["probe_byol"],
+        yerr=np.nan_to_num(errors),
+        fmt="s-",
+        color=probe_colour,
+        capsize=3,
+        label=f"BYOL: frozen probe, {n_labels} labels (paired 95 % interval)",
+    )
+    axis.axhline(
+        start["probe_random"],
+        color=INIT_COLOURS["random"],
+        linestyle="--",
+        label="random init: frozen probe",
+    )
+    axis.set_xscale("log")
+    axis.set_xlabel("pretraining images seen")
+    axis.set_ylabel("test accuracy")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="best")
+    axis.set_title("What more BYOL pretraining buys")
+    label_snapshots(axis, trained["images_seen"].to_numpy(float), trained["hours"].to_numpy(float))
     save_figure(figure, path)
 
 

@@ -32,6 +32,7 @@ from byol.evaluate import NOT_MONITORED, MonitorRows, describe_monitor, knn_moni
 from byol.files import load_torch, save_torch, write_csv, write_json
 from byol.model import BYOL, MIN_BATCH_SIZE, MIN_BATCH_SIZE_REASON, RESNET18_FEATURES, resnet18_backbone
 from byol.optim import OPTIMIZERS, default_lr, make_optimizer
+from byol.outputs import BYOL_CONFIG_FILE, BYOL_METRICS_FILE
 from byol.plots import plot_views
 from byol.resume import StopRequest, check_fresh_start, check_resumable, check_resume_config
 from byol.schedules import lr_at, tau_at
@@ -43,23 +44,6 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "byol.pt"
 CHECKPOINT_FILE = "byol_checkpoint.pt"
 CHECKPOINT_KEYS = {"model", "optimizer", "grad_scaler", "config", "world_size", "state"}  # TrainState
-BYOL_METRICS_FILE = "byol_metrics.csv"
-BYOL_METRIC_COLUMNS = [  # byol_metrics.csv, one row per epoch (0: the random init)
-    "epoch",
-    "step",
-    "loss",
-    "tau",
-    "lr",
-    "knn_acc",
-    "diag_knn_k20",
-    "diag_knn_k200",
-    "feature_std",
-    "feature_rank",
-    "monitor_seconds",
-    "images_per_s",
-    "seconds",
-]
-BYOL_CONFIG_FILE = "byol_config.json"
 VIEWS_FIGURE = "byol_views.png"
 CHECKPOINT_EVERY_S = 600  # also save mid-epoch, so a killed session loses at most 10 minutes
 

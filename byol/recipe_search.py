@@ -18,17 +18,13 @@ from pathlib import Path
 import pandas as pd
 
 from byol.cli import run_stage
-from byol.comparison import CLASSIFIER_METRICS_FILE, run_classifiers, summarize
+from byol.comparison import run_classifiers
 from byol.errors import UserError
 from byol.files import read_csv, read_json, write_csv
 from byol.finetune import ClassifierConfig
-from byol.pretrain import (
-    BYOL_CONFIG_FILE,
-    BYOL_METRIC_COLUMNS,
-    BYOL_METRICS_FILE,
-    WEIGHTS_FILE,
-    PretrainConfig,
-)
+from byol.outputs import BYOL_CONFIG_FILE, BYOL_METRIC_COLUMNS, BYOL_METRICS_FILE, CLASSIFIER_METRICS_FILE
+from byol.pretrain import WEIGHTS_FILE, PretrainConfig
+from byol.stats import summarize
 
 RECIPE_FIELDS = [name for name in PretrainConfig.__dataclass_fields__ if name not in ("knn_every", "sync_bn")]
 PROBE = ClassifierConfig(modes=["frozen"], seeds=3, epochs=30)

@@ -6,9 +6,13 @@ of each stage and the settings. The figures are byol/plots.py's job.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from byol.files import read_csv, read_json
+from byol.outputs import CEILING_COLUMNS, CEILING_CONFIG_FILE, CEILING_METRICS_FILE
 from byol.plots import Ceiling
 
 
@@ -24,6 +28,27 @@ def paired_text(mean: float, low: float, high: float) -> str:
     if not (math.isfinite(low) and math.isfinite(high)):
         return f"{mean:+.3f} (one seed: no interval)"
     return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def read_ceiling(out_dir: Path) -> Ceiling | None:
+    """The ceiling's final test accuracy over its seeds, from out_dir's ceiling_metrics.csv (None
+    without one). A seed counts once it reached the last epoch ceiling_config.json names."""
+    metrics_path = out_dir / CEILING_METRICS_FILE
+    if not metrics_path.is_file():
+        return None
+    remedy = f"run python -m byol.ceiling RUN_DIR --out-dir {out_dir} again, or delete it"
+    metrics = read_csv(metrics_path, CEILING_COLUMNS, remedy)
+    epochs = read_json(out_dir / CEILING_CONFIG_FILE, remedy)["epochs"]
+    final = metrics[metrics["epoch"] == epochs]
+    if final.empty:
+        return None
+    return Ceiling(
+        n_train=int(final["n_train"].iloc[0]),
+        seeds=len(final),
+        epochs=int(epochs),
+        acc_mean=float(final["test_acc"].mean()),
+        acc_std=float(final["test_acc"].std()),
+    )
 
 
 def summary_markdown(summary: pd.DataFrame, paired: pd.DataFrame, ceiling: Ceiling | None = None) -> str:
@@ -193,3 +218,85 @@ def stage_seconds(byol_metrics: pd.DataFrame | None, classifier_metrics: pd.Data
         for stage, frame in stages.items()
         if frame is not None and frame["seconds"].notna().any()
     }
+
+
+TREND_POINTS = 3  # the trend's line goes through the last snapshots: the curve's slope where it ends
+
+
+def log_trend(images: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    """The least-squares line of `values` against log2(images): (its value at 1 image, rise per doubling)."""
+    slope, intercept = np.polyfit(np.log2(images), values, 1)
+    return float(intercept), float(slope)
+
+
+def trend_line(table: pd.DataFrame, column: str, what: str, bound: float) -> str | None:
+    """What the last TREND_POINTS snapshots' straight line in log(images seen) predicts for `column` at
+    2x and 10x the last snapshot's images; None with fewer than two snapshots. `column` cannot pass
+    `bound` (an accuracy cannot pass 1): a prediction above it is not printed as a number; the line says
+    where the straight line would reach it instead, since the curve must flatten before then."""
+    trained = table[table["epoch"] > 0].dropna(subset=[column]).tail(TREND_POINTS)
+    if len(trained) < 2:
+        return None
+    intercept, slope = log_trend(trained["images_seen"].to_numpy(float), trained[column].to_numpy(float))
+    slope = round(slope, 6) + 0.0  # no "-0.000" for a flat line's rounding error
+    last = float(trained["images_seen"].iloc[-1])
+    at = {factor: intercept + slope * math.log2(factor * last) for factor in (2, 10)}
+    first_epoch, last_epoch = int(trained["epoch"].iloc[0]), int(trained["epoch"].iloc[-1])
+    text = f"{what}: {slope:+.3f} per doubling of the images seen over epochs {first_epoch}–{last_epoch}; "
+    within = [factor for factor, value in at.items() if value <= bound]
+    if within:
+        points = [f"{at[factor]:.3f} at {factor}×" for factor in within]
+        points[0] += " the images"
+        text += "the line predicts " + " and ".join(
+            f"{point} ({factor * last:,.0f})" for point, factor in zip(points, within, strict=True)
+        )
+    if len(within) < len(at):
+        reach = 2 ** ((bound - intercept) / slope) / last  # where the line meets the bound (slope > 0 here)
+        text += "; " if within else "the line "
+        text += (
+            f"reaches {bound:.3f}, the most possible, at {reach:.1f}× the images ({reach * last:,.0f}), "
+            "so the curve must flatten before then and the line says nothing further"
+        )
+    return text + "."
+
+
+def curve_markdown(table: pd.DataFrame) -> str:
+    """summary.md's section on compute_curve.csv: every snapshot's monitor and probe against random init,
+    and what the end of the curve predicts for more compute."""
+    n_labels = int(table["probe_n_labels"].iloc[0])
+    lines = [
+        "",
+        "## What more pretraining buys (`compute_curve.csv`)",
+        "",
+        "Each snapshot of the pretraining: the diagnostic k-NN (5,000 non-test voters with their folder "
+        "labels, k = 20 and 200), the features' effective rank, and a frozen-backbone linear probe at "
+        f"{n_labels} labels against random init's on the same seeds (BYOL − random paired over seeds, "
+        "95 % interval). Epoch 0 is the random init.",
+        "",
+        "| epoch | images seen | hours | k-NN k=20 | k-NN k=200 | rank | probe BYOL | probe random | "
+        "BYOL − random [95 % interval] | verdict |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for row in table.itertuples():
+        difference = (
+            paired_text(row.probe_diff, row.probe_diff_low, row.probe_diff_high) if row.epoch else "—"
+        )
+        lines.append(
+            f"| {row.epoch} | {row.images_seen:,} | {row.hours:.2f} | {row.diag_knn_k20:.3f} | "
+            f"{row.diag_knn_k200:.3f} | {row.feature_rank:.0f} | {row.probe_byol:.3f} | "
+            f"{row.probe_random:.3f} | {difference} | {row.probe_verdict} |"
+        )
+    best_diff = 1 - float(table["probe_random"].iloc[-1])  # BYOL's probe at 1, random's as measured
+    trends = [
+        trend_line(table, "diag_knn_k20", "k-NN k=20", bound=1.0),
+        trend_line(table, "probe_diff", f"BYOL − random, frozen probe at {n_labels} labels", best_diff),
+    ]
+    if any(trends):
+        lines += [
+            "",
+            f"The trend: a straight line in log(images seen) through the last {TREND_POINTS} snapshots, "
+            "extrapolated (a curve that is flattening falls short of it).",
+            "",
+        ]
+        lines += [f"- {trend}" for trend in trends if trend]
+    return "\n".join(lines) + "\n"

@@ -13,6 +13,8 @@ import math
 
 import pandas as pd
 
+from byol.outputs import INITS, MODES
+
 CONFIDENCE = 0.95
 
 
@@ -77,3 +79,33 @@ def paired_differences(final: pd.DataFrame) -> pd.DataFrame:
         mean, low, high = paired_interval(group.tolist())
         rows.append([int(n_labels), mode, len(group), mean, low, high, verdict(low, high)])
     return pd.DataFrame(rows, columns=columns)
+
+
+def final_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: its last epoch."""
+    return metrics.loc[metrics.groupby(["init", "mode", "n_labels", "seed"])["epoch"].idxmax()]
+
+
+def paired_summary(metrics: pd.DataFrame) -> pd.DataFrame:
+    """BYOL − random per (label count, mode): the mean per-seed paired difference and its 95 % interval."""
+    return paired_differences(final_rows(metrics))
+
+
+def summarize(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Final-epoch test accuracy and loss per condition: mean and std (sample, over seeds)."""
+    final = final_rows(metrics)
+    summary = final.groupby(["init", "mode", "n_labels"], sort=False).agg(
+        seeds=("seed", "nunique"),
+        epochs=("epoch", "max"),
+        test_acc_mean=("test_acc", "mean"),
+        test_acc_std=("test_acc", "std"),
+        test_loss_mean=("test_loss", "mean"),
+        test_loss_std=("test_loss", "std"),
+    )
+    summary = summary.reset_index()
+    order = {name: i for i, name in enumerate(INITS + MODES)}
+    return summary.sort_values(
+        ["n_labels", "init", "mode"],
+        key=lambda c: c.map(order) if c.name != "n_labels" else c,
+        ignore_index=True,
+    )

@@ -10,7 +10,7 @@ import pytest
 from conftest import assert_one_error_line, run_script
 
 from byol import finetune, plots
-from byol.comparison import CLASSIFIER_METRIC_COLUMNS
+from byol.outputs import CLASSIFIER_METRIC_COLUMNS
 
 # byol/ceiling.py's columns; the module itself is run as a user runs it (importing it here first would
 # make runpy warn that it runs a second copy).

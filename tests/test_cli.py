@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -126,3 +129,39 @@ def test_the_long_run_is_the_chosen_trial_for_longer():
     from train_byol import get_args_parser
 
     assert get_args_parser().parse_args([f"@{ROOT / 'configs' / 'long_byol.args'}"]).snapshots == "log2"
+
+
+# Run in a new process, which is where the cost is: the test process has imported torch already.
+WITHOUT_TORCH = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as exit_:
+    assert not exit_.code, exit_.code
+print(sorted(name for name in ("torch", "torchvision") if name in sys.modules))
+"""
+
+
+@pytest.mark.slow  # two new processes
+def test_the_report_and_the_split_never_import_torch(image_folder, tmp_path):
+    """plot_results.py (the report, `make study`) and data_split.py (decoding) need neither torch nor
+    torchvision, which cost a new process 10-20 s on a small CPU: `make study` takes seconds."""
+    report = tmp_path / "report"
+    report.mkdir()
+    for stage in ("byol", "classifier", "ceiling"):
+        for name in (f"{stage}_config.json", f"{stage}_metrics.csv"):
+            shutil.copy(ROOT / "results" / name, report)
+    shutil.copy(ROOT / "results" / "long_run" / "compute_curve.csv", report)
+    runs = {
+        "plot_results.py": ["--out-dir", report],
+        "data_split.py": ["--data-dir", image_folder(per_class=12), "--out-dir", tmp_path / "split"]
+        + ["--n-labelled", "4", "--n-test", "4"],
+    }
+    for script, args in runs.items():
+        command = [sys.executable, "-c", WITHOUT_TORCH, str(ROOT / script), *map(str, args)]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.splitlines()[-1] == "[]", f"{script} imported {result.stdout.splitlines()[-1]}"
+    assert (report / "summary.md").is_file() and (report / "compute_curve.png").is_file()
+    assert (tmp_path / "split" / "splits.csv").is_file()

@@ -18,14 +18,7 @@ from torch import nn
 
 from byol import comparison, finetune
 from byol.cache import load_cache
-from byol.comparison import (
-    CLASSIFIER_METRIC_COLUMNS,
-    check_labelled,
-    format_summary,
-    paired_summary,
-    run_classifiers,
-    summarize,
-)
+from byol.comparison import check_labelled, format_summary, run_classifiers
 from byol.data import read_split, splits_fingerprint
 from byol.demo_images import make_demo_images
 from byol.distributed import Runtime
@@ -46,8 +39,10 @@ from byol.finetune import (
     train_probe,
 )
 from byol.model import resnet18_backbone
+from byol.outputs import CLASSIFIER_METRIC_COLUMNS
 from byol.plots import plot_accuracy, plot_label_efficiency, plot_loss_curves
 from byol.report import pretraining_markdown, summary_markdown
+from byol.stats import paired_summary, summarize
 
 CPU = Runtime(torch.device("cpu"))
 

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from conftest import assert_one_error_line, run_script
 
-from byol.compute_curve import curve_markdown, short_count, short_hours, trend_line
+from byol.plots import short_count, short_hours
 from byol.pretrain import PretrainConfig, RunOptions, pretrain
+from byol.report import curve_markdown, trend_line
 
 PROBE_ARGS = ["--seeds", "2", "--n-labels", "8", "--epochs", "2", "--device", "cpu"]
 
