@@ -1,6 +1,7 @@
 """summary.md's text, written from the CSVs the stages wrote: the comparison table with BYOL − random
 paired over seeds, the share of the gap to the ceiling, the pretraining's monitor, the wall-clock time
-of each stage and the settings. The figures are byol/plots.py's job.
+of each stage, the settings, and the compute curve's table with the trend its last snapshots give.
+The figures are byol/plots.py's job.
 """
 
 from __future__ import annotations

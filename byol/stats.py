@@ -1,4 +1,5 @@
-"""BYOL − random as a paired difference over seeds, with a 95 % t-interval, and what to call it.
+"""BYOL − random as a paired difference over seeds, with a 95 % t-interval, and what to call it;
+and the per-condition summary of a comparison grid's final epochs (classifier_summary.csv).
 
 Seed k gives both inits the same labelled images, head and batch order, and both are scored on the
 same test images, so the per-seed difference cancels what the two runs share (which images happened
