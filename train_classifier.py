@@ -157,7 +157,11 @@ def add_running_flags(group, defaults: ClassifierConfig) -> None:
         action="store_true",
         help="under torchrun: fine-tuning BatchNorm statistics over the global batch",
     )
-    add_resume_arguments(group, "keep the runs already complete in classifier_metrics.csv and train the rest")
+    add_resume_arguments(
+        group,
+        "keep the runs already complete in classifier_metrics.csv (same split and settings) and train the "
+        "rest; a run of --inits random alone (no byol.pt needed) resumes with --inits random,byol",
+    )
 
 
 def main() -> None:

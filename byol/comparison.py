@@ -306,11 +306,16 @@ def plan_line(grid: Grid, epochs_done: dict[RunKey, int]) -> str:
     )
 
 
-def finished_rows(config: ClassifierConfig, out_dir: Path, byol_config: dict, world_size: int) -> list[dict]:
+def finished_rows(
+    config: ClassifierConfig, out_dir: Path, byol_config: dict, world_size: int, splits_sha256: str
+) -> list[dict]:
     """--resume: the metrics rows of the earlier run in `out_dir` that this one keeps.
 
-    Refused (one line) when the earlier run trained on another byol.pt, or with another setting or
-    number of processes; a change of the frozen-only settings keeps the fine-tuning runs only.
+    Refused (one line) when the earlier run trained on another split or another byol.pt, or with
+    another setting or number of processes; a change of the frozen-only settings keeps the
+    fine-tuning runs only. A random-init-only run (no byol.pt needed) resumes with --inits
+    random,byol: its rows are kept and the BYOL runs added, so the random half of a study can train
+    while the pretraining still runs.
     """
     metrics_path, config_path = out_dir / CLASSIFIER_METRICS_FILE, out_dir / CLASSIFIER_CONFIG_FILE
     if not (metrics_path.is_file() and config_path.is_file()):
@@ -322,6 +327,11 @@ def finished_rows(config: ClassifierConfig, out_dir: Path, byol_config: dict, wo
     }
     settings["world_size"] = world_size  # with batch_size, fixes the global batch
     previous = read_json(config_path, "start over with --overwrite")
+    if previous.get("splits_sha256", splits_sha256) != splits_sha256:  # files before 2026-12-05 lack it
+        raise UserError(
+            f"--resume: {metrics_path} was trained on another split (splits.csv's sha256 differs); "
+            "start over with --overwrite"
+        )
     if (previous.get("byol_config") or byol_config) != byol_config:  # {}: no BYOL runs before
         raise UserError(
             f"--resume: {metrics_path} was trained on another pretraining (byol.pt's settings differ); "
@@ -335,8 +345,11 @@ def finished_rows(config: ClassifierConfig, out_dir: Path, byol_config: dict, wo
     return rows
 
 
-def load_grid(config: ClassifierConfig, out_dir: Path, runtime: Runtime) -> tuple[Grid, dict]:
-    """The grid's shared inputs, checked before anything trains, and byol.pt's config ({} without one)."""
+def load_grid(
+    config: ClassifierConfig, out_dir: Path, runtime: Runtime, resume: bool
+) -> tuple[Grid, dict, list[dict]]:
+    """The grid's shared inputs, byol.pt's config ({} without one) and, with `resume`, the earlier
+    run's rows to keep: all checked before the image cache is read or built, and anything trains."""
     split = read_split(out_dir)
     byol_state, byol_config = None, {}
     if "byol" in config.inits:
@@ -345,22 +358,24 @@ def load_grid(config: ClassifierConfig, out_dir: Path, runtime: Runtime) -> tupl
     config = config.resolved(byol_config)
     if not split.indices("test"):
         raise UserError("the split has no test images; re-run data_split.py with --n-test above 0")
-    check_labelled(split, config, runtime.ranks.world_size)
+    world_size = runtime.ranks.world_size
+    check_labelled(split, config, world_size)
+    rows = finished_rows(config, out_dir, byol_config, world_size, split.fingerprint) if resume else []
     images = load_cache(split, out_dir, config.cache_size, torch.device("cpu"), runtime.ranks)
     labels = torch.tensor(split.table["label"].to_numpy())
-    return Grid(config, split, images, labels, byol_state, runtime), byol_config
+    return Grid(config, split, images, labels, byol_state, runtime), byol_config, rows
 
 
 def _run_classifiers(config: ClassifierConfig, out_dir: Path, runtime: Runtime, resume: bool) -> pd.DataFrame:
-    grid, byol_config = load_grid(config, out_dir, runtime)
+    grid, byol_config, rows = load_grid(config, out_dir, runtime, resume)
     config, ranks = grid.config, runtime.ranks
     metrics_path = out_dir / CLASSIFIER_METRICS_FILE
-    rows = finished_rows(config, out_dir, byol_config, ranks.world_size) if resume else []
     if ranks.is_main:
         settings = {
             "device": str(runtime.device),
             "precision": runtime.precision,
             "world_size": ranks.world_size,
+            "splits_sha256": grid.split.fingerprint,
         }
         write_json(
             out_dir / CLASSIFIER_CONFIG_FILE, {**asdict(config), **settings, "byol_config": byol_config}

@@ -281,6 +281,29 @@ def test_label_sweep_and_resume_skip_finished_runs(pretrained):
 
 
 @pytest.mark.slow
+def test_the_random_half_trained_first_is_kept_when_the_byol_half_resumes_it(pretrained):
+    # The random-init runs need no byol.pt: a long run's study trains them while it still pretrains.
+    args = ["--out-dir", pretrained, "--seeds", "2", "--modes", "frozen", "--n-labels", "12", *FAST]
+    assert run_script("train_classifier.py", *args, "--inits", "random").returncode == 0
+    random_half = pd.read_csv(pretrained / "classifier_metrics.csv")
+    assert set(random_half["init"]) == {"random"}
+    both = run_script("train_classifier.py", *args, "--inits", "random,byol", "--resume")
+    assert both.returncode == 0, both.stderr
+    metrics = pd.read_csv(pretrained / "classifier_metrics.csv")
+    assert set(metrics["init"]) == {"random", "byol"} and set(metrics["seed"]) == {0, 1}
+    kept = metrics[metrics["init"] == "random"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, random_half)
+    paired = pd.read_csv(pretrained / "classifier_paired.csv")
+    assert paired[["n_labels", "mode", "seeds"]].values.tolist() == [[12, "frozen", 2]]  # paired by seed
+    # Rows trained on another split are never resumed into this one.
+    permute_test_labels(pretrained)
+    refused = run_script("train_classifier.py", *args, "--inits", "random,byol", "--resume")
+    assert refused.returncode == 2 and "another split" in refused.stderr
+    assert_one_error_line(refused.stderr)
+    pd.testing.assert_frame_equal(pd.read_csv(pretrained / "classifier_metrics.csv"), metrics)
+
+
+@pytest.mark.slow
 def test_resume_with_other_probe_lrs_retrains_only_the_frozen_runs(pretrained):
     args = ["--out-dir", pretrained, "--seeds", "1", "--n-labels", "12", *FAST, *ONE_FINETUNE_LR]
     assert run_script("train_classifier.py", *args).returncode == 0
