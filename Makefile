@@ -114,8 +114,12 @@ recipe-search: setup
 #   make long-run LONG_DIR=/path/outside/the/checkout
 # `make long-run-report` while it trains (from a second shell): the run's small files so far copied to
 # LONG_OUT, each snapshot so far scored (python -m byol.compute_curve), the report redrawn.
+# The study's random-init half needs no weights: trained beforehand with --inits random at the run's
+# sizes (results/long_run/random_half/README.md) and kept in LONG_RANDOM_HALF, it seeds the study,
+# which then trains only the BYOL half (train_classifier.py --resume checks the split and settings).
 LONG_DIR ?= runs/long
 LONG_OUT ?= $(OUT_DIR)/long_run
+LONG_RANDOM_HALF ?= $(LONG_OUT)/random_half
 LONG_BYOL_ARGS ?= @configs/long_byol.args
 LONG_CURVE_ARGS ?=
 LONG_CLASSIFIER_ARGS ?= $(STUDY_CLASSIFIER_ARGS)
@@ -135,9 +139,11 @@ long-run: setup
 	[ -f "$(LONG_DIR)/byol.pt" ] || $(BIN)/python train_byol.py --out-dir "$(LONG_DIR)" $(LONG_BYOL_ARGS) \
 		$(call resume_flag,$(LONG_DIR)/byol_checkpoint.pt)
 	$(long_run_report)
+	[ -f "$(LONG_DIR)/classifier_metrics.csv" ] || [ ! -f "$(LONG_RANDOM_HALF)/classifier_metrics.csv" ] || \
+		cp "$(LONG_RANDOM_HALF)/classifier_metrics.csv" "$(LONG_RANDOM_HALF)/classifier_config.json" "$(LONG_DIR)/"
 	[ -f "$(LONG_DIR)/classifier_summary.csv" ] || \
 		$(BIN)/python train_classifier.py --out-dir "$(LONG_DIR)" $(LONG_CLASSIFIER_ARGS) \
-		$(call resume_flag,$(LONG_DIR)/classifier_metrics.csv)
+		$$([ -f "$(LONG_DIR)/classifier_metrics.csv" ] && echo --resume)
 	$(call copy_present,$(LONG_DIR),$(LONG_OUT),$(LONG_STUDY_COPIED))
 	$(call copy_present,$(OUT_DIR),$(LONG_OUT),ceiling_config.json ceiling_metrics.csv)
 	$(BIN)/python plot_results.py --out-dir "$(LONG_OUT)"

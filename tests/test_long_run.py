@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_script
 
 SIZE = "--image-size 32 --cache-size 36 --device cpu"
 ONE_RATE = "--finetune-lrs 1e-3 --probe-lrs 1e-2"  # no rate chosen by cross-validation: seconds, not a minute
+
+
+CLASSIFIER_ARGS = f"--seeds 2 --n-labels 4,8 --epochs 2 --batch-size 8 {ONE_RATE} {SIZE}"
 
 
 def make_long_run(run_dir: Path, results: Path) -> subprocess.CompletedProcess:
@@ -23,7 +26,7 @@ def make_long_run(run_dir: Path, results: Path) -> subprocess.CompletedProcess:
         "LONG_DIR": run_dir,
         "LONG_BYOL_ARGS": f"--epochs 2 --batch-size 8 --max-images 16 --snapshots 2 {SIZE}",
         "LONG_CURVE_ARGS": "--seeds 2 --n-labels 8 --epochs 2 --device cpu",
-        "LONG_CLASSIFIER_ARGS": f"--seeds 2 --n-labels 4,8 --epochs 2 --batch-size 8 {ONE_RATE} {SIZE}",
+        "LONG_CLASSIFIER_ARGS": CLASSIFIER_ARGS,
     }
     command = ["make", "-C", ROOT, "-o", f"{bin_dir}/python", "long-run"]
     command += [f"{name}={value}" for name, value in variables.items()]
@@ -38,6 +41,18 @@ def test_long_run_pretrains_scores_snapshots_and_compares_then_a_rerun_trains_no
     for name in ("ceiling_metrics.csv", "ceiling_config.json"):  # the committed ceiling, shown for scale
         shutil.copy(ROOT / "results" / name, results)
     splits = (run_dir / "splits.csv").read_bytes()
+    # The study's random half, trained before the pretraining (no byol.pt) and kept in the repository:
+    # the study resumes it and trains only the BYOL runs.
+    random_half = results / "long_run" / "random_half"
+    random_half.mkdir(parents=True)
+    args = ["--out-dir", run_dir, "--inits", "random", *CLASSIFIER_ARGS.split()]
+    trained = run_script("train_classifier.py", *args)
+    assert trained.returncode == 0, trained.stderr
+    for name in ("classifier_metrics.csv", "classifier_config.json"):
+        shutil.move(run_dir / name, random_half / name)
+    for name in ("classifier_summary.csv", "classifier_paired.csv"):
+        (run_dir / name).unlink()
+    random_rows = pd.read_csv(random_half / "classifier_metrics.csv")
 
     first = make_long_run(run_dir, results)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -61,12 +76,14 @@ def test_long_run_pretrains_scores_snapshots_and_compares_then_a_rerun_trains_no
             "loss_curves.png",
             "accuracy.png",
             "label_efficiency.png",
+            "random_half",
         ]
     )
     assert (long_out / "byol_metrics.csv").read_bytes() == (run_dir / "byol_metrics.csv").read_bytes()
     assert pd.read_csv(long_out / "compute_curve.csv")["epoch"].tolist() == [0, 2]
     metrics = pd.read_csv(long_out / "classifier_metrics.csv")
     assert set(metrics["init"]) == {"random", "byol"} and set(metrics["n_labels"]) == {4, 8}
+    pd.testing.assert_frame_equal(metrics[metrics["init"] == "random"].reset_index(drop=True), random_rows)
     summary = (long_out / "summary.md").read_text()
     assert "## What more pretraining buys" in summary and "ceiling" in summary
 
