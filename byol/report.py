@@ -258,7 +258,31 @@ def trend_line(table: pd.DataFrame, column: str, what: str, bound: float) -> str
             f"reaches {bound:.3f}, the most possible, at {reach:.1f}× the images ({reach * last:,.0f}), "
             "so the curve must flatten before then and the line says nothing further"
         )
-    return text + "."
+    return text + "." + power_law_sentence(trained, column, bound)
+
+
+def power_law_sentence(trained: pd.DataFrame, column: str, bound: float) -> str:
+    """What the same snapshots predict at 2x and 10x if the shortfall from `bound` (bound - value, the
+    error for an accuracy) keeps shrinking by the factor per doubling it shrank by over them: a power law
+    in the images seen, the form scaling laws take, which never passes the bound but assumes no floor
+    where the shortfall stops shrinking. "" when it is not shrinking or a value already sits at the bound."""
+    shortfall = bound - trained[column].to_numpy(float)
+    if (shortfall <= 0).any():
+        return ""
+    images = trained["images_seen"].to_numpy(float)
+    log_shortfall, per_doubling = log_trend(images, np.log2(shortfall))
+    if per_doubling >= 0:
+        return ""
+    at = {
+        factor: bound - 2 ** (log_shortfall + per_doubling * math.log2(factor * images[-1]))
+        for factor in (2, 10)
+    }
+    return (
+        f" If instead the shortfall from {bound:.3f} keeps shrinking ×{2**per_doubling:.2f} per doubling, "
+        f"as over those epochs (a power law, the form scaling laws take: it never passes {bound:.3f}, "
+        f"but it assumes no floor where the shortfall stops shrinking), it predicts {at[2]:.3f} at 2× "
+        f"and {at[10]:.3f} at 10× the images."
+    )
 
 
 def curve_markdown(table: pd.DataFrame) -> str:
@@ -296,7 +320,8 @@ def curve_markdown(table: pd.DataFrame) -> str:
         lines += [
             "",
             f"The trend: a straight line in log(images seen) through the last {TREND_POINTS} snapshots, "
-            "extrapolated (a curve that is flattening falls short of it).",
+            "extrapolated (a curve that is flattening falls short of it), and the same snapshots' power law "
+            "in the shortfall from the most possible.",
             "",
         ]
         lines += [f"- {trend}" for trend in trends if trend]

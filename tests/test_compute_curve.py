@@ -109,13 +109,27 @@ def test_the_trend_is_the_last_snapshots_line_in_log_images():
     steep = lambda images: 0.7 + 0.08 * math.log2(images / 8000)  # noqa: E731  0.94 at 2x, 1.126 at 10x
     capped = trend_line(curve_table([8, 16, 32], steep), "diag_knn_k20", "k-NN", 1.0)
     reach = 8000 * 2 ** (0.3 / 0.08)
-    assert capped.endswith(
+    assert (
         f"the line predicts 0.940 at 2× the images (64,000); reaches 1.000, the most possible, at 3.4× "
         f"the images ({reach:,.0f}), so the curve must flatten before then and the line says nothing further."
-    ), capped
+    ) in capped, capped
     assert "1.126" not in capped
     past = trend_line(curve_table([8, 16, 32], steep), "diag_knn_k20", "k-NN", 0.9)
-    assert "predicts" not in past and "the line reaches 0.900, the most possible, at 1.4× the images" in past
+    assert "the line predicts" not in past
+    assert "the line reaches 0.900, the most possible, at 1.4× the images" in past
+    # The power law in the shortfall from the bound gives 10x a number below it: a k-NN whose error
+    # shrinks x0.71 per doubling (1 - 0.4 (images / 8,000) ** -0.5) is predicted exactly.
+    power = lambda images: 1 - 0.4 * (images / 8000) ** -0.5  # noqa: E731
+    law = trend_line(curve_table([8, 16, 32], power), "diag_knn_k20", "k-NN", 1.0)
+    assert law.endswith(
+        "If instead the shortfall from 1.000 keeps shrinking ×0.71 per doubling, as over those epochs "
+        "(a power law, the form scaling laws take: it never passes 1.000, but it assumes no floor where "
+        f"the shortfall stops shrinking), it predicts {power(64000):.3f} at 2× and "
+        f"{power(320000):.3f} at 10× the images."
+    ), law
+    assert "If instead" not in flat  # a shortfall that is not shrinking predicts nothing
+    at_bound = trend_line(curve_table([8, 16, 32], steep), "diag_knn_k20", "k-NN", 0.86)
+    assert "If instead" not in at_bound  # the last value at the bound already: no shortfall to fit
     markdown = curve_markdown(table)
     assert (
         "| 32 | 32,000 | 3.20 | 0.560 | 0.600 | 100 | 0.600 | 0.550 | +0.050 [+0.040, +0.060] | gain |"
