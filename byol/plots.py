@@ -278,6 +278,25 @@ def short_hours(hours: float) -> str:
     return f"{hours:.2f}" if hours < 1 else f"{hours:.1f}" if hours < 10 else f"{hours:.0f}"
 
 
+TICK_PAD_PX = 4  # the least room between two tick labels, in pixels at the figure's dpi
+
+
+def blank_crowded_labels(axis) -> None:
+    """Blanks each tick label of `axis` (an x axis) that its right-hand neighbour would print over, as
+    laid out at the figure's size, so that snapshots close together (epochs 24, 28, 32; 64 and 86) do
+    not print over each other. The last snapshot, the one a reader looks for, keeps its label."""
+    axis.figure.draw_without_rendering()
+    labels = axis.get_majorticklabels()
+    texts, left_of_kept = [label.get_text() for label in labels], math.inf
+    for index in range(len(labels) - 1, -1, -1):
+        box = labels[index].get_window_extent()
+        if box.x1 + TICK_PAD_PX > left_of_kept:
+            texts[index] = ""
+        else:
+            left_of_kept = box.x0
+    axis.set_ticklabels(texts)
+
+
 def label_snapshots(axis, images: np.ndarray, hours: np.ndarray) -> None:
     """Ticks at the snapshots only: images seen below, the hours of pretraining they took above."""
     axis.set_xticks(images, [short_count(value) for value in images])
@@ -288,6 +307,8 @@ def label_snapshots(axis, images: np.ndarray, hours: np.ndarray) -> None:
     top.set_xticks(images, [short_hours(value) for value in hours])
     top.xaxis.set_minor_locator(NullLocator())
     top.set_xlabel("hours of pretraining on this machine")
+    for drawn in (axis, top):
+        blank_crowded_labels(drawn.xaxis)
 
 
 def plot_compute_curve(table: pd.DataFrame, path: Path) -> None:

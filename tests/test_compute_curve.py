@@ -6,11 +6,13 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import assert_one_error_line, run_script
+from matplotlib.figure import Figure
 
-from byol.plots import short_count, short_hours
+from byol.plots import label_snapshots, short_count, short_hours
 from byol.pretrain import PretrainConfig, RunOptions, pretrain
 from byol.report import curve_markdown, trend_line
 
@@ -162,3 +164,26 @@ def test_the_snapshot_ticks_read_as_images_and_hours():
         "30M",
     ]
     assert [short_hours(h) for h in (0.184, 1.243, 12.6)] == ["0.18", "1.2", "13"]
+
+
+def test_snapshots_close_together_do_not_print_their_ticks_over_each_other():
+    # The long run's snapshots: epochs 24, 28 and 32 sit within a fifth of a doubling of each other.
+    epochs = np.array([1, 2, 4, 8, 16, 24, 28, 32, 64, 86])
+    images = 22_464 * epochs
+    figure = Figure()
+    axis = figure.subplots()
+    axis.set_xscale("log")
+    axis.plot(images, np.linspace(0.5, 0.8, len(images)))
+    label_snapshots(axis, images.astype(float), epochs / 20)
+    figure.draw_without_rendering()
+    for drawn in (axis, figure.axes[1]):  # images seen below, hours above
+        labels = drawn.get_xticklabels()
+        texts = [label.get_text() for label in labels]
+        assert texts[:5] == (
+            [short_count(n) for n in images[:5]]
+            if drawn is axis
+            else [short_hours(h) for h in epochs[:5] / 20]
+        )
+        assert texts[-1] and "" in texts  # the last snapshot keeps its label; a crowded one lost its own
+        boxes = [label.get_window_extent() for label in labels if label.get_text()]
+        assert all(left.x1 < right.x0 for left, right in zip(boxes, boxes[1:]))  # none prints over another
