@@ -52,7 +52,8 @@ def add_length_flags(group, defaults: PretrainConfig) -> None:
         choices=SETTINGS,
         default="auto",
         help="the defaults every flag not given takes. gpu: the reference setting (150 px, batch 256, 100 "
-        "epochs); cpu: the study's CPU recipe (configs/study_byol.args: 64 px, batch 64, LARS eta 0.005) "
+        "epochs); cpu: the long run's recipe (configs/long_byol.args: 64 px, batch 64, LARS eta 0.005, "
+        "the predictor at 10x the scheduled rate) "
         f"sized by --time-budget, {format_duration(CPU_SETTING['time_budget'])} unless given. auto: cpu "
         "when --device resolves to a CPU, else gpu",
     )

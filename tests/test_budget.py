@@ -85,11 +85,11 @@ def test_the_cpu_setting_gives_the_recipe_and_every_flag_given_wins():
     )
 
 
-def test_the_cpu_setting_is_the_study_recipe_file():
-    args, _ = parse_args(["--device", "cpu", "@configs/study_byol.args"])
+def test_the_cpu_setting_is_the_long_run_recipe_file():
+    args, _ = parse_args(["--device", "cpu", "@configs/long_byol.args"])
     recipe = {name: value for name, value in CPU_SETTING.items() if name != "time_budget"}
     assert {name: getattr(args, name) for name in recipe} == recipe
-    assert args.epochs == 12 and args.time_budget == 0.0  # the file fixes its epochs
+    assert args.epochs == 86 and args.time_budget == 0.0  # the file fixes its epochs
 
 
 def test_the_plan_is_printed_before_the_first_step_and_saved_with_the_setting(split_dir):

@@ -90,10 +90,12 @@ def test_every_trial_file_is_a_valid_recipe(recipe):
 
 
 def recipe_config(path: Path) -> dict:
-    """The resolved PretrainConfig that `train_byol.py @path` runs with."""
-    from train_byol import get_args_parser
+    """The resolved PretrainConfig that `train_byol.py @path` runs with on a CPU: the CPU setting's
+    defaults for every flag the file leaves out, as every committed run here had (a recipe file that
+    leans on a default the setting has since changed no longer reproduces its run)."""
+    from train_byol import parse_args
 
-    args = get_args_parser().parse_args([f"@{path}"])
+    args, _ = parse_args(["--device", "cpu", f"@{path}"])
     config = PretrainConfig(**{name: getattr(args, name) for name in PretrainConfig.__dataclass_fields__})
     return asdict(config.resolved())
 
