@@ -93,7 +93,8 @@ study: setup
 # linear probe per trial. The order is the table's.
 TRIALS := adamw lars_cache80 lars_paper lars_eta002 rank_eta002 rank_eta0001 rank_eta0005 rank_eta002_wd1e4 \
 	long_eta002 long_eta0005 \
-	steps1400_base steps1400_tau097 steps1400_tau098 steps1400_sgd steps1400_larc steps1400_pred10 steps1400_96px
+	steps1400_base steps1400_tau097 steps1400_tau098 steps1400_sgd steps1400_larc steps1400_pred10 steps1400_96px \
+	steps1400_pred10_seed1 steps1400_sgd_seed1
 # One trial: its own folder sharing the study's split and image cache; skipped once it has byol.pt.
 trial_dir = $(OUT_DIR)/recipe_search/$(1)
 run_trial = (mkdir -p "$(trial_dir)" && cp "$(OUT_DIR)/splits.csv" "$(OUT_DIR)/split_config.json" "$(trial_dir)/" \
