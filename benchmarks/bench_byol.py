@@ -12,12 +12,13 @@ counted once although BYOL makes two views of it):
   loader_ours    the same DataLoader feeding our step (tells the data gain from the precision gain)
 and the data side alone (views per second, no model) for pipeline and usual, the pipeline at 1,000
 and at 20,000 cached images (nothing in the loop may grow with the data), the device's matmul peak in
-fp32 and bf16, the step's achieved GFLOP/s and utilisation of the peak of the precision used, peak
-memory and the cache's size on disk. --variants also times the model-only step in each precision and
-memory format (and with torch.compile when --compile is given). Runs compared by a ratio (model_only
-and the two pipelines; the variants) are timed in interleaved turns of 2 steps and summarised by their
-median turn, so that this noisy machine's slow spells hit them alike; the DataLoader runs cannot be
-interleaved (their workers prepare batches in the background) and are timed one after the other.
+fp32 and in each reduced precision it has units for (or uses), the step's achieved GFLOP/s and
+utilisation of the peak of the precision used, peak memory and the cache's size on disk. --variants
+also times the model-only step in each precision and memory format (and with torch.compile when
+--compile is given). Runs compared by a ratio (model_only and the two pipelines; the variants) are
+timed in interleaved turns of 2 steps and summarised by their median turn, so that this noisy
+machine's slow spells hit them alike; the DataLoader runs cannot be interleaved (their workers
+prepare batches in the background) and are timed one after the other.
 --steps is the number of timed steps per run. The last line is for scripts:
 RESULT pipeline_vs_model_only=... pipeline_vs_usual=... pipeline_images_per_s=... utilisation=... ...
 """
@@ -44,6 +45,8 @@ from byol.demo_images import make_demo_images
 from byol.device import (
     AUTOCAST_DTYPES,
     PRECISIONS,
+    cpu_has_bf16,
+    cpu_has_fp16,
     grad_scaler,
     resolve_device,
     resolve_precision,
@@ -374,10 +377,15 @@ def measure_training(bench: Bench, batches) -> tuple[dict[str, float], tuple]:
 def utilisation(bench: Bench, flops: float, model_only: float) -> float:
     """The model-only step's achieved GFLOP/s as a fraction of the device's matmul peak in its precision."""
     runtime = bench.runtime
-    # fp16's peak only where it is in use or native (a CPU without fp16 units emulates it, far slower).
-    peak_dtypes = {"fp32": torch.float32, **AUTOCAST_DTYPES}
-    if runtime.precision != "fp16" and runtime.device.type != "cuda":
-        del peak_dtypes["fp16"]
+    # A reduced precision's peak only where it is in use or native: a CPU without bf16 (or fp16) units
+    # emulates it at about 1 GFLOP/s, and its 1024x1024 matmuls alone would take a dozen seconds.
+    native = {"bf16": cpu_has_bf16(), "fp16": cpu_has_fp16()} if runtime.device.type != "cuda" else {}
+    peak_dtypes = {"fp32": torch.float32}
+    peak_dtypes |= {
+        name: dtype
+        for name, dtype in AUTOCAST_DTYPES.items()
+        if name == runtime.precision or native.get(name, True)
+    }
     peaks = {name: matmul_gflops(runtime.device, dtype) for name, dtype in peak_dtypes.items()}
     achieved = flops / 1e9 * model_only / bench.batch
     used = achieved / peaks[runtime.precision]

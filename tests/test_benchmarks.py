@@ -14,6 +14,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_byol import interleaved  # noqa: E402
 from bench_precision import result_line  # noqa: E402
 
+from byol.device import cpu_has_bf16  # noqa: E402
+
 
 def test_interleaved_times_every_runner_in_turns_after_warming_all_up():
     calls = []
@@ -60,6 +62,9 @@ def test_bench_byol_runs_end_to_end_and_prints_the_result_line(image_folder, tmp
         last,
     ), last
     assert "variant fp32 contiguous: ratio to fp32 contiguous 1.00" in result.stdout
+    # A bf16 peak only where the CPU has bf16 units: emulated, its matmuls alone took 12 s here.
+    peak = next(line for line in result.stdout.splitlines() if line.startswith("matmul peak: "))
+    assert ("bf16" in peak) == cpu_has_bf16(), peak
 
 
 @pytest.mark.slow
