@@ -48,6 +48,8 @@ def four_stages(images: Path, device: str, resumed: bool = False) -> list[tuple]
     byol = ["train_byol.py", "--epochs", "2", "--batch-size", "8", "--max-images", "16", *size]
     pretraining = [(*byol, "--stop-after-epochs", "1"), (*byol, "--resume")] if resumed else [tuple(byol)]
     classifier = ["--epochs", "2", "--batch-size", "8", "--seeds", "2", "--n-labels", "4,12", *size]
+    # A rate choice of 2 rates x 2 folds (the default 3 x 3, 36 fine-tunings here, is test_comparison's)
+    classifier += ["--finetune-lrs", "1e-4,1e-3", "--finetune-folds", "2"]
     return [
         ("data_split.py", "--data-dir", images, "--n-labelled", "12", "--n-test", "12"),
         *pretraining,
@@ -157,8 +159,8 @@ def add_faults(folder: Path, class_name: str) -> dict[str, str]:
 def known_speed(request, monkeypatch):
     """Tiny test runs skip the speed measurement before training (a few steps and a feature pass,
     which would add about 40 s to the suite) and plan with a fixed speed instead. Tests of the
-    measurement itself (marked `measured_speed`) and processes started with run_subprocess or torchrun
-    measure for real."""
+    measurement itself (marked `measured_speed`) and processes started with run_subprocess measure for
+    real; tests/ddp_worker.py fixes the speed in its torchrun processes as this does here."""
     if request.node.get_closest_marker("measured_speed"):
         return
     from byol import comparison, pretrain

@@ -546,6 +546,7 @@ def permute_test_labels(out: Path) -> None:
 def test_finetune_lr_is_chosen_on_the_labelled_images_only(pretrained):
     # Rates far apart, so that the folds tell them apart; both inits, 2 seeds sharing seed 0's choice.
     args = ["--out-dir", pretrained, "--seeds", "2", "--modes", "finetune", "--finetune-lrs", "1e-6,3e-2"]
+    args += ["--finetune-folds", "2"]
     result = run_script("train_classifier.py", *args, *FAST)
     assert result.returncode == 0, result.stderr[-2000:]
     before = pd.read_csv(pretrained / "classifier_metrics.csv")
