@@ -128,18 +128,24 @@ LONG_COPIED := byol_config.json byol_metrics.csv
 LONG_STUDY_COPIED := classifier_config.json classifier_metrics.csv classifier_summary.csv
 copy_present = for name in $(3); do [ ! -f "$(1)/$$name" ] || cp "$(1)/$$name" "$(2)/"; done
 # (A canned recipe, not a sub-make: a sub-make would not inherit `make -o`.)
-define long_run_report
+define long_run_curve
 mkdir -p "$(LONG_OUT)"
 $(call copy_present,$(LONG_DIR),$(LONG_OUT),$(LONG_COPIED))
 [ -z "$$(ls "$(LONG_DIR)/snapshots" 2>/dev/null)" ] || \
 	$(BIN)/python -m byol.compute_curve "$(LONG_DIR)" --out-dir "$(LONG_OUT)" $(LONG_CURVE_ARGS)
+endef
+define long_run_report
+$(long_run_curve)
 $(BIN)/python plot_results.py --out-dir "$(LONG_OUT)"
 endef
+# The report is drawn before the study only when the study still has runs to train (hours, at the
+# study's sizes); a rerun with the study done draws it once, at the end.
 long-run: setup
 	$(call split_in,$(LONG_DIR))
 	[ -f "$(LONG_DIR)/byol.pt" ] || $(BIN)/python train_byol.py --out-dir "$(LONG_DIR)" $(LONG_BYOL_ARGS) \
 		$(call resume_flag,$(LONG_DIR)/byol_checkpoint.pt)
-	$(long_run_report)
+	$(long_run_curve)
+	[ -f "$(LONG_DIR)/classifier_summary.csv" ] || $(BIN)/python plot_results.py --out-dir "$(LONG_OUT)"
 	[ -f "$(LONG_DIR)/classifier_metrics.csv" ] || [ ! -f "$(LONG_RANDOM_HALF)/classifier_metrics.csv" ] || \
 		cp "$(LONG_RANDOM_HALF)/classifier_metrics.csv" "$(LONG_RANDOM_HALF)/classifier_config.json" "$(LONG_DIR)/"
 	[ -f "$(LONG_DIR)/classifier_summary.csv" ] || \

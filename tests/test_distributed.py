@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import run_script
 
 from byol.augment import BYOLViews
 from byol.distributed import Ranks
@@ -206,12 +207,7 @@ def test_two_process_finetuning_matches_one_process(split_dir, tmp_path):
     common = ["--inits", "random", "--seeds", "1", "--epochs", "1", "--image-size", "32", "--device", "cpu"]
     common += ["--precision", "fp32"]  # float32 rounding is the tolerance; bf16 would round far more
     common += ["--finetune-lrs", "1e-3"]  # one rate: the comparison is of the training, not of a choice
-    result = subprocess.run(
-        [sys.executable, "train_classifier.py", "--out-dir", str(single), "--batch-size", "8", *common],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
+    result = run_script("train_classifier.py", "--out-dir", single, "--batch-size", "8", *common)
     assert result.returncode == 0, result.stderr[-2000:]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     result = subprocess.run(

@@ -70,7 +70,10 @@ def test_loss_falls_and_features_do_not_collapse(split_dir):
     out = split_dir(per_class=40)
     # At lr 2e-3 this tiny run plateaus after epoch 1 on some machines (1.88-1.90); at 1e-3 it keeps falling.
     pretrain(
-        tiny_config(epochs=6, max_images=64, optimizer="adamw", lr=1e-3), out, RunOptions(device_name="cpu")
+        # the monitor at the start and the end only: the first and last feature spreads are all it needs
+        tiny_config(epochs=6, max_images=64, optimizer="adamw", lr=1e-3, knn_every=0),
+        out,
+        RunOptions(device_name="cpu"),
     )
     metrics = pd.read_csv(out / "byol_metrics.csv")
     losses = metrics["loss"].dropna().tolist()
@@ -83,11 +86,12 @@ def test_loss_falls_and_features_do_not_collapse(split_dir):
 @pytest.mark.slow
 def test_diagnostic_knn_votes_with_many_non_test_images_and_can_be_turned_off(split_dir):
     out = split_dir(per_class=40)
-    pretrain(tiny_config(epochs=1, max_images=16, diag_voters=48), out, RunOptions(device_name="cpu"))
+    pretrain(tiny_config(epochs=1, max_images=8, diag_voters=48), out, RunOptions(device_name="cpu"))
     metrics = pd.read_csv(out / "byol_metrics.csv")
     # Voters from every non-test image, not only the 16 pretrained on; k=200 is capped at the 48 voters.
     assert metrics["diag_knn_k20"].notna().all() and metrics["diag_knn_k200"].notna().all()
-    pretrain(tiny_config(epochs=1, diag_voters=0), out, RunOptions(device_name="cpu", overwrite=True))
+    options = RunOptions(device_name="cpu", overwrite=True)
+    pretrain(tiny_config(epochs=1, max_images=8, diag_voters=0), out, options)
     metrics = pd.read_csv(out / "byol_metrics.csv")
     assert metrics["diag_knn_k20"].isna().all() and metrics["knn_acc"].notna().all()
 
@@ -96,7 +100,8 @@ def test_diagnostic_knn_votes_with_many_non_test_images_and_can_be_turned_off(sp
 @pytest.mark.parametrize("knn_every, monitored_epochs", [(0, [0, 3]), (2, [0, 2, 3])])
 def test_knn_monitor_runs_at_the_start_every_n_epochs_and_at_the_end(split_dir, knn_every, monitored_epochs):
     out = split_dir()
-    pretrain(tiny_config(epochs=3, knn_every=knn_every), out, RunOptions(device_name="cpu"))
+    # One step an epoch (8 images): which epochs are monitored does not depend on the steps in them.
+    pretrain(tiny_config(epochs=3, knn_every=knn_every, max_images=8), out, RunOptions(device_name="cpu"))
     metrics = pd.read_csv(out / "byol_metrics.csv")
     assert metrics.loc[metrics["knn_acc"].notna(), "epoch"].tolist() == monitored_epochs
 
@@ -268,7 +273,7 @@ def test_cache_is_built_once_and_rebuilt_when_the_split_changes(split_dir):
 @pytest.mark.slow
 def test_resume_from_a_damaged_or_foreign_checkpoint_is_a_clear_error(split_dir):
     out = split_dir()
-    pretrain(tiny_config(epochs=1), out, RunOptions(device_name="cpu"))
+    pretrain(tiny_config(epochs=1, max_images=8), out, RunOptions(device_name="cpu"))
     checkpoint = out / "byol_checkpoint.pt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:5000])  # cut off, as by a full disk or a bad copy
     with pytest.raises(UserError, match="byol_checkpoint.pt is not a readable checkpoint .*--overwrite"):
@@ -459,7 +464,9 @@ def test_compile_wraps_the_training_step_and_keeps_plain_weights(split_dir, monk
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     out = split_dir()
-    model = pretrain(tiny_config(epochs=1), out, RunOptions(device_name="cpu", compile_mode="on"))
+    model = pretrain(
+        tiny_config(epochs=1, max_images=8), out, RunOptions(device_name="cpu", compile_mode="on")
+    )
     assert compiled == [model]  # the whole BYOL forward (both views, both networks), once
     weights = load_torch(out / "byol.pt")["backbone"]
     assert not any(name.startswith("_orig_mod") for name in weights)
