@@ -111,10 +111,11 @@ def test_two_epochs_equal_one_epoch_then_resume(split_dir, tmp_path):
     out = split_dir()
     straight = tmp_path / "straight"
     shutil.copytree(out, straight)
-    pretrain(tiny_config(), straight, RunOptions(device_name="cpu", snapshot_epochs="log2"))
+    config = tiny_config(max_images=16)  # 2 steps an epoch
+    pretrain(config, straight, RunOptions(device_name="cpu", snapshot_epochs="log2"))
 
     with pytest.raises(Stopped) as paused:
-        pretrain(tiny_config(), out, RunOptions(device_name="cpu", stop_after_epochs=1, snapshot_epochs="1"))
+        pretrain(config, out, RunOptions(device_name="cpu", stop_after_epochs=1, snapshot_epochs="1"))
     assert paused.value.exit_code == 0 and not (out / "byol.pt").exists()
     pretrain(PretrainConfig(), out, RunOptions(device_name="cpu", resume=True))  # the saved config wins
     assert_same_weights(straight, out)
@@ -125,7 +126,7 @@ def test_two_epochs_equal_one_epoch_then_resume(split_dir, tmp_path):
     ]
     assert [path.name for path in (out / "snapshots").iterdir()] == ["byol_epoch0001.pt"]
     first, last = (load_torch(straight / "snapshots" / f"byol_epoch000{n}.pt") for n in (1, 2))
-    assert (first["epoch"], first["step"], last["epoch"]) == (1, 4, 2)
+    assert (first["epoch"], first["step"], last["epoch"]) == (1, 2, 2)
     assert all(
         torch.equal(last["backbone"][k], v) for k, v in load_torch(straight / "byol.pt")["backbone"].items()
     )
@@ -203,31 +204,32 @@ def test_sigterm_mid_epoch_saves_and_resume_is_exact(split_dir, tmp_path, monkey
     out = split_dir()
     straight = tmp_path / "straight"
     shutil.copytree(out, straight)
-    pretrain(tiny_config(), straight, RunOptions(device_name="cpu"))
+    config = tiny_config(max_images=24)  # 3 steps an epoch
+    pretrain(config, straight, RunOptions(device_name="cpu"))
 
     calls = {"n": 0}
     real_step_views = pretrain_module.step_views
 
-    def signal_on_sixth_batch(*args, **kwargs):  # the signal arrives while batch 6 of 8 is training
+    def signal_on_fifth_batch(*args, **kwargs):  # the signal arrives while batch 5 of 6 is training
         calls["n"] += 1
-        if calls["n"] == 6:
+        if calls["n"] == 5:
             os.kill(os.getpid(), signal.SIGTERM)
         return real_step_views(*args, **kwargs)
 
-    monkeypatch.setattr(pretrain_module, "step_views", signal_on_sixth_batch)
+    monkeypatch.setattr(pretrain_module, "step_views", signal_on_fifth_batch)
     with pytest.raises(Stopped) as stopped:
-        pretrain(tiny_config(), out, RunOptions(device_name="cpu"))
+        pretrain(config, out, RunOptions(device_name="cpu"))
     assert stopped.value.exit_code == 128 + signal.SIGTERM
     checkpoint = load_torch(out / "byol_checkpoint.pt")
     assert (checkpoint["state"]["epoch"], checkpoint["state"]["batch_in_epoch"]) == (1, 2)
     before_stop = checkpoint["state"]["epoch_seconds"]  # epoch 2's first 2 batches
     assert before_stop > 0
     monkeypatch.setattr(pretrain_module, "step_views", real_step_views)
-    pretrain(tiny_config(), out, RunOptions(device_name="cpu", resume=True))
+    pretrain(config, out, RunOptions(device_name="cpu", resume=True))
     assert_same_weights(straight, out)
-    # The resumed epoch's seconds count both processes' parts; its images/s, the resumed 2 batches'.
+    # The resumed epoch's seconds count both processes' parts; its images/s, the resumed batch's.
     row = pd.read_csv(out / "byol_metrics.csv").set_index("epoch").loc[2]
-    assert row["seconds"] == pytest.approx(before_stop + 2 * 8 / row["images_per_s"])
+    assert row["seconds"] == pytest.approx(before_stop + 1 * 8 / row["images_per_s"])
 
 
 @pytest.mark.parametrize("workers", [1, 2])
