@@ -115,6 +115,7 @@ def test_cross_rank_batchnorm_in_two_processes_matches_batchnorm_on_the_whole_ba
     assert (halves - outputs).abs().max() > 0.1
 
 
+@pytest.mark.longest
 @pytest.mark.slow
 def test_two_processes_train_like_one_with_the_same_global_batch(split_dir, tmp_path):
     out = split_dir()

@@ -16,6 +16,7 @@ from conftest import ROOT, four_stages, run_script
 from byol.demo_images import make_demo_images
 
 
+@pytest.mark.longest
 @pytest.mark.slow
 def test_four_stages_end_to_end(tmp_path):
     images = make_demo_images(tmp_path / "images", per_class=24, size=40)

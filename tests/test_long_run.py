@@ -33,6 +33,7 @@ def make_long_run(run_dir: Path, results: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True)
 
 
+@pytest.mark.longest
 @pytest.mark.slow  # pretrains, scores a snapshot and trains the comparison, each in a new process
 def test_long_run_pretrains_scores_snapshots_and_compares_then_a_rerun_trains_nothing(split_dir, tmp_path):
     run_dir = split_dir()  # the split is already there: make long-run keeps it

@@ -65,6 +65,7 @@ def test_train_byol_writes_weights_that_load_into_stock_resnet18(split_dir):
     assert (out / "byol_config.json").is_file() and (out / "byol_checkpoint.pt").is_file()
 
 
+@pytest.mark.longest
 @pytest.mark.slow
 def test_loss_falls_and_features_do_not_collapse(split_dir):
     out = split_dir(per_class=40)
