@@ -46,19 +46,20 @@ def test_a_budgeted_run_fixes_its_epochs_first_and_resumes_exactly(split_dir, tm
     out = split_dir()
     straight = tmp_path / "straight"
     shutil.copytree(out, straight)
-    # 32 images an epoch at 16 images/s: 2 s an epoch, so a 5-second budget buys 2 epochs.
+    # 16 images an epoch at 16 images/s: 1 s an epoch, so a 2.5-second budget buys 2 epochs.
     monkeypatch.setattr(pretrain_module, "measure_speed", fake_speed(16.0))
-    pretrain(PretrainConfig(**TINY), straight, RunOptions(device_name="cpu", time_budget_s=5.0))
+    tiny = {**TINY, "max_images": 16}  # 2 steps an epoch
+    pretrain(PretrainConfig(**tiny), straight, RunOptions(device_name="cpu", time_budget_s=2.5))
     weights = load_torch(straight / "byol.pt")
-    assert weights["config"]["epochs"] == 2 and weights["step"] == 8
-    assert json.loads((straight / "byol_config.json").read_text())["time_budget_s"] == 5.0
+    assert weights["config"]["epochs"] == 2 and weights["step"] == 4
+    assert json.loads((straight / "byol_config.json").read_text())["time_budget_s"] == 2.5
     assert pd.read_csv(straight / "byol_metrics.csv")["tau"].iloc[-1] == 1.0  # the schedule ended on time
     with pytest.raises(Stopped):
-        options = RunOptions(device_name="cpu", time_budget_s=5.0, stop_after_epochs=1)
-        pretrain(PretrainConfig(**TINY), out, options)
-    # Resumed on a machine that measures twice as fast (5 epochs' speed): it keeps its 2 epochs.
+        options = RunOptions(device_name="cpu", time_budget_s=2.5, stop_after_epochs=1)
+        pretrain(PretrainConfig(**tiny), out, options)
+    # Resumed on a machine that measures twice as fast (5 epochs' worth): it keeps its 2 epochs.
     monkeypatch.setattr(pretrain_module, "measure_speed", fake_speed(32.0))
-    pretrain(PretrainConfig(**TINY), out, RunOptions(device_name="cpu", time_budget_s=5.0, resume=True))
+    pretrain(PretrainConfig(**tiny), out, RunOptions(device_name="cpu", time_budget_s=2.5, resume=True))
     resumed = load_torch(out / "byol.pt")
     assert resumed["config"]["epochs"] == 2
     assert all(pretrain_module.torch.equal(resumed["backbone"][k], v) for k, v in weights["backbone"].items())

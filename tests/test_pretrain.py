@@ -150,8 +150,8 @@ def test_fp16_trains_with_loss_scaling_and_resumes_exactly(split_dir, tmp_path):
     out = split_dir()
     straight = tmp_path / "straight"
     shutil.copytree(out, straight)
-    # 16 images: 2 steps per epoch (a CPU emulates fp16 slowly), so the stop after epoch 1 is mid-run.
-    config = tiny_config(image_size=16, cache_size=20, knn_every=0, max_images=16)
+    # 8 images: 1 step per epoch (a CPU emulates fp16 slowly), so the stop after epoch 1 is mid-run.
+    config = tiny_config(image_size=16, cache_size=20, knn_every=0, max_images=8)
     pretrain(config, straight, RunOptions(device_name="cpu", precision_name="fp16"))
     with pytest.raises(Stopped):
         pretrain(config, out, RunOptions(device_name="cpu", precision_name="fp16", stop_after_epochs=1))
