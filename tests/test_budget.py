@@ -42,6 +42,7 @@ def fake_speed(images_per_s: float, monitor_seconds: float = 0.0):
     return lambda run: Speed(images_per_s, monitor_seconds)
 
 
+@pytest.mark.slow
 def test_a_budgeted_run_fixes_its_epochs_first_and_resumes_exactly(split_dir, tmp_path, monkeypatch):
     out = split_dir()
     straight = tmp_path / "straight"
@@ -93,6 +94,7 @@ def test_the_cpu_setting_is_the_long_run_recipe_file():
     assert args.epochs == 86 and args.time_budget == 0.0  # the file fixes its epochs
 
 
+@pytest.mark.slow
 def test_the_plan_is_printed_before_the_first_step_and_saved_with_the_setting(split_dir):
     out = split_dir()
     tiny = [flag for flag in TINY_BYOL if flag not in ("--setting", "gpu")]
@@ -138,6 +140,7 @@ def test_stage_3_estimates_its_runs_choices_and_feature_passes_from_the_measured
     assert grid_seconds(speed, config, 4, GridWork(n_test=12)) == 0
 
 
+@pytest.mark.slow
 def test_stage_3_prints_its_plan_before_the_first_run_and_what_is_done_on_a_rerun(split_dir, monkeypatch):
     from byol import comparison
     from byol.comparison import GridSpeed
@@ -156,6 +159,7 @@ def test_stage_3_prints_its_plan_before_the_first_run_and_what_is_done_on_a_reru
     )
 
 
+@pytest.mark.slow
 @pytest.mark.measured_speed
 def test_the_speed_is_measured_on_the_runs_own_pipeline_without_touching_its_state(split_dir):
     from byol.budget import measure_speed

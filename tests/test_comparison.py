@@ -104,6 +104,7 @@ def test_same_labelled_images_for_every_init_and_mode(pretrained):
     assert balanced_subset(split, 0, 0) == sorted(labelled)
 
 
+@pytest.mark.slow
 def test_every_init_and_mode_of_a_seed_trains_on_the_same_images_head_and_batches(pretrained, monkeypatch):
     """Recorded in a real grid: which labelled images each run gets, the labels of its training
     batches in order (the batch order), the head it starts from, and the backbones the grid builds."""

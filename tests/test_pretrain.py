@@ -497,6 +497,7 @@ def test_resume_with_a_changed_flag_or_another_process_count_is_refused(split_di
     assert not (out / "byol.pt").exists()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_is_written_mid_epoch_every_checkpoint_interval(split_dir, monkeypatch):
     saved = []
     real_save = pretrain_module.save_checkpoint
