@@ -45,9 +45,8 @@ from byol.demo_images import make_demo_images
 from byol.device import (
     AUTOCAST_DTYPES,
     PRECISIONS,
-    cpu_has_bf16,
-    cpu_has_fp16,
     grad_scaler,
+    native_precisions,
     resolve_device,
     resolve_precision,
 )
@@ -379,12 +378,9 @@ def utilisation(bench: Bench, flops: float, model_only: float) -> float:
     runtime = bench.runtime
     # A reduced precision's peak only where it is in use or native: a CPU without bf16 (or fp16) units
     # emulates it at about 1 GFLOP/s, and its 1024x1024 matmuls alone would take a dozen seconds.
-    native = {"bf16": cpu_has_bf16(), "fp16": cpu_has_fp16()} if runtime.device.type != "cuda" else {}
-    peak_dtypes = {"fp32": torch.float32}
-    peak_dtypes |= {
-        name: dtype
-        for name, dtype in AUTOCAST_DTYPES.items()
-        if name == runtime.precision or native.get(name, True)
+    native = native_precisions(runtime.device)
+    peak_dtypes = {"fp32": torch.float32} | {
+        name: dtype for name, dtype in AUTOCAST_DTYPES.items() if name == runtime.precision or native[name]
     }
     peaks = {name: matmul_gflops(runtime.device, dtype) for name, dtype in peak_dtypes.items()}
     achieved = flops / 1e9 * model_only / bench.batch

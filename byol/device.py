@@ -81,13 +81,21 @@ def cuda_has_fast_fp16(device: torch.device) -> bool:
     return bool(torch.version.hip) or properties.major >= 7 or (properties.major, properties.minor) == (6, 0)
 
 
+def native_precisions(device: torch.device) -> dict[str, bool]:
+    """For each reduced precision ('bf16', 'fp16'): whether the device computes it natively (fast
+    fp16 on a GPU); elsewhere it is emulated, slower than fp32."""
+    if device.type == "cuda":
+        return {"bf16": cuda_has_bf16(device), "fp16": cuda_has_fast_fp16(device)}
+    return {"bf16": cpu_has_bf16(), "fp16": cpu_has_fp16()}
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
     """'auto' -> 'bf16' where the device computes bf16 natively, else 'fp32'."""
     if name not in PRECISIONS:
         raise UserError(f"--precision {name!r}: use one of {', '.join(PRECISIONS)}")
     on_cuda = device.type == "cuda"
-    native_bf16 = cuda_has_bf16(device) if on_cuda else cpu_has_bf16()
-    native_fp16 = cuda_has_fast_fp16(device) if on_cuda else cpu_has_fp16()
+    native = native_precisions(device)
+    native_bf16, native_fp16 = native["bf16"], native["fp16"]
     if name == "auto":
         if on_cuda and native_fp16 and not native_bf16:
             log.info(
