@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from byol.budget import Speed
 from byol.demo_images import make_demo_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,6 +164,10 @@ def add_faults(folder: Path, class_name: str) -> dict[str, str]:
     }
 
 
+# The speed tiny runs plan with instead of measuring it (known_speed; tests/ddp_worker.py's processes)
+PLANNING_SPEED = Speed(images_per_s=100.0, monitor_seconds=1.0)
+
+
 @pytest.fixture(autouse=True)
 def known_speed(request, monkeypatch):
     """Tiny test runs skip the speed measurement before training (a few steps and a feature pass,
@@ -172,9 +177,8 @@ def known_speed(request, monkeypatch):
     if request.node.get_closest_marker("measured_speed"):
         return
     from byol import comparison, pretrain
-    from byol.budget import Speed
 
-    monkeypatch.setattr(pretrain, "measure_speed", lambda run: Speed(images_per_s=100.0, monitor_seconds=1.0))
+    monkeypatch.setattr(pretrain, "measure_speed", lambda run: PLANNING_SPEED)
     monkeypatch.setattr(comparison, "measure_grid_speed", lambda *args: comparison.GridSpeed(0.1, 1000.0))
 
 
