@@ -49,7 +49,7 @@ pipeline: setup
 demo: setup
 	$(BIN)/python -m byol.demo_images "$(DEMO_DIR)/images" --per-class 120 --size 64
 	$(BIN)/python data_split.py --data-dir "$(DEMO_DIR)/images" --out-dir "$(DEMO_DIR)/results" \
-		--n-labelled 40 --n-test 80
+		--n-labelled 40 --n-validation 40 --n-test 80
 	$(BIN)/python train_byol.py --out-dir "$(DEMO_DIR)/results" --epochs 4 --batch-size 32 --image-size 48 \
 		--cache-size 56 --optimizer adamw --lr 1e-3 --tau-base 0.99 --crop-min-scale 0.2 --overwrite
 	$(BIN)/python train_classifier.py --out-dir "$(DEMO_DIR)/results" --seeds 2 --epochs 8 --batch-size 16 \

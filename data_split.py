@@ -1,7 +1,8 @@
 """Stage 1: decode every image under --data-dir, drop the broken ones, and split the rest.
 
-Writes splits.csv (path,label,class_name,split,...), rejected.csv (path,class_name,reason) and
-split_config.json to --out-dir. Run `python data_split.py --help` for the flags.
+Writes splits.csv (path,label,class_name,split,...; split: labelled, unlabelled, validation or test),
+rejected.csv (path,class_name,reason) and split_config.json to --out-dir. Run `python data_split.py
+--help` for the flags.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from pathlib import Path
 from PIL import Image
 
 from byol.cli import StageArgumentParser, non_negative_int, positive_int, run_stage
-from byol.data import SPLITS_FILE, available_cpus, check_out_dir, make_split, save_split, summary_table
+from byol.data import (
+    SPLITS_FILE,
+    SplitSizes,
+    available_cpus,
+    check_out_dir,
+    make_split,
+    save_split,
+    summary_table,
+)
 from byol.download import PETIMAGES_URL, download_and_extract
 
 
@@ -28,6 +37,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", type=Path, default=Path("results"), help="where the split is written")
     parser.add_argument(
         "--n-labelled", type=non_negative_int, default=250, help="labelled images, balanced across classes"
+    )
+    parser.add_argument(
+        "--n-validation",
+        type=non_negative_int,
+        default=2500,
+        help="held-out validation images with their labels, balanced across classes: what every choice "
+        "(monitor, recipe, rate, epochs) is scored on, so that the test set never chooses (0 allowed)",
     )
     parser.add_argument(
         "--n-test",
@@ -73,15 +89,15 @@ def main() -> None:
     check_out_dir(image_dir, args.out_dir)
     result = make_split(
         image_dir,
-        args.n_labelled,
-        args.n_test,
+        SplitSizes(args.n_labelled, args.n_validation, args.n_test),
         seed=args.seed,
         workers=args.workers,
         min_size=args.min_size,
         max_pixels=args.max_pixels,
     )
     settings = {
-        name: getattr(args, name) for name in ("n_labelled", "n_test", "seed", "min_size", "max_pixels")
+        name: getattr(args, name)
+        for name in ("n_labelled", "n_validation", "n_test", "seed", "min_size", "max_pixels")
     }
     save_split(result, image_dir, args.out_dir, settings)
     print(summary_table(result))

@@ -26,6 +26,7 @@ from byol.outputs import (
     CURVE_COLUMNS,
     CURVE_FIGURE,
     CURVE_FILE,
+    read_monitor_table,
 )
 from byol.plots import (
     plot_accuracy,
@@ -64,10 +65,10 @@ def main() -> None:
     byol_metrics = curve = None
     if (out_dir / BYOL_METRICS_FILE).is_file():
         remedy = "run train_byol.py again or delete it"
-        byol_metrics = read_csv(out_dir / BYOL_METRICS_FILE, BYOL_METRIC_COLUMNS, remedy)
+        byol_metrics = read_monitor_table(out_dir / BYOL_METRICS_FILE, BYOL_METRIC_COLUMNS, remedy)
     if (out_dir / CURVE_FILE).is_file():  # python -m byol.compute_curve's table
         remedy = "run python -m byol.compute_curve again or delete it"
-        curve = read_csv(out_dir / CURVE_FILE, CURVE_COLUMNS, remedy)
+        curve = read_monitor_table(out_dir / CURVE_FILE, CURVE_COLUMNS, remedy)
     metrics = None  # every input is read before anything is drawn: a damaged one leaves no half report
     if metrics_path.is_file():
         remedy = f"run train_classifier.py --out-dir {out_dir} again"

@@ -161,7 +161,7 @@ def add_monitor_flags(group, defaults: PretrainConfig) -> None:
         "--diag-voters",
         type=non_negative_int,
         default=defaults.diag_voters,
-        help="diagnostic k-NN (k=20 and k=200, columns diag_knn_k20/k200): this many non-test images "
+        help="diagnostic k-NN (k=20 and k=200, columns val_knn_k20/k200): this many pretraining images "
         "(balanced, a fixed sample) vote with their folder labels, which the low-label setting does not "
         "have. It measures the features precisely enough to choose a pretraining recipe; nothing in the "
         "comparison (probe or fine-tuning rates) may use it. 0: off",

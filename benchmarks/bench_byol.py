@@ -40,7 +40,7 @@ from torchvision import transforms
 
 from byol.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW_1, VIEW_2, BYOLViews, ViewConfig
 from byol.cache import cache_paths, default_cache_size, load_cache
-from byol.data import Split, available_cpus, make_split, read_split, save_split
+from byol.data import Split, SplitSizes, available_cpus, make_split, read_split, save_split
 from byol.demo_images import make_demo_images
 from byol.device import (
     AUTOCAST_DTYPES,
@@ -197,7 +197,9 @@ def prepare_split(data_dir: Path | None, work_dir: Path, size: int) -> Path:
     if data_dir is None:
         print(f"no --data-dir and no {REAL_DATA}: generating {LARGE} images", flush=True)
         data_dir = make_demo_images(work_dir / "images", per_class=LARGE // 2, size=size)
-    result = make_split(data_dir, 2, 0, seed=0, workers=available_cpus(), min_size=8, max_pixels=10**8)
+    result = make_split(
+        data_dir, SplitSizes(2, 0, 0), seed=0, workers=available_cpus(), min_size=8, max_pixels=10**8
+    )
     save_split(result, data_dir, work_dir, {"n_labelled": 2, "n_test": 0, "seed": 0})
     return work_dir
 

@@ -92,7 +92,9 @@ def main() -> None:
         prepare_run(args.split_dir, run_dir, args.work_dir / "cache")
         curves[precision] = train(run_dir, precision, args).set_index("epoch")
 
-    table = pd.concat({p: curves[p][["loss", "knn_acc", "images_per_s"]] for p in precisions}, axis=1)
+    table = pd.concat(
+        {p: curves[p][["loss", "val_knn_labelled", "images_per_s"]] for p in precisions}, axis=1
+    )
     print(f"\n{os.cpu_count()} cores; epoch 0 is the random initialisation (no training yet)")
     print(table.to_string(float_format=lambda value: f"{value:.4f}"))
     print(result_line(curves, precisions, args.epochs))
@@ -101,7 +103,7 @@ def main() -> None:
 def result_line(curves: dict[str, pd.DataFrame], precisions: list[str], epochs: int) -> str:
     """The RESULT line: each precision's last k-NN accuracy, and each one's difference and speed ratio
     to the first (the baseline)."""
-    last = {p: curves[p]["knn_acc"].dropna().iloc[-1] for p in precisions}
+    last = {p: curves[p]["val_knn_labelled"].dropna().iloc[-1] for p in precisions}
     speed = {p: curves[p]["images_per_s"].mean() for p in precisions}  # epoch 0 has none: NaN, skipped
     base, others = precisions[0], precisions[1:]
     fields = [f"knn_{p}={last[p]:.4f}" for p in precisions]

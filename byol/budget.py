@@ -113,7 +113,7 @@ def measure_speed(run, steps: int = 4, warmup: int = 2, monitor_sample: int = 51
             loss.item()  # waits for the device, as the training loop does once per step
             if step >= warmup:
                 seconds += time.perf_counter() - started
-        watched = list(dict.fromkeys(run.watched.labelled + run.watched.test + run.watched.voters))
+        watched = list(dict.fromkeys(run.watched.labelled + run.watched.validation + run.watched.voters))
         sample = watched[:monitor_sample]
         started = time.perf_counter()
         if sample:

@@ -37,6 +37,9 @@ from byol.outputs import (
     CLASSIFIER_SUMMARY_FILE,
     CURVE_FIGURE,
     CURVE_FILE,
+    MONITOR_KNNS,
+    monitor_split,
+    read_monitor_table,
 )
 from byol.plots import plot_compute_curve
 from byol.pretrain import SNAPSHOT_DIR, WEIGHTS_FILE
@@ -44,7 +47,6 @@ from byol.report import training_hours
 from byol.stats import final_rows, paired_interval, verdict
 
 WORK_DIR = "compute_curve"
-MONITOR_COLUMNS = ["knn_acc", "diag_knn_k20", "diag_knn_k200", "feature_rank"]
 
 
 def snapshot_epochs(run_dir: Path) -> list[int]:
@@ -85,8 +87,10 @@ def probe(folder: Path, inits: list[str], config: ClassifierConfig, device: str)
 
 
 def curve_rows(run_dir: Path, byol_config: dict, config: ClassifierConfig, device: str) -> pd.DataFrame:
-    monitor = read_csv(run_dir / BYOL_METRICS_FILE, BYOL_METRIC_COLUMNS, "finish the run first")
+    monitor = read_monitor_table(run_dir / BYOL_METRICS_FILE, BYOL_METRIC_COLUMNS, "finish the run first")
     monitor = monitor.set_index("epoch")
+    split = monitor_split(monitor.columns)
+    monitor_columns = [*(f"{split}_{name}" for name in MONITOR_KNNS), "feature_rank"]
     epochs = snapshot_epochs(run_dir)  # before any training: a run without snapshots fails at once
     hours = training_hours(monitor)
     random = probe(probe_folder(run_dir, "random", None), ["random"], config, device).set_index("seed")
@@ -109,7 +113,7 @@ def curve_rows(run_dir: Path, byol_config: dict, config: ClassifierConfig, devic
                 "step": row["step"],
                 "images_seen": row["step"] * byol_config["global_batch_size"],
                 "hours": float(hours.loc[epoch]) if epoch else 0.0,
-                **{column: monitor.loc[epoch, column] for column in MONITOR_COLUMNS},
+                **{column: monitor.loc[epoch, column] for column in monitor_columns},
                 "probe_n_labels": config.n_labels[0],
                 "probe_seeds": len(seeds),
                 "probe_byol": row["byol"][seeds].mean(),
@@ -150,7 +154,8 @@ def main() -> None:
     table = curve_rows(args.run_dir, byol_config, config, args.device)
     write_csv(args.out_dir / CURVE_FILE, table)
     plot_compute_curve(table, args.out_dir / CURVE_FIGURE)
-    columns = ["epoch", "images_seen", "hours", "diag_knn_k20", "probe_byol", "probe_diff", "probe_verdict"]
+    knn = f"{monitor_split(table.columns)}_knn_k20"
+    columns = ["epoch", "images_seen", "hours", knn, "probe_byol", "probe_diff", "probe_verdict"]
     print(table[columns].to_string(index=False))
     print(f"wrote {args.out_dir / CURVE_FILE} and {args.out_dir / CURVE_FIGURE}")
 

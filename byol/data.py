@@ -1,4 +1,5 @@
-"""Scan an ImageFolder-style directory, decode every file, and make the labelled/unlabelled/test split.
+"""Scan an ImageFolder-style directory, decode every file, and make the labelled/unlabelled/validation/test
+split.
 
 Every image is fully decoded (not only its header) so that truncated files are caught here, once,
 instead of crashing a training run hours later. The split depends only on the seed and the set of
@@ -25,7 +26,10 @@ from byol.errors import UserError
 from byol.files import read_json, write_csv, write_json
 from byol.timing import finish_time, format_duration
 
-SPLITS = ("labelled", "unlabelled", "test")
+SPLITS = ("labelled", "unlabelled", "validation", "test")
+# Held out of pretraining and of classifier training: validation chooses (monitors, recipes, rates,
+# epochs), test only scores the final tables.
+HELD_OUT = ("validation", "test")
 SPLITS_FILE = "splits.csv"
 REJECTED_FILE = "rejected.csv"
 SPLIT_CONFIG_FILE = "split_config.json"
@@ -198,35 +202,51 @@ def balanced_quotas(total: int, classes: list[str], seed: int) -> dict[str, int]
     return {name: base + (name in lucky) for name in classes}
 
 
-def assign_splits(
-    kept: pd.DataFrame, classes: list[str], n_labelled: int, n_test: int, seed: int
-) -> pd.DataFrame:
-    """Give each kept image a split: per class, `test` first, then `labelled`, the rest `unlabelled`.
+@dataclass(frozen=True)
+class SplitSizes:
+    """data_split.py's --n-labelled, --n-validation and --n-test: balanced across classes."""
 
-    Test is drawn first so that changing --n-labelled never changes the test set.
+    labelled: int
+    validation: int
+    test: int
+
+    @property
+    def total(self) -> int:
+        return self.labelled + self.validation + self.test
+
+
+def assign_splits(kept: pd.DataFrame, classes: list[str], sizes: SplitSizes, seed: int) -> pd.DataFrame:
+    """Give each kept image a split: per class in hash order `test` first, then `labelled`, then
+    `validation`, the rest `unlabelled`.
+
+    Test is drawn first so that changing --n-labelled never changes the test set, and validation after
+    the labelled images so that adding it changes neither the test set nor the labelled set of a split
+    made before validation existed (it comes out of the unlabelled pool).
     """
     n_valid = len(kept)
-    if n_labelled + n_test > n_valid:
+    if sizes.total > n_valid:
         raise UserError(
-            f"--n-labelled {n_labelled} + --n-test {n_test} = {n_labelled + n_test} is more than "
-            f"the {n_valid} valid images; lower one of them"
+            f"--n-labelled {sizes.labelled} + --n-validation {sizes.validation} + --n-test {sizes.test} = "
+            f"{sizes.total} is more than the {n_valid} valid images; lower one of them"
         )
-    labelled_quota = balanced_quotas(n_labelled, classes, seed)
-    test_quota = balanced_quotas(n_test, classes, seed + 1)
+    quotas = {  # in the order they are drawn
+        "test": balanced_quotas(sizes.test, classes, seed + 1),
+        "labelled": balanced_quotas(sizes.labelled, classes, seed),
+        "validation": balanced_quotas(sizes.validation, classes, seed + 2),
+    }
     frames = []
     for class_name in classes:
         rows = kept[kept["class_name"] == class_name].copy()
-        need = labelled_quota[class_name] + test_quota[class_name]
+        need = sum(quota[class_name] for quota in quotas.values())
         if len(rows) < need:
+            asked = " + ".join(f"{quota[class_name]} {name}" for name, quota in quotas.items())
             raise UserError(
                 f"class '{class_name}' has {len(rows)} valid images but the balanced split needs "
-                f"{labelled_quota[class_name]} labelled + {test_quota[class_name]} test = {need}; "
-                "lower --n-labelled or --n-test, or add images"
+                f"{asked} = {need}; lower --n-labelled, --n-validation or --n-test, or add images"
             )
         rows["rank"] = [split_rank(seed, path) for path in rows["path"]]
         rows = rows.sort_values("rank")
-        n_class_test = test_quota[class_name]
-        split = ["test"] * n_class_test + ["labelled"] * labelled_quota[class_name]
+        split = [name for name, quota in quotas.items() for _ in range(quota[class_name])]
         rows["split"] = split + ["unlabelled"] * (len(rows) - len(split))
         frames.append(rows.drop(columns="rank"))
     return pd.concat(frames).sort_values("path").reset_index(drop=True)
@@ -240,12 +260,12 @@ class SplitResult:
 
 
 def make_split(
-    data_dir: Path, n_labelled: int, n_test: int, *, seed: int, workers: int, min_size: int, max_pixels: int
+    data_dir: Path, sizes: SplitSizes, *, seed: int, workers: int, min_size: int, max_pixels: int
 ) -> SplitResult:
     """Decode everything under `data_dir` and split the images that decode.
 
-    Seven parameters, one per data_split.py flag: the split's sizes and seed, the decoding processes,
-    and the two limits an image must meet to be kept; the last four by name.
+    Six parameters, one per data_split.py flag or group of flags: the split's sizes and seed, the
+    decoding processes, and the two limits an image must meet to be kept; the last four by name.
     """
     classes = list_classes(data_dir)
     paths = list_files(data_dir, classes)
@@ -276,7 +296,7 @@ def make_split(
             f"class folder(s) {', '.join(empty)} under {data_dir} hold no usable image; every "
             "sub-folder of --data-dir is a class: remove or fill them"
         )
-    splits = assign_splits(kept, classes, n_labelled, n_test, seed)
+    splits = assign_splits(kept, classes, sizes, seed)
     columns = ["path", "label", "class_name", "split", "width", "height", "format"]
     return SplitResult(splits[columns], rejected, classes)
 

@@ -1,7 +1,8 @@
 """How good are the features: backbone features of cached images, a weighted k-NN, and the monitor
-train_byol.py runs each epoch with them (byol_metrics.csv's knn_acc, diag_knn_*, feature_std/rank).
+train_byol.py runs each epoch with them (byol_metrics.csv's val_knn_*, feature_std/rank).
 
-The k-NN classifier (Wu et al. 2018, as used by solo-learn and lightly) labels each test image by the
+The monitor scores the validation split, never the test split: its numbers choose recipes and
+checkpoints. The k-NN classifier (Wu et al. 2018, as used by solo-learn and lightly) labels each image by the
 cosine-similarity-weighted vote of its k nearest labelled images; it needs no training, so it can
 track representation quality during pretraining. The effective rank (RankMe) tracks how many
 directions the features use: dimensional collapse, which the k-NN accuracy alone can hide.
@@ -60,14 +61,13 @@ def extract_features(
 
 
 def diagnostic_voters(split: Split, n_voters: int) -> list[int]:
-    """A fixed, balanced sample of `n_voters` non-test cache rows, the same number per class.
+    """A fixed, balanced sample of `n_voters` pretraining cache rows, the same number per class.
 
     The voters of the diagnostic k-NN: thousands of labelled images that the low-label setting does
     not have, used only to rank pretraining recipes (a k-NN with the 250 labelled voters moves by
-    about +-0.02 between equal runs, the size of the effects to see). Drawn from every non-test image,
-    labelled and unlabelled alike, so the sample never holds a test image and never changes when
-    --n-labelled does (data_split draws the test set first). A class with fewer images than its share
-    lowers every class's share, so that the voters stay balanced.
+    about +-0.02 between equal runs, the size of the effects to see). Drawn from every pretraining
+    image, labelled and unlabelled alike, so the sample never holds a validation or test image. A
+    class with fewer images than its share lowers every class's share, so that the voters stay balanced.
     """
     table = split.table.loc[split.indices("labelled", "unlabelled")]
     if n_voters <= 0 or table.empty:
@@ -85,25 +85,25 @@ def diagnostic_voters(split: Split, n_voters: int) -> list[int]:
 def knn_accuracy(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
-    test_features: torch.Tensor,
-    test_labels: torch.Tensor,
+    query_features: torch.Tensor,
+    query_labels: torch.Tensor,
     k: int = 20,
     temperature: float = 0.07,
 ) -> float:
-    """Accuracy of a weighted k-NN (cosine similarity, weights exp(sim / T)) on the test features."""
+    """Accuracy of a weighted k-NN (cosine similarity, weights exp(sim / T)) on the query features."""
     train_features = F.normalize(train_features, dim=1)
-    test_features = F.normalize(test_features, dim=1)
-    n_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    query_features = F.normalize(query_features, dim=1)
+    n_classes = int(max(train_labels.max(), query_labels.max())) + 1
     k = min(k, len(train_features))
     correct = 0
-    for start in range(0, len(test_features), 1024):
-        similarity = test_features[start : start + 1024] @ train_features.T  # (b, N_train)
+    for start in range(0, len(query_features), 1024):
+        similarity = query_features[start : start + 1024] @ train_features.T  # (b, N_train)
         top_similarity, top_index = similarity.topk(k, dim=1)
         weights = (top_similarity / temperature).exp()
         votes = torch.zeros(len(weights), n_classes, device=weights.device)
         votes.scatter_add_(1, train_labels[top_index], weights)
-        correct += (votes.argmax(1) == test_labels[start : start + 1024]).sum().item()
-    return correct / len(test_features)
+        correct += (votes.argmax(1) == query_labels[start : start + 1024]).sum().item()
+    return correct / len(query_features)
 
 
 def effective_rank(features: torch.Tensor) -> float:
@@ -119,11 +119,13 @@ def effective_rank(features: torch.Tensor) -> float:
     return torch.exp(-(p * p.log()).sum()).item()
 
 
-# The monitor's columns of byol_metrics.csv, for an epoch it skips (--knn-every) or cannot score.
+# The monitor's columns of byol_metrics.csv, for an epoch it skips (--knn-every) or cannot score:
+# each k-NN names the images it classifies (val_) and its voters (the labelled split, or k neighbours
+# among the diagnostic voters).
 NOT_MONITORED = {
-    "knn_acc": math.nan,
-    "diag_knn_k20": math.nan,
-    "diag_knn_k200": math.nan,
+    "val_knn_labelled": math.nan,
+    "val_knn_k20": math.nan,
+    "val_knn_k200": math.nan,
     "feature_std": math.nan,
     "feature_rank": math.nan,
     "monitor_seconds": math.nan,
@@ -133,54 +135,56 @@ DIAG_KS = (20, 200)  # the diagnostic k-NN's neighbours: the usual k, and a smoo
 
 @dataclass(frozen=True)
 class MonitorRows:
-    """The cache rows the monitor scores: the labelled voters, the test images and the diagnostic voters."""
+    """The cache rows the monitor scores: the labelled voters, the validation images it classifies and
+    the diagnostic voters."""
 
     labelled: list[int]
-    test: list[int]
-    voters: list[int]  # diagnostic_voters: non-test images, labels the low-label setting lacks
+    validation: list[int]
+    voters: list[int]  # diagnostic_voters: pretraining images, labels the low-label setting lacks
     labels: torch.Tensor  # (N,) every cache row's folder label
 
 
 def monitor_rows(split: Split, diag_voters: int) -> MonitorRows:
     labels = torch.tensor(split.table["label"].to_numpy())
     voters = diagnostic_voters(split, diag_voters)
-    return MonitorRows(split.indices("labelled"), split.indices("test"), voters, labels)
+    return MonitorRows(split.indices("labelled"), split.indices("validation"), voters, labels)
 
 
 def knn_monitor(
     model: BYOL, images: torch.Tensor, rows: MonitorRows, image_size: int, runtime: Runtime
 ) -> dict[str, float]:
-    """k-NN accuracy (labelled -> test, and diagnostic voters -> test), the per-dimension std of the
-    normalised features, their effective rank, and the seconds all of it took.
+    """k-NN accuracy (labelled -> validation, and diagnostic voters -> validation), the per-dimension
+    std of the normalised features, their effective rank, and the seconds all of it took.
 
     Two collapse alarms. The std is near 0 when all images map to one point, about 1/sqrt(D) when
     the features are spread. The effective rank falls when the features keep their spread but
     squeeze into a few directions (dimensional collapse), which a linear probe then cannot undo.
-    Every image's features come from one pass, the voters' with the test images'.
+    Every image's features come from one pass, the voters' with the validation images'. A split without
+    validation images (data_split.py --n-validation 0) is not monitored.
     """
-    if not rows.labelled or not rows.test:
+    if not rows.labelled or not rows.validation:
         return NOT_MONITORED
     started = time.perf_counter()
-    unique = list(dict.fromkeys(rows.labelled + rows.test + rows.voters))
+    unique = list(dict.fromkeys(rows.labelled + rows.validation + rows.voters))
     position = {row: i for i, row in enumerate(unique)}
     features = extract_features(model.backbone, images, unique, image_size, runtime).cpu()
 
     def of(subset: list[int]) -> torch.Tensor:
         return features[[position[row] for row in subset]]
 
-    test_features, test_labels = of(rows.test), rows.labels[rows.test]
+    query_features, query_labels = of(rows.validation), rows.labels[rows.validation]
     result = dict(NOT_MONITORED)
-    result["knn_acc"] = knn_accuracy(
-        of(rows.labelled), rows.labels[rows.labelled], test_features, test_labels
+    result["val_knn_labelled"] = knn_accuracy(
+        of(rows.labelled), rows.labels[rows.labelled], query_features, query_labels
     )
     if rows.voters:
         voter_features, voter_labels = of(rows.voters), rows.labels[rows.voters]
         for k in DIAG_KS:
-            result[f"diag_knn_k{k}"] = knn_accuracy(
-                voter_features, voter_labels, test_features, test_labels, k=k
+            result[f"val_knn_k{k}"] = knn_accuracy(
+                voter_features, voter_labels, query_features, query_labels, k=k
             )
-    # The collapse alarms on the labelled and test images, as before the diagnostic voters existed.
-    scored = features[: len(rows.labelled) + len(rows.test)]
+    # The collapse alarms on the labelled and validation images.
+    scored = features[: len(rows.labelled) + len(rows.validation)]
     result["feature_std"] = F.normalize(scored, dim=1).std(dim=0).mean().item()
     result["feature_rank"] = effective_rank(scored)
     result["monitor_seconds"] = time.perf_counter() - started
@@ -189,6 +193,6 @@ def knn_monitor(
 
 def describe_monitor(monitored: dict[str, float]) -> str:
     return (
-        f"knn_acc {monitored['knn_acc']:.4f} diag_knn_k20 {monitored['diag_knn_k20']:.4f} "
-        f"diag_knn_k200 {monitored['diag_knn_k200']:.4f} feature_rank {monitored['feature_rank']:.1f}"
+        f"val_knn_labelled {monitored['val_knn_labelled']:.4f} val_knn_k20 {monitored['val_knn_k20']:.4f} "
+        f"val_knn_k200 {monitored['val_knn_k200']:.4f} feature_rank {monitored['feature_rank']:.1f}"
     )

@@ -7,6 +7,13 @@ importing torch and torchvision costs a new process on a small CPU.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pandas as pd
+
+from byol.errors import UserError
+from byol.files import read_csv
+
 # Stage 2, train_byol.py
 BYOL_CONFIG_FILE = "byol_config.json"
 BYOL_METRICS_FILE = "byol_metrics.csv"
@@ -16,15 +23,46 @@ BYOL_METRIC_COLUMNS = [  # byol_metrics.csv, one row per epoch (0: the random in
     "loss",
     "tau",
     "lr",
-    "knn_acc",
-    "diag_knn_k20",
-    "diag_knn_k200",
+    "val_knn_labelled",
+    "val_knn_k20",
+    "val_knn_k200",
     "feature_std",
     "feature_rank",
     "monitor_seconds",
     "images_per_s",
     "seconds",
 ]
+
+# The monitor's k-NN columns name the split whose images they classify: `val_` since the validation
+# split exists; `test_` in the files of runs monitored before it (the first long run, the 12-epoch study,
+# the first recipe search), whose columns were relabelled so that no file hides what it scored.
+MONITOR_SPLITS = ("val", "test")
+MONITOR_KNNS = ("knn_labelled", "knn_k20", "knn_k200")  # voters: the labelled split; 20 or 200 diagnostic
+
+
+def monitor_split(columns) -> str:
+    """The split a byol_metrics.csv (or compute_curve.csv) table's k-NN columns classified: val or test."""
+    for split in MONITOR_SPLITS:
+        if f"{split}_knn_k20" in columns:
+            return split
+    return MONITOR_SPLITS[0]
+
+
+def monitor_label(split: str) -> str:
+    return {"val": "validation", "test": "test (monitored before the validation split)"}[split]
+
+
+def read_monitor_table(path: Path, columns: list[str], remedy: str) -> pd.DataFrame:
+    """byol_metrics.csv or compute_curve.csv with at least `columns`, whose val_ k-NN columns may be
+    test_ ones in a file monitored before the validation split (see MONITOR_SPLITS)."""
+    frame = read_csv(path, [column for column in columns if not column.startswith("val_")], remedy)
+    split = monitor_split(frame.columns)
+    wanted = [f"{split}_{column.removeprefix('val_')}" for column in columns if column.startswith("val_")]
+    missing = [column for column in wanted if column not in frame.columns]
+    if missing:
+        raise UserError(f"{path} lacks the column(s) {', '.join(missing)}; {remedy}")
+    return frame
+
 
 # Stage 3, train_classifier.py: the comparison grid
 INITS = ("random", "byol")
@@ -58,8 +96,8 @@ CURVE_COLUMNS = [  # what plot_compute_curve and curve_markdown read
     "epoch",
     "images_seen",
     "hours",
-    "diag_knn_k20",
-    "diag_knn_k200",
+    "val_knn_k20",
+    "val_knn_k200",
     "feature_rank",
     "probe_verdict",
     "probe_n_labels",

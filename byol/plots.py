@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
 
 from byol.files import atomic_path
+from byol.outputs import monitor_label, monitor_split
 
 INIT_COLOURS = {"random": "#d95f02", "byol": "#1f78b4"}
 INIT_NAMES = {"random": "random init", "byol": "BYOL init"}
@@ -139,23 +140,25 @@ def plot_pretraining(byol_metrics: pd.DataFrame, path: Path) -> None:
     loss_axis.plot(trained["epoch"], trained["loss"], marker="o", color=INIT_COLOURS["byol"])
     loss_axis.set_title("BYOL loss")
     loss_axis.set_ylabel("loss, 2 views (2 − 2·cos, summed; range 0–8)")
-    knn = byol_metrics.dropna(subset=["knn_acc"])
+    split = monitor_split(byol_metrics.columns)
+    labelled_column = f"{split}_knn_labelled"
+    knn = byol_metrics.dropna(subset=[labelled_column])
     knn_axis.plot(
         knn["epoch"],
-        knn["knn_acc"],
+        knn[labelled_column],
         marker="o",
         color=INIT_COLOURS["byol"],
         label="k-NN, the labelled split votes",
     )
     if not knn.empty:
         knn_axis.axhline(
-            knn["knn_acc"].iloc[0],
+            knn[labelled_column].iloc[0],
             color=INIT_COLOURS["random"],
             linestyle=":",
             label="at random init (epoch 0)",
         )
     # The diagnostic k-NN (thousands of voters with labels): absent from runs with --diag-voters 0.
-    for column, style in (("diag_knn_k20", "-"), ("diag_knn_k200", "-.")):
+    for column, style in ((f"{split}_knn_k20", "-"), (f"{split}_knn_k200", "-.")):
         diag = byol_metrics.dropna(subset=[column])
         if not diag.empty:
             k = column.rsplit("k", 1)[1]
@@ -165,10 +168,10 @@ def plot_pretraining(byol_metrics: pd.DataFrame, path: Path) -> None:
                 marker="^",
                 linestyle=style,
                 color="#33a02c",
-                label=f"diagnostic k-NN, k={k} (many non-test voters with labels)",
+                label=f"diagnostic k-NN, k={k} (many pretraining images vote, with labels)",
             )
     knn_axis.set_title("Representation quality during pretraining")
-    knn_axis.set_ylabel("k-NN test accuracy (k=20 unless marked)")
+    knn_axis.set_ylabel(f"k-NN accuracy on {monitor_label(split)}", fontsize=8)
     handles, labels = knn_axis.get_legend_handles_labels()
     ranks = byol_metrics.dropna(subset=["feature_rank"])  # empty for runs that did not record it
     if not ranks.empty:
@@ -318,11 +321,9 @@ def plot_compute_curve(table: pd.DataFrame, path: Path) -> None:
     figure = Figure(figsize=(7.5, 4.8))
     axis = figure.subplots()
     trained, start = table[table["epoch"] > 0], table[table["epoch"] == 0].iloc[0]
-    colour = INIT_COLOURS["byol"]
-    axis.plot(
-        trained["images_seen"], trained["diag_knn_k20"], "o-", color=colour, label="BYOL: k-NN, 5,000 voters"
-    )
-    axis.axhline(start["diag_knn_k20"], color=colour, linestyle=":", label="random init: k-NN, 5,000 voters")
+    colour, knn = INIT_COLOURS["byol"], f"{monitor_split(table.columns)}_knn_k20"
+    axis.plot(trained["images_seen"], trained[knn], "o-", color=colour, label="BYOL: k-NN, 5,000 voters")
+    axis.axhline(start[knn], color=colour, linestyle=":", label="random init: k-NN, 5,000 voters")
     errors = np.vstack(
         [
             trained["probe_diff"] - trained["probe_diff_low"],

@@ -1,7 +1,7 @@
 """The BYOL pretraining loop: plain PyTorch, top to bottom, with exact checkpoint and resume.
 
 Reads the split and its image cache from `out_dir`, trains on the unlabelled and labelled images
-(labels ignored, test never seen), and writes byol.pt, byol_metrics.csv, byol_config.json and a
+(labels ignored, validation and test never seen), and writes byol.pt, byol_metrics.csv, byol_config.json and a
 resume checkpoint. Randomness comes from generators seeded by (seed, epoch) and saved in the
 checkpoint, so a run stopped anywhere and resumed gives the same weights as one that never stopped.
 """
@@ -69,10 +69,10 @@ class PretrainConfig:
     blur_sigma_max: float = 2.0
     seed: int = 0
     knn_every: int = 1
-    # The diagnostic k-NN's voters: this many non-test images with their folder labels (0: off).
+    # The diagnostic k-NN's voters: this many pretraining images with their folder labels (0: off).
     # Labels the low-label setting does not have, for ranking recipes only (evaluate.diagnostic_voters).
     diag_voters: int = 5000
-    max_images: int = 0  # 0: all non-test images
+    max_images: int = 0  # 0: all pretraining images (labelled and unlabelled)
     sync_bn: bool = False  # BatchNorm statistics over the global batch when several processes train
 
     def resolved(self, world_size: int = 1) -> PretrainConfig:
@@ -109,7 +109,7 @@ class PretrainConfig:
 
 
 def pretraining_indices(split: Split, max_images: int, seed: int) -> list[int]:
-    """Cache rows BYOL trains on: unlabelled + labelled (labels unused), never test."""
+    """Cache rows BYOL trains on: unlabelled + labelled (labels unused), never validation or test."""
     indices = split.indices("unlabelled", "labelled")
     if max_images and max_images < len(indices):
         order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed))
@@ -255,7 +255,7 @@ class Run:
     ranks: Ranks
     device: torch.device
     precision: str
-    train_indices: list[int]  # cache rows BYOL trains on (never test)
+    train_indices: list[int]  # cache rows BYOL trains on (never validation or test)
     watched: MonitorRows
     images: torch.Tensor  # (N, 3, S, S) uint8, every cache row
     views: BYOLViews
@@ -403,7 +403,7 @@ def start_run(run: Run, state: TrainState, show_views: bool, recorded: dict | No
         f"global batch {run.global_batch} ({ranks.world_size} process(es)), {config.optimizer} lr "
         f"{config.lr:g}, device {run.device}, precision {run.precision}; k-NN monitor: "
         f"{len(run.watched.labelled)} labelled voters, {len(run.watched.voters)} diagnostic voters "
-        "(non-test images with their labels)"
+        f"(pretraining images with their labels) classifying {len(run.watched.validation)} validation images"
     )
     if ranks.is_main and show_views:  # what the network is about to see, to check the views by eye
         # Spread over the training rows: they follow the split's order, so the first few are one class.
@@ -596,14 +596,14 @@ def use_compile(mode: str, device: torch.device, steps_left: int) -> bool:
 
 
 def summarize_pretraining(metrics: list[dict]) -> dict:
-    knn = [row["knn_acc"] for row in metrics if not math.isnan(row["knn_acc"])]
+    knn = [row["val_knn_labelled"] for row in metrics if not math.isnan(row["val_knn_labelled"])]
     trained = [row for row in metrics if row["epoch"] > 0]
     return {
         "epochs": trained[-1]["epoch"] if trained else 0,
         "final_loss": trained[-1]["loss"] if trained else math.nan,
-        "knn_acc_initial": knn[0] if knn else math.nan,
-        "knn_acc_best": max(knn) if knn else math.nan,
-        "knn_acc_final": knn[-1] if knn else math.nan,
+        "val_knn_labelled_initial": knn[0] if knn else math.nan,
+        "val_knn_labelled_best": max(knn) if knn else math.nan,
+        "val_knn_labelled_final": knn[-1] if knn else math.nan,
         "images_per_s": sum(r["images_per_s"] for r in trained) / len(trained) if trained else math.nan,
         "seconds": sum(r["seconds"] for r in trained),
     }

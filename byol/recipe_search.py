@@ -22,7 +22,15 @@ from byol.comparison import run_classifiers
 from byol.errors import UserError
 from byol.files import read_csv, read_json, write_csv
 from byol.finetune import ClassifierConfig
-from byol.outputs import BYOL_CONFIG_FILE, BYOL_METRIC_COLUMNS, BYOL_METRICS_FILE, CLASSIFIER_METRICS_FILE
+from byol.outputs import (
+    BYOL_CONFIG_FILE,
+    BYOL_METRIC_COLUMNS,
+    BYOL_METRICS_FILE,
+    CLASSIFIER_METRICS_FILE,
+    MONITOR_KNNS,
+    monitor_split,
+    read_monitor_table,
+)
 from byol.pretrain import WEIGHTS_FILE, PretrainConfig
 from byol.stats import summarize
 
@@ -55,18 +63,20 @@ def rank_columns(curve: pd.DataFrame) -> dict:
     }
 
 
-def diagnostic_columns(curve: pd.DataFrame) -> dict:
-    """The 5,000-voter diagnostic k-NN (k=20 and k=200) at random init and at the end, and its curve:
-    the instrument that ranks recipes (its 95 % interval is about +-0.01 on 2,500 test images)."""
+def monitor_columns(curve: pd.DataFrame) -> dict:
+    """Each monitor k-NN (the labelled voters; the 5,000 diagnostic voters at k=20 and k=200) at random
+    init, at the end, at its best, and its curve, named by the split it classified (val_, or test_
+    for the trials monitored before the validation split): the diagnostic k=20 ranks recipes (its 95 %
+    interval is about +-0.01 on 2,500 images)."""
+    split = monitor_split(curve.columns)
     columns = {}
-    for k in (20, 200):
-        name = f"diag_knn_k{k}"
-        scored = curve.dropna(subset=[name])[name]
-        columns[f"diag_k{k}_random_init"] = scored.iloc[0] if len(scored) else math.nan
-        columns[f"diag_k{k}_last"] = scored.iloc[-1] if len(scored) else math.nan
-        if k == 20:
-            columns["diag_k20_best"] = scored.max() if len(scored) else math.nan
-            columns["diag_k20_curve"] = " ".join(f"{value:.4f}" for value in scored)
+    for name in MONITOR_KNNS:
+        scored = curve[f"{split}_{name}"].dropna()
+        prefix = f"{split}_{name}"
+        columns[f"{prefix}_random_init"] = scored.iloc[0] if len(scored) else math.nan
+        columns[f"{prefix}_last"] = scored.iloc[-1] if len(scored) else math.nan
+        columns[f"{prefix}_best"] = scored.max() if len(scored) else math.nan
+        columns[f"{prefix}_curve"] = " ".join(f"{value:.4f}" for value in scored)
     return columns
 
 
@@ -78,8 +88,7 @@ def trial_row(run_dir: Path, device_name: str) -> dict:
             )
     remedy = "finish that train_byol.py run again, or leave it out"
     config = read_json(run_dir / BYOL_CONFIG_FILE, remedy)
-    curve = read_csv(run_dir / BYOL_METRICS_FILE, BYOL_METRIC_COLUMNS, remedy)
-    knn = curve.dropna(subset=["knn_acc"])
+    curve = read_monitor_table(run_dir / BYOL_METRICS_FILE, BYOL_METRIC_COLUMNS, remedy)
     probe = linear_probe(run_dir, device_name).set_index("init")
     defaults = PretrainConfig()
     return {
@@ -89,11 +98,7 @@ def trial_row(run_dir: Path, device_name: str) -> dict:
         "steps": int(curve["step"].max()),
         "loss_first_epoch": curve["loss"].dropna().iloc[0],
         "loss_last_epoch": curve["loss"].dropna().iloc[-1],
-        "knn_random_init": knn["knn_acc"].iloc[0],
-        "knn_last": knn["knn_acc"].iloc[-1],
-        "knn_best": knn["knn_acc"].max(),
-        "knn_curve": " ".join(f"{value:.4f}" for value in knn["knn_acc"]),
-        **diagnostic_columns(curve),
+        **monitor_columns(curve),
         **rank_columns(curve),
         "hours": curve["seconds"].sum() / 3600,
         "probe_random": probe.loc["random", "test_acc_mean"],
@@ -113,16 +118,9 @@ def main() -> None:
     args = parser.parse_args()
     table = pd.DataFrame([trial_row(run_dir, args.device) for run_dir in args.run_dirs])
     write_csv(args.out, table)
-    shown = [
-        "run",
-        "steps",
-        "hours",
-        "knn_last",
-        "diag_k20_last",
-        "diag_k200_last",
-        "rank_last",
-        "probe_byol",
-    ]
+    split = monitor_split(table.columns.str.replace("_knn_k20_last", "_knn_k20"))
+    knns = [f"{split}_{name}_last" for name in MONITOR_KNNS]
+    shown = ["run", "steps", "hours", *knns, "rank_last", "probe_byol"]
     print(table[shown].to_string(index=False))
     print(f"wrote {args.out}")
 

@@ -13,7 +13,14 @@ import numpy as np
 import pandas as pd
 
 from byol.files import read_csv, read_json
-from byol.outputs import CEILING_COLUMNS, CEILING_CONFIG_FILE, CEILING_METRICS_FILE
+from byol.outputs import (
+    CEILING_COLUMNS,
+    CEILING_CONFIG_FILE,
+    CEILING_METRICS_FILE,
+    MONITOR_KNNS,
+    monitor_label,
+    monitor_split,
+)
 from byol.plots import Ceiling
 
 
@@ -165,11 +172,12 @@ def pretraining_markdown(byol_metrics: pd.DataFrame, byol_config: dict) -> str:
             f"**Unfinished**: {planned - int(last.epoch)} epochs to go; `train_byol.py --resume` "
             "continues it.",
         ]
+    split = monitor_split(byol_metrics.columns)
     lines += [
         "",
-        "The monitor: the k-NN whose voters are the labelled split, the diagnostic k-NN (5,000 non-test "
-        "voters with their folder labels, k = 20 and 200) and the features' effective rank. Epoch 0 is "
-        "the random init.",
+        f"The monitor, scored on {monitor_label(split)}: the k-NN whose voters are the labelled split, the "
+        "diagnostic k-NN (5,000 pretraining images vote with their folder labels, k = 20 and 200) and the "
+        "features' effective rank. Epoch 0 is the random init.",
         "",
         "| epoch | steps | hours | loss | k-NN, labelled voters | k-NN k=20 | k-NN k=200 | rank |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -177,9 +185,10 @@ def pretraining_markdown(byol_metrics: pd.DataFrame, byol_config: dict) -> str:
     rows = byol_metrics.assign(hours=hours).set_index("epoch")
     for epoch in shown_epochs(rows.index.tolist()):
         row = rows.loc[epoch]
+        knns = " | ".join(number(row[f"{split}_{name}"]) for name in MONITOR_KNNS)
         lines.append(
-            f"| {epoch} | {int(row.step):,} | {row.hours:.2f} | {number(row.loss)} | {number(row.knn_acc)} | "
-            f"{number(row.diag_knn_k20)} | {number(row.diag_knn_k200)} | {number(row.feature_rank, 0)} |"
+            f"| {epoch} | {int(row.step):,} | {row.hours:.2f} | {number(row.loss)} | {knns} | "
+            f"{number(row.feature_rank, 0)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -288,14 +297,15 @@ def power_law_sentence(trained: pd.DataFrame, column: str, bound: float) -> str:
 def curve_markdown(table: pd.DataFrame) -> str:
     """summary.md's section on compute_curve.csv: every snapshot's monitor and probe against random init,
     and what the end of the curve predicts for more compute."""
-    n_labels = int(table["probe_n_labels"].iloc[0])
+    n_labels, split = int(table["probe_n_labels"].iloc[0]), monitor_split(table.columns)
     lines = [
         "",
         "## What more pretraining buys (`compute_curve.csv`)",
         "",
-        "Each snapshot of the pretraining: the diagnostic k-NN (5,000 non-test voters with their folder "
-        "labels, k = 20 and 200), the features' effective rank, and a frozen-backbone linear probe at "
-        f"{n_labels} labels against random init's on the same seeds (BYOL − random paired over seeds, "
+        f"Each snapshot of the pretraining: the diagnostic k-NN on {monitor_label(split)} (5,000 "
+        "pretraining images vote with their folder labels, k = 20 and 200), the features' effective "
+        f"rank, and a frozen-backbone linear probe at {n_labels} labels against random init's on the "
+        "same seeds (BYOL − random paired over seeds, "
         "95 % interval). Epoch 0 is the random init.",
         "",
         "| epoch | images seen | hours | k-NN k=20 | k-NN k=200 | rank | probe BYOL | probe random | "
@@ -306,14 +316,15 @@ def curve_markdown(table: pd.DataFrame) -> str:
         difference = (
             paired_text(row.probe_diff, row.probe_diff_low, row.probe_diff_high) if row.epoch else "—"
         )
+        knn_k20, knn_k200 = getattr(row, f"{split}_knn_k20"), getattr(row, f"{split}_knn_k200")
         lines.append(
-            f"| {row.epoch} | {row.images_seen:,} | {row.hours:.2f} | {row.diag_knn_k20:.3f} | "
-            f"{row.diag_knn_k200:.3f} | {row.feature_rank:.0f} | {row.probe_byol:.3f} | "
+            f"| {row.epoch} | {row.images_seen:,} | {row.hours:.2f} | {knn_k20:.3f} | "
+            f"{knn_k200:.3f} | {row.feature_rank:.0f} | {row.probe_byol:.3f} | "
             f"{row.probe_random:.3f} | {difference} | {row.probe_verdict} |"
         )
     best_diff = 1 - float(table["probe_random"].iloc[-1])  # BYOL's probe at 1, random's as measured
     trends = [
-        trend_line(table, "diag_knn_k20", "k-NN k=20", bound=1.0),
+        trend_line(table, f"{split}_knn_k20", "k-NN k=20", bound=1.0),
         trend_line(table, "probe_diff", f"BYOL − random, frozen probe at {n_labels} labels", best_diff),
     ]
     if any(trends):

@@ -43,8 +43,8 @@ TINY_BYOL = [
 
 def four_stages(images: Path, device: str, resumed: bool = False) -> list[tuple]:
     """The four stages' (script, *flags) for a run of seconds on a generated folder of 24 images per
-    class: 12 labelled, 12 test, 16 pretraining images. `resumed`: the pretraining stopped after its
-    first epoch and continued with --resume, as after an interruption."""
+    class: 12 labelled, 8 validation, 12 test, 16 pretraining images. `resumed`: the pretraining
+    stopped after its first epoch and continued with --resume, as after an interruption."""
     size = ["--image-size", "32", "--cache-size", "36", "--device", device]
     byol = ["train_byol.py", "--epochs", "2", "--batch-size", "8", "--max-images", "16", *size]
     pretraining = [(*byol, "--stop-after-epochs", "1"), (*byol, "--resume")] if resumed else [tuple(byol)]
@@ -52,7 +52,17 @@ def four_stages(images: Path, device: str, resumed: bool = False) -> list[tuple]
     # A rate choice of 2 rates x 2 folds (the default 3 x 3, 36 fine-tunings here, is test_comparison's)
     classifier += ["--finetune-lrs", "1e-4,1e-3", "--finetune-folds", "2"]
     return [
-        ("data_split.py", "--data-dir", images, "--n-labelled", "12", "--n-test", "12"),
+        (
+            "data_split.py",
+            "--data-dir",
+            images,
+            "--n-labelled",
+            "12",
+            "--n-validation",
+            "8",
+            "--n-test",
+            "12",
+        ),
         *pretraining,
         ("train_classifier.py", *classifier),
         ("plot_results.py",),
@@ -192,12 +202,14 @@ def image_folder(tmp_path: Path):
     return make
 
 
-def write_split(folder: Path, out_dir: Path, n_labelled: int, n_test: int) -> Path:
+def write_split(folder: Path, out_dir: Path, n_labelled: int, n_test: int, n_validation: int = 0) -> Path:
     """Split `folder` into `out_dir` as data_split.py does; returns out_dir."""
-    from byol.data import make_split, save_split
+    from byol.data import SplitSizes, make_split, save_split
 
-    result = make_split(folder, n_labelled, n_test, seed=0, workers=1, min_size=8, max_pixels=10**8)
-    save_split(result, folder, out_dir, {"n_labelled": n_labelled, "n_test": n_test, "seed": 0})
+    sizes = SplitSizes(n_labelled, n_validation, n_test)
+    result = make_split(folder, sizes, seed=0, workers=1, min_size=8, max_pixels=10**8)
+    settings = {"n_labelled": n_labelled, "n_validation": n_validation, "n_test": n_test, "seed": 0}
+    save_split(result, folder, out_dir, settings)
     return out_dir
 
 
@@ -205,9 +217,11 @@ def write_split(folder: Path, out_dir: Path, n_labelled: int, n_test: int) -> Pa
 def split_dir(image_folder, tmp_path):
     """Factory: a generated folder already split, as data_split.py leaves it; returns the out dir."""
 
-    def make(per_class: int = 24, n_labelled: int = 8, n_test: int = 16, size: int = 40) -> Path:
+    def make(
+        per_class: int = 28, n_labelled: int = 8, n_test: int = 16, size: int = 40, n_validation: int = 8
+    ) -> Path:
         folder = image_folder(per_class=per_class, size=size)
-        return write_split(folder, tmp_path / "results", n_labelled, n_test)
+        return write_split(folder, tmp_path / "results", n_labelled, n_test, n_validation)
 
     return make
 

@@ -28,7 +28,7 @@ def test_interleaved_times_every_runner_in_turns_after_warming_all_up():
 def test_bench_precision_compares_every_precision_with_the_first():
     def curve(knn_accuracies, images_per_s):
         return pd.DataFrame(
-            {"knn_acc": [0.5, *knn_accuracies], "images_per_s": [float("nan"), *images_per_s]}
+            {"val_knn_labelled": [0.5, *knn_accuracies], "images_per_s": [float("nan"), *images_per_s]}
         )
 
     curves = {

@@ -158,7 +158,7 @@ def test_the_report_and_the_split_never_import_torch(image_folder, tmp_path):
     runs = {
         "plot_results.py": ["--out-dir", report],
         "data_split.py": ["--data-dir", image_folder(per_class=12), "--out-dir", tmp_path / "split"]
-        + ["--n-labelled", "4", "--n-test", "4"],
+        + ["--n-labelled", "4", "--n-validation", "4", "--n-test", "4"],
     }
     for script, args in runs.items():
         command = [sys.executable, "-c", WITHOUT_TORCH, str(ROOT / script), *map(str, args)]

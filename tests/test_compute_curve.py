@@ -35,7 +35,7 @@ def test_each_snapshot_is_probed_against_one_random_init_and_read_back_on_a_reru
     assert table["epoch"].tolist() == [0, 1, 3]
     assert table["images_seen"].tolist() == [0, 2 * 8, 6 * 8]  # 2 steps of 8 images per epoch
     monitor = pd.read_csv(snapshot_run / "byol_metrics.csv").set_index("epoch")
-    assert table["diag_knn_k20"].tolist() == monitor.loc[[0, 1, 3], "diag_knn_k20"].tolist()
+    assert table["val_knn_k20"].tolist() == monitor.loc[[0, 1, 3], "val_knn_k20"].tolist()
     assert (table["hours"].diff().dropna() > 0).all()
     assert table["probe_random"].nunique() == 1 and (table["probe_seeds"] == 2).all()
     # Random init and snapshots are probed alike, at the run's own view size.
@@ -70,7 +70,7 @@ def test_each_snapshot_is_probed_against_one_random_init_and_read_back_on_a_reru
     summary = (tmp_path / "summary.md").read_text()
     assert "## What more pretraining buys" in summary and "frozen probe at 8 labels" in summary
     row = table.set_index("epoch").loc[3]
-    assert f"| 3 | 48 | {row['hours']:.2f} | {row['diag_knn_k20']:.3f} |" in summary
+    assert f"| 3 | 48 | {row['hours']:.2f} | {row['val_knn_k20']:.3f} |" in summary
 
 
 def curve_table(epochs: list[int], knn) -> pd.DataFrame:
@@ -81,8 +81,8 @@ def curve_table(epochs: list[int], knn) -> pd.DataFrame:
             "epoch": [0, *epochs],
             "images_seen": [0, *images],
             "hours": [0.0, *(epoch / 10 for epoch in epochs)],
-            "diag_knn_k20": [0.55, *map(knn, images)],
-            "diag_knn_k200": 0.6,
+            "val_knn_k20": [0.55, *map(knn, images)],
+            "val_knn_k200": 0.6,
             "feature_rank": 100.0,
             "probe_n_labels": 250,
             "probe_byol": 0.6,
@@ -99,30 +99,30 @@ def test_the_trend_is_the_last_snapshots_line_in_log_images():
     # Rising 0.02 per doubling at the end, after a flat start the trend must leave out.
     knn = lambda images: 0.5 + 0.02 * max(math.log2(images / 4000), 0)  # noqa: E731
     table = curve_table([1, 2, 4, 8, 16, 32], knn)
-    line = trend_line(table, "diag_knn_k20", "k-NN", 1.0)
+    line = trend_line(table, "val_knn_k20", "k-NN", 1.0)
     assert line.startswith("k-NN: +0.020 per doubling of the images seen over epochs 8–32;")
     assert (
         f"predicts {knn(64000):.3f} at 2× the images (64,000) and {knn(320000):.3f} at 10× (320,000)" in line
     )
     flat = trend_line(table, "probe_diff", "probe", 0.45)
     assert flat.startswith("probe: +0.000 per doubling") and "predicts 0.050 at 2×" in flat
-    assert trend_line(curve_table([4], knn), "diag_knn_k20", "k-NN", 1.0) is None  # one snapshot: no line
+    assert trend_line(curve_table([4], knn), "val_knn_k20", "k-NN", 1.0) is None  # one snapshot: no line
     # An accuracy cannot pass 1: past it the line gives where it would get there, not a number above 1.
     steep = lambda images: 0.7 + 0.08 * math.log2(images / 8000)  # noqa: E731  0.94 at 2x, 1.126 at 10x
-    capped = trend_line(curve_table([8, 16, 32], steep), "diag_knn_k20", "k-NN", 1.0)
+    capped = trend_line(curve_table([8, 16, 32], steep), "val_knn_k20", "k-NN", 1.0)
     reach = 8000 * 2 ** (0.3 / 0.08)
     assert (
         f"the line predicts 0.940 at 2× the images (64,000); reaches 1.000, the most possible, at 3.4× "
         f"the images ({reach:,.0f}), so the curve must flatten before then and the line says nothing further."
     ) in capped, capped
     assert "1.126" not in capped
-    past = trend_line(curve_table([8, 16, 32], steep), "diag_knn_k20", "k-NN", 0.9)
+    past = trend_line(curve_table([8, 16, 32], steep), "val_knn_k20", "k-NN", 0.9)
     assert "the line predicts" not in past
     assert "the line reaches 0.900, the most possible, at 1.4× the images" in past
     # The power law in the shortfall from the bound gives 10x a number below it: a k-NN whose error
     # shrinks x0.71 per doubling (1 - 0.4 (images / 8,000) ** -0.5) is predicted exactly.
     power = lambda images: 1 - 0.4 * (images / 8000) ** -0.5  # noqa: E731
-    law = trend_line(curve_table([8, 16, 32], power), "diag_knn_k20", "k-NN", 1.0)
+    law = trend_line(curve_table([8, 16, 32], power), "val_knn_k20", "k-NN", 1.0)
     assert law.endswith(
         "If instead the shortfall from 1.000 keeps shrinking ×0.71 per doubling, as over those epochs "
         "(a power law, the form scaling laws take: it never passes 1.000, but it assumes no floor where "
@@ -130,7 +130,7 @@ def test_the_trend_is_the_last_snapshots_line_in_log_images():
         f"{power(320000):.3f} at 10× the images."
     ), law
     assert "If instead" not in flat  # a shortfall that is not shrinking predicts nothing
-    at_bound = trend_line(curve_table([8, 16, 32], steep), "diag_knn_k20", "k-NN", 0.86)
+    at_bound = trend_line(curve_table([8, 16, 32], steep), "val_knn_k20", "k-NN", 0.86)
     assert "If instead" not in at_bound  # the last value at the bound already: no shortfall to fit
     markdown = curve_markdown(table)
     assert (

@@ -11,7 +11,7 @@ import pytest
 from conftest import REAL_DATA, add_faults, run_script
 
 from byol import data
-from byol.data import decode_plan, make_split, read_split
+from byol.data import SplitSizes, decode_plan, make_split, read_split
 from byol.errors import UserError
 from byol.timing import format_duration
 
@@ -33,6 +33,8 @@ def test_clean_folder_is_split_balanced_with_exact_counts(image_folder, tmp_path
         10,
         "--n-test",
         20,
+        "--n-validation",
+        0,
         "--workers",
         2,
     )
@@ -54,7 +56,7 @@ def test_clean_folder_is_split_balanced_with_exact_counts(image_folder, tmp_path
 def test_every_fault_of_the_real_archive_is_rejected_with_its_reason(image_folder):
     folder = image_folder(per_class=10)
     expected = add_faults(folder, "circle")
-    result = make_split(folder, n_labelled=4, n_test=4, seed=0, workers=1, min_size=32, max_pixels=10_000_000)
+    result = make_split(folder, SplitSizes(4, 0, 4), seed=0, workers=1, min_size=32, max_pixels=10_000_000)
     reasons = dict(zip(result.rejected["path"], result.rejected["reason"]))
     assert set(reasons) == set(expected)
     for path, prefix in expected.items():
@@ -79,6 +81,8 @@ def test_default_bomb_limit_rejects_an_image_over_pillows_limit(image_folder, tm
         2,
         "--n-test",
         2,
+        "--n-validation",
+        0,
         "--workers",
         1,
     )
@@ -91,7 +95,9 @@ def test_default_bomb_limit_rejects_an_image_over_pillows_limit(image_folder, tm
 @pytest.mark.parametrize("workers", [1, 2])
 def test_split_ignores_listing_order(image_folder, monkeypatch, workers):
     folder = image_folder(per_class=25)
-    first = make_split(folder, 6, 10, seed=3, workers=workers, min_size=8, max_pixels=10**8).splits
+    first = make_split(
+        folder, SplitSizes(6, 0, 10), seed=3, workers=workers, min_size=8, max_pixels=10**8
+    ).splits
     real_walk = os.walk
 
     def shuffled_walk(top, *args, **kwargs):
@@ -101,9 +107,13 @@ def test_split_ignores_listing_order(image_folder, monkeypatch, workers):
             yield root, dirs, names
 
     monkeypatch.setattr(data.os, "walk", shuffled_walk)
-    second = make_split(folder, 6, 10, seed=3, workers=workers, min_size=8, max_pixels=10**8).splits
+    second = make_split(
+        folder, SplitSizes(6, 0, 10), seed=3, workers=workers, min_size=8, max_pixels=10**8
+    ).splits
     pd.testing.assert_frame_equal(first, second)
-    other_seed = make_split(folder, 6, 10, seed=4, workers=1, min_size=8, max_pixels=10**8).splits
+    other_seed = make_split(
+        folder, SplitSizes(6, 0, 10), seed=4, workers=1, min_size=8, max_pixels=10**8
+    ).splits
     assert not first["split"].equals(other_seed["split"])
 
 
@@ -112,27 +122,42 @@ def test_remainder_is_spread_and_total_is_exact(image_folder):
     (folder / "triangle").mkdir()
     for path in sorted((folder / "circle").iterdir())[:20]:
         (folder / "triangle" / path.name).write_bytes(path.read_bytes())
-    splits = make_split(
-        folder, n_labelled=11, n_test=7, seed=0, workers=1, min_size=8, max_pixels=10**8
-    ).splits
+    splits = make_split(folder, SplitSizes(11, 5, 7), seed=0, workers=1, min_size=8, max_pixels=10**8).splits
     labelled = splits[splits["split"] == "labelled"]["class_name"].value_counts()
     test = splits[splits["split"] == "test"]["class_name"].value_counts()
     assert labelled.sum() == 11 and sorted(labelled) == [3, 4, 4]
     assert test.sum() == 7 and sorted(test) == [2, 2, 3]
+    validation = splits[splits["split"] == "validation"]["class_name"].value_counts()
+    assert validation.sum() == 5 and sorted(validation) == [1, 2, 2]
     assert sorted(splits["label"].unique()) == [0, 1, 2]
+
+
+def test_validation_comes_out_of_the_unlabelled_pool_leaving_labelled_and_test_as_they_were(image_folder):
+    # A split made before the validation split existed (--n-validation 0) keeps its labelled and test
+    # images; the validation images are balanced, held out of both and taken from the unlabelled ones.
+    folder = image_folder(per_class=20)
+    before = make_split(folder, SplitSizes(6, 0, 10), seed=0, workers=1, min_size=8, max_pixels=10**8).splits
+    after = make_split(folder, SplitSizes(6, 8, 10), seed=0, workers=1, min_size=8, max_pixels=10**8).splits
+    for split in ("labelled", "test"):
+        assert set(after.loc[after["split"] == split, "path"]) == set(
+            before.loc[before["split"] == split, "path"]
+        )
+    validation = after[after["split"] == "validation"]
+    assert validation["class_name"].value_counts().tolist() == [4, 4]
+    assert set(validation["path"]) <= set(before.loc[before["split"] == "unlabelled", "path"])
 
 
 def test_zero_test_images_gives_the_plain_labelled_vs_rest_split(image_folder):
     folder = image_folder(per_class=15)
-    splits = make_split(folder, 10, 0, seed=0, workers=1, min_size=8, max_pixels=10**8).splits
+    splits = make_split(folder, SplitSizes(10, 0, 0), seed=0, workers=1, min_size=8, max_pixels=10**8).splits
     assert set(splits["split"]) == {"labelled", "unlabelled"}
     assert (splits["split"] == "labelled").sum() == 10
 
 
 def test_changing_n_labelled_keeps_the_test_set(image_folder):
     folder = image_folder(per_class=30)
-    small = make_split(folder, 4, 10, seed=0, workers=1, min_size=8, max_pixels=10**8).splits
-    large = make_split(folder, 20, 10, seed=0, workers=1, min_size=8, max_pixels=10**8).splits
+    small = make_split(folder, SplitSizes(4, 0, 10), seed=0, workers=1, min_size=8, max_pixels=10**8).splits
+    large = make_split(folder, SplitSizes(20, 0, 10), seed=0, workers=1, min_size=8, max_pixels=10**8).splits
     assert set(small.loc[small["split"] == "test", "path"]) == set(
         large.loc[large["split"] == "test", "path"]
     )
@@ -161,10 +186,17 @@ def only_broken_files(folder):
     [
         (lambda f, t: ["--data-dir", t / "nowhere"], "does not exist"),
         (lambda f, t: ["--data-dir", f / "circle"], "class folder"),
-        (lambda f, t: ["--data-dir", f, "--n-labelled", 30, "--n-test", 0], "class 'square' has 14 valid"),
-        (lambda f, t: ["--data-dir", f, "--n-labelled", 20, "--n-test", 30], "more than the 33 valid"),
-        (lambda f, t: ["--data-dir", f, "--n-test", -1], "--n-test"),
+        (
+            lambda f, t: ["--data-dir", f, "--n-labelled", 30, "--n-test", 0, "--n-validation", 0],
+            "class 'square' has 14 valid",
+        ),
+        (
+            lambda f, t: ["--data-dir", f, "--n-labelled", 20, "--n-test", 30, "--n-validation", 0],
+            "more than the 33 valid",
+        ),
+        (lambda f, t: ["--data-dir", f, "--n-test", -1, "--n-validation", 0], "--n-test"),
         (lambda f, t: ["--data-dir", f, "--n-labelled", -5], "--n-labelled"),
+        (lambda f, t: ["--data-dir", f, "--n-labelled", 4, "--n-test", 4], "--n-validation 2500"),
         (lambda f, t: ["--data-dir", f, "--workers", 0], "--workers"),
         (lambda f, t: ["--data-dir", written(t / "a_file.jpg", b"x")], "a_file.jpg is a file"),
         (lambda f, t: ["--data-dir", only_broken_files(t / "broken")], "(1 not an image, 1 empty file)"),
@@ -187,6 +219,8 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_previous_split(
         4,
         "--n-test",
         4,
+        "--n-validation",
+        0,
         "--workers",
         1,
     )
@@ -214,7 +248,17 @@ def test_later_stages_notice_an_edited_or_stale_split(image_folder, tmp_path):
     out = tmp_path / "out"
     assert (
         run_script(
-            "data_split.py", "--data-dir", folder, "--out-dir", out, "--n-labelled", 4, "--n-test", 4
+            "data_split.py",
+            "--data-dir",
+            folder,
+            "--out-dir",
+            out,
+            "--n-labelled",
+            4,
+            "--n-test",
+            4,
+            "--n-validation",
+            0,
         ).returncode
         == 0
     )
@@ -255,7 +299,7 @@ def test_decoding_states_its_plan_from_the_speed_of_its_first_chunks(image_folde
     # The clock read when each round is done: chunk 2's 64 images in 0.5 s, 128 images/s.
     clock = iter([10.0, 10.5])
     monkeypatch.setattr(data.time, "perf_counter", lambda: next(clock))
-    make_split(folder, 4, 4, seed=0, workers=1, min_size=8, max_pixels=10**8)
+    make_split(folder, SplitSizes(4, 0, 4), seed=0, workers=1, min_size=8, max_pixels=10**8)
     assert events == ["chunk", "chunk", "plan", "chunk"]
     out = capsys.readouterr().out
     assert "files in 1 process(es). Measured here after the first 128: 128 images/s; about 1 s more" in out

@@ -71,6 +71,8 @@ def test_download_extracts_and_splits(http_folder, tmp_path):
         4,
         "--n-test",
         4,
+        "--n-validation",
+        0,
         "--workers",
         1,
     ]

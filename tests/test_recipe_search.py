@@ -22,7 +22,7 @@ def test_one_row_per_run_with_settings_knn_and_probe(split_dir, tmp_path):
     table = pd.read_csv(table_path)
     assert table["run"].tolist() == ["paper", "strong"]
     assert table["lars_trust"].tolist() == [1e-3, 0.02] and table["blur_sigma_max"].tolist() == [2.0, 0.5]
-    for column in ("knn_random_init", "knn_last", "probe_random", "probe_byol"):
+    for column in ("val_knn_labelled_random_init", "val_knn_labelled_last", "probe_random", "probe_byol"):
         assert table[column].between(0, 1).all(), column
     assert (table["probe_seeds"] == 3).all() and (table["steps"] == 4).all()
     assert (table["rank_last"] >= 1).all() and (table["rank_curve"].str.split().str.len() == 2).all()
@@ -31,10 +31,13 @@ def test_one_row_per_run_with_settings_knn_and_probe(split_dir, tmp_path):
         probe = pd.read_csv(run_dir / "classifier_summary.csv").set_index("init")["test_acc_mean"]
         curve = pd.read_csv(run_dir / "byol_metrics.csv")
         assert (row.probe_random, row.probe_byol) == (probe["random"], probe["byol"])
-        assert (row.knn_random_init, row.knn_last) == (curve["knn_acc"].iloc[0], curve["knn_acc"].iloc[-1])
-        assert (row.diag_k20_random_init, row.diag_k200_last) == (
-            curve["diag_knn_k20"].iloc[0],
-            curve["diag_knn_k200"].iloc[-1],
+        assert (row.val_knn_labelled_random_init, row.val_knn_labelled_last) == (
+            curve["val_knn_labelled"].iloc[0],
+            curve["val_knn_labelled"].iloc[-1],
+        )
+        assert (row.val_knn_k20_random_init, row.val_knn_k200_last) == (
+            curve["val_knn_k20"].iloc[0],
+            curve["val_knn_k200"].iloc[-1],
         )
         assert row.hours == curve["seconds"].sum() / 3600
     # The probe is kept in the run folder, so a second call reuses it instead of retraining, and no
