@@ -29,27 +29,30 @@ test: setup
 test-fast: setup
 	$(PYTEST) -m "not slow"
 
-# The main job: the four stages on DATA_DIR (downloading the public archive when DATA_DIR is absent).
+# The main job: the four stages on DATA_DIR (downloading the public archive when DATA_DIR is absent), into
+# RUN_DIR, a git-ignored folder: running it never changes a committed file.
 # Extra flags per stage: make pipeline BYOL_ARGS="--epochs 10 --image-size 64" CLASSIFIER_ARGS="--seeds 5"
-# Run again, it continues an unfinished pretraining (with the same BYOL_ARGS) and trains the classifiers anew.
+# Run again, it splits anew (the same split from the same files), continues an unfinished pretraining (with
+# the same BYOL_ARGS) and trains the classifiers anew.
+RUN_DIR ?= runs/pipeline
 BYOL_ARGS ?=
 CLASSIFIER_ARGS ?=
 pipeline: setup
 	if [ -d "$(DATA_DIR)" ]; then \
-		$(BIN)/python data_split.py --data-dir "$(DATA_DIR)" --out-dir "$(OUT_DIR)"; \
+		$(BIN)/python data_split.py --data-dir "$(DATA_DIR)" --out-dir "$(RUN_DIR)" --overwrite; \
 	else \
-		$(BIN)/python data_split.py --download --data-dir "$(dir $(DATA_DIR))" --out-dir "$(OUT_DIR)"; \
+		$(BIN)/python data_split.py --download --data-dir "$(dir $(DATA_DIR))" --out-dir "$(RUN_DIR)" --overwrite; \
 	fi
-	$(BIN)/python train_byol.py --out-dir "$(OUT_DIR)" $(BYOL_ARGS) \
-		$(call resume_flag,$(OUT_DIR)/byol_checkpoint.pt)
-	$(BIN)/python train_classifier.py --out-dir "$(OUT_DIR)" --overwrite $(CLASSIFIER_ARGS)
-	$(BIN)/python plot_results.py --out-dir "$(OUT_DIR)"
+	$(BIN)/python train_byol.py --out-dir "$(RUN_DIR)" $(BYOL_ARGS) \
+		$(call resume_flag,$(RUN_DIR)/byol_checkpoint.pt)
+	$(BIN)/python train_classifier.py --out-dir "$(RUN_DIR)" --overwrite $(CLASSIFIER_ARGS)
+	$(BIN)/python plot_results.py --out-dir "$(RUN_DIR)"
 
 # No data and no internet: all four stages on a small generated image set, in DEMO_DIR (a few minutes on a CPU).
 demo: setup
 	$(BIN)/python -m byol.demo_images "$(DEMO_DIR)/images" --per-class 120 --size 64
 	$(BIN)/python data_split.py --data-dir "$(DEMO_DIR)/images" --out-dir "$(DEMO_DIR)/results" \
-		--n-labelled 40 --n-validation 40 --n-test 80
+		--n-labelled 40 --n-validation 40 --n-test 80 --overwrite
 	$(BIN)/python train_byol.py --out-dir "$(DEMO_DIR)/results" --epochs 4 --batch-size 32 --image-size 48 \
 		--cache-size 56 --optimizer adamw --lr 1e-3 --tau-base 0.99 --crop-min-scale 0.2 --overwrite
 	$(BIN)/python train_classifier.py --out-dir "$(DEMO_DIR)/results" --seeds 2 --epochs 8 --batch-size 16 \

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from byol.cli import StageArgumentParser, non_negative_int, positive_int, run_stage
+from byol.cli import StageArgumentParser, add_out_dir_argument, non_negative_int, positive_int, run_stage
 from byol.data import (
+    SPLIT_CONFIG_FILE,
     SPLITS_FILE,
     SplitSizes,
     available_cpus,
@@ -24,6 +25,7 @@ from byol.data import (
     summary_table,
 )
 from byol.download import PETIMAGES_URL, download_and_extract
+from byol.resume import check_fresh_start
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -34,7 +36,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="folder with one sub-folder per class (default: data/PetImages, or data/ with --download)",
     )
-    parser.add_argument("--out-dir", type=Path, default=Path("results"), help="where the split is written")
+    add_out_dir_argument(parser, "where the split is written")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the split already in --out-dir (without it, an earlier split there is refused)",
+    )
     parser.add_argument(
         "--n-labelled", type=non_negative_int, default=250, help="labelled images, balanced across classes"
     )
@@ -87,6 +94,7 @@ def main() -> None:
     else:
         image_dir = args.data_dir or Path("data/PetImages")
     check_out_dir(image_dir, args.out_dir)
+    check_fresh_start(args.out_dir, (SPLITS_FILE, SPLIT_CONFIG_FILE), resume=False, overwrite=args.overwrite)
     result = make_split(
         image_dir,
         SplitSizes(args.n_labelled, args.n_validation, args.n_test),

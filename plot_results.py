@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from byol.cli import StageArgumentParser, run_stage
+from byol.cli import StageArgumentParser, add_out_dir_argument, run_stage
 from byol.data import SPLIT_CONFIG_FILE
 from byol.errors import UserError
 from byol.files import read_csv, read_json, write_text
@@ -49,9 +49,7 @@ from byol.stats import paired_summary, summarize
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = StageArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--out-dir", type=Path, default=Path("results"), help="reads the CSVs, writes PNGs here"
-    )
+    add_out_dir_argument(parser, "reads the CSVs, writes PNGs here")
     return parser
 
 

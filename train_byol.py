@@ -12,12 +12,12 @@ Each process then takes --batch-size images per step, so the global batch is N x
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from byol.budget import CPU_SETTING, SETTINGS, duration
 from byol.cli import (
     StageArgumentParser,
     add_batch_and_device_arguments,
+    add_out_dir_argument,
     add_resume_arguments,
     non_negative_float,
     non_negative_int,
@@ -34,9 +34,7 @@ from byol.timing import format_duration
 def get_args_parser() -> argparse.ArgumentParser:
     defaults = PretrainConfig()
     parser = StageArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--out-dir", type=Path, default=Path("results"), help="reads splits.csv, writes byol.pt"
-    )
+    add_out_dir_argument(parser, "reads splits.csv, writes byol.pt")
     add_length_flags(parser.add_argument_group("how long"), defaults)
     add_view_flags(parser.add_argument_group("images and views"), defaults)
     add_optimiser_flags(parser.add_argument_group("optimisation"), defaults)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 from byol.cli import (
     StageArgumentParser,
     add_batch_and_device_arguments,
+    add_out_dir_argument,
     add_resume_arguments,
     non_negative_float,
     non_negative_int,
@@ -54,9 +54,7 @@ def comma_numbers(parse_one):
 def get_args_parser() -> argparse.ArgumentParser:
     defaults = ClassifierConfig()
     parser = StageArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--out-dir", type=Path, default=Path("results"), help="reads the split and byol.pt here"
-    )
+    add_out_dir_argument(parser, "reads the split and byol.pt here")
     add_grid_flags(parser.add_argument_group("the grid"), defaults)
     add_training_flags(parser.add_argument_group("training"), defaults)
     add_rate_flags(parser.add_argument_group("learning rates and their choice"), defaults)

@@ -11,8 +11,22 @@ import logging
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from byol.errors import Stopped, UserError, first_line
+
+# Every stage's default --out-dir: a git-ignored run folder, so that running the pipeline never changes
+# a committed file (results/ holds only committed studies, each written with an explicit --out-dir).
+DEFAULT_OUT_DIR = Path("runs/pipeline")
+
+
+def add_out_dir_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=DEFAULT_OUT_DIR,
+        help=f"{what} (default: {DEFAULT_OUT_DIR}, git-ignored)",
+    )
 
 
 class StageArgumentParser(argparse.ArgumentParser):

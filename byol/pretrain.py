@@ -45,6 +45,8 @@ WEIGHTS_FILE = "byol.pt"
 CHECKPOINT_FILE = "byol_checkpoint.pt"
 CHECKPOINT_KEYS = {"model", "optimizer", "grad_scaler", "config", "world_size", "state"}  # TrainState
 VIEWS_FIGURE = "byol_views.png"
+# What an earlier pretraining left in a folder: a new run there needs --resume or --overwrite.
+EARLIER_RUN_FILES = (CHECKPOINT_FILE, WEIGHTS_FILE, BYOL_METRICS_FILE, BYOL_CONFIG_FILE)
 CHECKPOINT_EVERY_S = 600  # also save mid-epoch, so a killed session loses at most 10 minutes
 
 
@@ -148,7 +150,7 @@ def pretrain(config: PretrainConfig, out_dir: Path, options: RunOptions = RunOpt
     out_dir = Path(out_dir)
     if options.compile_mode not in COMPILE_MODES:
         raise UserError(f"--compile {options.compile_mode!r}: use one of {', '.join(COMPILE_MODES)}")
-    check_fresh_start(out_dir, (CHECKPOINT_FILE, WEIGHTS_FILE), options.resume, options.overwrite)
+    check_fresh_start(out_dir, EARLIER_RUN_FILES, options.resume, options.overwrite)
     with process_group(options.device_name) as (ranks, device):
         checkpoint = read_checkpoint(out_dir / CHECKPOINT_FILE, ranks) if options.resume else None
         if checkpoint is not None:

@@ -7,6 +7,7 @@ import signal
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from byol.data import SPLIT_CONFIG_FILE, SPLITS_FILE
 from byol.errors import UserError
 
 
@@ -65,15 +66,23 @@ def check_resume_config(checkpoint: Path, saved: dict, given):
 
 
 def check_fresh_start(out_dir: Path, earlier_files: tuple[str, ...], resume: bool, overwrite: bool) -> None:
-    """Without --resume or --overwrite, refuse to write over an earlier run's files.
+    """Every stage's rule: without --resume or --overwrite, refuse to write over an earlier run's files.
 
-    A forgotten --resume would otherwise replace hours of checkpointed training with a new run.
+    A forgotten --resume would otherwise replace hours of checkpointed training with a new run, and a
+    stage run into a folder of another run's files would leave a mixture. Stage 1 has nothing to
+    resume: it is told only of --overwrite.
     """
     if resume and overwrite:
         raise UserError("--resume and --overwrite: pass one or the other")
     found = [name for name in earlier_files if (out_dir / name).is_file()]
     if found and not (resume or overwrite):
+        is_split = {SPLITS_FILE, SPLIT_CONFIG_FILE} & set(earlier_files)  # Stage 1 has nothing to resume
+        remedy = (
+            "replace it with --overwrite"
+            if is_split
+            else "continue it with --resume, start over with --overwrite"
+        )
+        earlier = ", ".join(found)
         raise UserError(
-            f"{out_dir} already holds an earlier run ({', '.join(found)}): continue it with --resume, "
-            "start over with --overwrite, or choose another --out-dir"
+            f"{out_dir} already holds an earlier run ({earlier}): {remedy}, or choose another --out-dir"
         )

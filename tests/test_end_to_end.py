@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.image
 import pandas as pd
 import pytest
-from conftest import ROOT, four_stages, run_script
+from conftest import ROOT, assert_one_error_line, four_stages, run_script
 
 from byol.demo_images import make_demo_images
 
@@ -70,3 +70,36 @@ def test_four_stages_end_to_end(tmp_path):
         assert (clone / name).is_file(), name
     assert (clone / "long_run" / "byol_pretraining.png").is_file()
     assert "No comparison yet" in (clone / "long_run" / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_stages_write_to_a_git_ignored_run_folder_and_refuse_another_runs_files(tmp_path):
+    # A project folder with the repository's .gitignore: the four stages with their default --out-dir
+    # leave `git status` clean (nothing written where a committed study could be), and run a second
+    # time there without --resume or --overwrite, each training stage refuses in one line.
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / ".gitignore", project)
+    git = ["git", "-C", str(project), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", ".gitignore"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "ignore"], check=True)
+    images = make_demo_images(tmp_path / "images", per_class=24, size=40)
+    stages = four_stages(images, "cpu")
+    for script, *args in stages:
+        result = run_script(script, *args, cwd=project)
+        assert result.returncode == 0, (script, result.stderr)
+    assert (project / "runs" / "pipeline" / "summary.md").is_file()
+    status = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True
+    )
+    assert status.stdout == "", status.stdout
+    before = {path: path.read_bytes() for path in (project / "runs" / "pipeline").glob("*.csv")}
+    for script, *args in stages[:3]:  # Stage 4 only redraws the folder's own files
+        result = run_script(script, *args, cwd=project)
+        assert result.returncode == 2 and "already holds an earlier run" in result.stderr, (
+            script,
+            result.stderr,
+        )
+        assert_one_error_line(result.stderr)
+    assert {path: path.read_bytes() for path in before} == before
