@@ -9,8 +9,10 @@ long run's, where `make long-run` finds the study done and draws the report.
     python benchmarks/carry_study.py pack RUN_DIR CARRY_DIR
     python benchmarks/carry_study.py run CARRY_DIR WORK_DIR OUT_DIR [train_classifier.py flags ...]
 
-`run` stands an 8 x 8 grey placeholder in for each unlabelled image (stage 3 never reads those rows,
-but its image cache is built for the whole split, whose checksum must not change), resumes from
+`run` stands an 8 x 8 grey placeholder in for each unlabelled and validation image (stage 3 never reads
+those rows with --labelled-sets split, which `run` therefore requires: with per-seed sets, seeds 1 and up
+draw their labelled images from the unlabelled ones; the image cache is built for the whole split, whose
+checksum must not change), resumes from
 CARRY_DIR/run/classifier_metrics.csv when an earlier call left one there, and copies the classifier
 CSVs to OUT_DIR as soon as the grid ends or stops (on a time limit, say: `timeout 500 python ...`).
 """
@@ -92,6 +94,10 @@ def placeholder_jpeg() -> bytes:
 
 
 def run(carry: Path, work: Path, out: Path, classifier_args: list[str]) -> int:
+    if " ".join(classifier_args).replace("=", " ").count("--labelled-sets split") != 1:
+        sys.exit(
+            "error: pass --labelled-sets split: the carried folder holds only the split's labelled images"
+        )
     manifest = json.loads((carry / "manifest.json").read_text())
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +113,7 @@ def run(carry: Path, work: Path, out: Path, classifier_args: list[str]) -> int:
     stand_in, missing = placeholder_jpeg(), []
     for row in split_rows(work / "splits.csv"):
         path = carry / "data" / row["path"]
-        if row["split"] == "unlabelled" and not path.is_file():
+        if row["split"] in ("unlabelled", "validation") and not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(stand_in)
         elif not path.is_file():

@@ -56,7 +56,7 @@ from byol.timing import finish_time, format_duration
 
 log = logging.getLogger(__name__)
 
-TRAIN_SPLITS = ("labelled", "unlabelled")  # every image the test split does not hold
+TRAIN_SPLITS = ("labelled", "unlabelled")  # every pretraining image: validation and test held out
 
 
 @dataclass(frozen=True)

@@ -22,15 +22,16 @@ TINY = ["--epochs", "2", "--batch-size", "8", "--image-size", "32", "--device", 
 
 
 @pytest.mark.slow
-def test_every_non_test_image_trains_with_its_folder_label_and_seeds_resume(split_dir, tmp_path):
+def test_every_pretraining_image_trains_with_its_folder_label_and_seeds_resume(split_dir, tmp_path):
     run_dir, out = split_dir(per_class=24, n_labelled=8, n_test=16), tmp_path / "out"
     result = run_script("byol.ceiling", run_dir, "--out-dir", out, "--seeds", "2", *TINY)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "plan: 2 seed(s) x 2 epochs of 32 images" in result.stderr
+    assert "plan: 2 seed(s) x 2 epochs of 24 images" in result.stderr
     assert f"wrote {out / 'ceiling_metrics.csv'}" in result.stderr
     metrics = pd.read_csv(out / "ceiling_metrics.csv")
     splits = pd.read_csv(run_dir / "splits.csv")
-    assert (metrics["n_train"] == (splits["split"] != "test").sum()).all()  # labelled + unlabelled: 32
+    # labelled + unlabelled: 24 (the 8 validation images are held out, as the 16 test images are)
+    assert (metrics["n_train"] == splits["split"].isin(["labelled", "unlabelled"]).sum()).all()
     assert metrics[["seed", "epoch"]].values.tolist() == [[0, 1], [0, 2], [1, 1], [1, 2]]
     final = metrics[metrics["epoch"] == 2]
     assert final["test_acc"].between(0, 1).all() and (final["backbone_lr"] == 1e-3).all()
@@ -64,7 +65,7 @@ def test_every_non_test_image_trains_with_its_folder_label_and_seeds_resume(spli
 
 
 @pytest.mark.slow
-def test_the_ceilings_rate_is_chosen_on_the_non_test_images_and_used(split_dir, tmp_path, monkeypatch):
+def test_the_ceilings_rate_is_chosen_on_the_pretraining_images_and_used(split_dir, tmp_path, monkeypatch):
     run_dir = split_dir(per_class=24, n_labelled=8, n_test=16)
     seen = []
 
@@ -78,8 +79,8 @@ def test_the_ceilings_rate_is_chosen_on_the_non_test_images_and_used(split_dir, 
     assert result.returncode == 0, result.stderr[-2000:]
     assert "a rate choice (2 rates x 2 folds)" in result.stderr
     splits = pd.read_csv(run_dir / "splits.csv")
-    non_test = splits.loc[splits["split"] != "test", "label"].tolist()
-    assert seen == [("random", None, non_test, 0)]  # once, for every seed, on the non-test images only
+    pool = splits.loc[splits["split"].isin(["labelled", "unlabelled"]), "label"].tolist()
+    assert seen == [("random", None, pool, 0)]  # once, for every seed, on the pretraining images only
     assert (pd.read_csv(tmp_path / "ceiling_metrics.csv")["backbone_lr"] == 0.0123).all()
 
 

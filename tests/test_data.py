@@ -8,7 +8,7 @@ import random
 
 import pandas as pd
 import pytest
-from conftest import REAL_DATA, add_faults, run_script
+from conftest import REAL_DATA, ROOT, add_faults, assert_one_error_line, run_script
 
 from byol import data
 from byol.data import SplitSizes, decode_plan, make_split, read_split
@@ -226,12 +226,33 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_previous_split(
     )
     assert good.returncode == 0, good.stderr
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    result = run_script("data_split.py", *make_args(folder, tmp_path), "--out-dir", out, "--workers", 1)
+    result = run_script(
+        "data_split.py", *make_args(folder, tmp_path), "--out-dir", out, "--workers", 1, "--overwrite"
+    )
     assert result.returncode == 2
     error_lines = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(error_lines) == 1 and message in error_lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_an_earlier_split_is_replaced_only_with_overwrite(image_folder, tmp_path):
+    folder, out = image_folder(per_class=10), tmp_path / "out"
+    args = ["--data-dir", folder, "--out-dir", out, "--n-labelled", 4, "--n-validation", 2, "--n-test", 4]
+    assert run_script("data_split.py", *args).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    refused = run_script("data_split.py", *args[:-6], "--n-labelled", 6, "--n-validation", 2, "--n-test", 4)
+    assert refused.returncode == 2 and "already holds an earlier run (splits.csv" in refused.stderr
+    assert "replace it with --overwrite" in refused.stderr and "--resume" not in refused.stderr
+    assert_one_error_line(refused.stderr)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert (
+        run_script(
+            "data_split.py", *args[:-6], "--n-labelled", 6, "--n-validation", 2, "--n-test", 4, "--overwrite"
+        ).returncode
+        == 0
+    )
+    assert (pd.read_csv(out / "splits.csv")["split"] == "labelled").sum() == 6
 
 
 @pytest.mark.parametrize("inside", [".", "results", "circle/results"])
@@ -286,7 +307,15 @@ def test_real_petimages_split(tmp_path):
     counts = splits.groupby(["class_name", "split"]).size()
     assert counts["Cat", "labelled"] == 125 and counts["Dog", "labelled"] == 125
     assert counts["Cat", "test"] == 1250 and counts["Dog", "test"] == 1250
-    assert (splits["split"] == "unlabelled").sum() == 22248
+    assert counts["Cat", "validation"] == 1250 and counts["Dog", "validation"] == 1250
+    assert (splits["split"] == "unlabelled").sum() == 24998 - 250 - 2500 - 2500
+    # The validation images came out of the unlabelled pool: the committed study's split (made before
+    # validation existed) has the same labelled and test images.
+    committed = pd.read_csv(ROOT / "results" / "splits.csv")
+    for split in ("labelled", "test"):
+        assert set(splits.loc[splits["split"] == split, "path"]) == set(
+            committed.loc[committed["split"] == split, "path"]
+        )
 
 
 def test_decoding_states_its_plan_from_the_speed_of_its_first_chunks(image_folder, capsys, monkeypatch):
