@@ -89,12 +89,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = get_args_parser().parse_args()
     started = time.perf_counter()
+    # Before downloading or decoding anything: a refusal should not cost minutes.
+    check_fresh_start(args.out_dir, (SPLITS_FILE, SPLIT_CONFIG_FILE), resume=False, overwrite=args.overwrite)
     if args.download:
         image_dir = download_and_extract(args.url, args.data_dir or Path("data"))
     else:
         image_dir = args.data_dir or Path("data/PetImages")
     check_out_dir(image_dir, args.out_dir)
-    check_fresh_start(args.out_dir, (SPLITS_FILE, SPLIT_CONFIG_FILE), resume=False, overwrite=args.overwrite)
     result = make_split(
         image_dir,
         SplitSizes(args.n_labelled, args.n_validation, args.n_test),

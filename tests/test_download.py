@@ -88,7 +88,7 @@ def test_download_extracts_and_splits(http_folder, tmp_path):
 
     # A second run reuses the archive and the extracted folder: no server needed.
     served.joinpath("kagglecatsanddogs_5340.zip").unlink()
-    again = run_script("data_split.py", *args)
+    again = run_script("data_split.py", *args, "--overwrite")
     assert again.returncode == 0, again.stderr
     pd.testing.assert_frame_equal(pd.read_csv(out / "splits.csv"), splits)
 
