@@ -168,7 +168,7 @@ def plot_pretraining(byol_metrics: pd.DataFrame, path: Path) -> None:
                 marker="^",
                 linestyle=style,
                 color="#33a02c",
-                label=f"diagnostic k-NN, k={k} (many pretraining images vote, with labels)",
+                label=f"diagnostic k-NN, k={k} (pretraining images vote)",
             )
     knn_axis.set_title("Representation quality during pretraining")
     knn_axis.set_ylabel(f"k-NN accuracy on {monitor_label(split)}", fontsize=8)
