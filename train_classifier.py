@@ -1,7 +1,7 @@
 """Stage 3: train classifiers on the labelled images, random init vs BYOL init, fine-tuned vs frozen.
 
 Reads --out-dir/splits.csv and --out-dir/byol.pt; writes classifier_metrics.csv (init, mode, seed,
-n_labels, epoch, train_loss, train_acc, test_loss, test_acc, seconds, head_lr, backbone_lr),
+n_labels, labelled_set, epoch, train_loss, train_acc, test_loss, test_acc, seconds, head_lr, backbone_lr),
 classifier_summary.csv, classifier_paired.csv (BYOL - random per seed, with a 95 % interval) and
 classifier_config.json. Every condition gets the same head, labelled images, test split and budget;
 learning rates are chosen by cross-validation on the labelled images, never on the test split.
@@ -28,7 +28,7 @@ from byol.cli import (
 )
 from byol.comparison import format_summary, run_classifiers
 from byol.files import read_csv
-from byol.finetune import PROBE_FOLDS, ClassifierConfig
+from byol.finetune import LABELLED_SETS, PROBE_FOLDS, ClassifierConfig
 from byol.outputs import PAIRED_FILE
 
 
@@ -80,6 +80,15 @@ def add_grid_flags(group, defaults: ClassifierConfig) -> None:
         default=defaults.n_labels,
         help="train on a balanced subset of this many labelled images; a comma list sweeps "
         "(e.g. 25,50,100,250); 0: all of them",
+    )
+    group.add_argument(
+        "--labelled-sets",
+        choices=LABELLED_SETS,
+        default=defaults.labelled_sets,
+        help="per-seed: seed 0 trains on the split's labelled images, every other seed on its own balanced "
+        "draw from all the pretraining images with their folder labels (every image of a class-folder "
+        "dataset has one), so the seeds' spread covers which images were labelled; split: every seed "
+        "draws from the split's labelled images only (the only labels you have), one set at their count",
     )
 
 

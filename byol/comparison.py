@@ -34,6 +34,7 @@ from byol.finetune import (
     cv_training_size,
     fine_tune,
     images_per_step,
+    labelled_set_id,
     load_byol_backbone,
     make_backbone,
     train_probe,
@@ -74,7 +75,7 @@ def check_labelled(split: Split, config: ClassifierConfig, world_size: int) -> N
     least = images_per_step(world_size, finetune)
     choosing = finetune and len(config.finetune_lrs) > 1
     for n_labels in config.n_labels:
-        n_images = len(balanced_subset(split, n_labels, seed=0))  # raises for an impossible count
+        n_images = len(balanced_subset(split, n_labels, 0, config.labelled_sets))  # raises if impossible
         if n_images < least:
             raise UserError(
                 f"--n-labels {n_images}: fine-tuning in {world_size} process(es) needs {least} labelled "
@@ -226,7 +227,7 @@ class Grid:
         choice = finetune_choice_key(config, init, n_train, seed)
         if choice not in self.finetune_lrs:
             cv_seed = seed if config.cv_every_seed else 0
-            cv_images = self.examples(balanced_subset(self.split, n_labels, cv_seed))
+            cv_images = self.examples(balanced_subset(self.split, n_labels, cv_seed, config.labelled_sets))
             job = Job(cv_seed, config, self.runtime, progress)
             self.finetune_lrs[choice] = choose_finetune_lr(
                 init, self.byol_state, cv_images, self.n_classes, job
@@ -234,20 +235,21 @@ class Grid:
         return self.finetune_lrs[choice]
 
     def frozen_task(self, init: str, seed: int, backbone: nn.Module, train_rows: list[int]) -> Task:
-        """Frozen mode's task: the backbone's features of the run's labelled images and of the test split."""
-        key = (init,) if init == "byol" else (init, seed)
-        if key not in self.frozen_features:
-            rows = self.split.indices("labelled") + self.split.indices("test")
+        """Frozen mode's task: the backbone's features of the run's labelled images and of the test
+        split, each image's computed once per backbone (BYOL's serves every seed)."""
+        lookup = self.frozen_features.setdefault((init,) if init == "byol" else (init, seed), {})
+        test_rows = self.split.indices("test")
+        missing = [row for row in dict.fromkeys(train_rows + test_rows) if row not in lookup]
+        if missing:
             runtime = self.runtime
             backbone = backbone.to(runtime.device, memory_format=runtime.memory_format)
-            features = extract_features(backbone, self.images, rows, self.config.image_size, runtime).cpu()
-            self.frozen_features[key] = dict(zip(rows, features))
-        lookup = self.frozen_features[key]
+            features = extract_features(backbone, self.images, missing, self.config.image_size, runtime).cpu()
+            lookup.update(zip(missing, features))
 
         def of(rows: list[int]) -> Examples:
             return Examples(torch.stack([lookup[row] for row in rows]), self.labels[rows])
 
-        return Task(of(train_rows), of(self.split.indices("test")), self.n_classes)
+        return Task(of(train_rows), of(test_rows), self.n_classes)
 
     def train(self, run: tuple[int, int, str, str], train_rows: list[int], progress: tqdm) -> list[dict]:
         """One run's metrics rows, each with its init, mode, seed and number of labelled images;
@@ -264,7 +266,13 @@ class Grid:
         else:
             task = Task(self.examples(train_rows), self.examples(self.split.indices("test")), self.n_classes)
             rows = fine_tune(backbone, task, job)
-        labels = {"init": init, "mode": mode, "seed": seed, "n_labels": len(train_rows)}
+        labels = {
+            "init": init,
+            "mode": mode,
+            "seed": seed,
+            "n_labels": len(train_rows),
+            "labelled_set": labelled_set_id(self.split, train_rows),
+        }
         return [{**labels, **row} for row in rows]
 
 
@@ -274,12 +282,14 @@ def plan_line(grid: Grid, epochs_done: dict[RunKey, int]) -> str:
     pending, work = 0, GridWork(n_test=len(split.indices("test")))
     n_features = len(split.indices("labelled")) + len(split.indices("test"))
     for n_labels, seed, init, mode in grid.runs:
-        n = len(balanced_subset(split, n_labels, seed))
+        n = len(balanced_subset(split, n_labels, seed, config.labelled_sets))
         if epochs_done.get((init, mode, seed, n)) == config.epochs:
             continue
         pending += 1
         if mode == "frozen":
-            work.feature_passes[(init,) if init == "byol" else (init, seed)] = n_features
+            key = (init,) if init == "byol" else (init, seed)
+            own_set = n if config.labelled_sets == "per-seed" and seed else 0  # beside the split's labelled
+            work.feature_passes[key] = work.feature_passes.get(key, n_features) + own_set
             continue
         work.finetune_runs.append(n)
         key = finetune_choice_key(config, init, n, seed)
@@ -392,7 +402,7 @@ def _run_classifiers(config: ClassifierConfig, out_dir: Path, runtime: Runtime, 
     progress = tqdm(grid.runs, desc="classifiers", unit="run", disable=not ranks.is_main)
     for run in progress:
         n_labels, seed, init, mode = run
-        train_rows = balanced_subset(grid.split, n_labels, seed)  # drawn once per run
+        train_rows = balanced_subset(grid.split, n_labels, seed, config.labelled_sets)  # drawn once per run
         key = (init, mode, seed, len(train_rows))
         if epochs_done.get(key) == config.epochs:
             continue

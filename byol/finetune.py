@@ -7,6 +7,7 @@ fair. Frozen mode computes the backbone's features once (eval mode) and trains o
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -55,6 +56,7 @@ class ClassifierConfig:
     finetune_lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])
     finetune_folds: int = 3  # each fold fine-tunes a whole network: 3 folds cost 0.5x of 5
     cv_every_seed: bool = False  # choose the fine-tuning rate on every seed's images (x seeds the cost)
+    labelled_sets: str = "per-seed"  # LABELLED_SETS: where each seed's labelled images come from
     head_lr: float = 1e-2  # the fine-tuned network's linear head (without --lp-ft)
     # LP-FT (Kumar et al. 2022, arXiv 2202.10054): fit the linear head on the frozen backbone first,
     # then fine-tune everything at the backbone's rate, head included, so that a random head's large
@@ -78,6 +80,8 @@ class ClassifierConfig:
                 raise UserError(f"{flag} {rates}: give one or more learning rates above 0")
         if self.finetune_folds < 2:
             raise UserError(f"--finetune-folds {self.finetune_folds}: cross-validation needs 2 or more")
+        if self.labelled_sets not in LABELLED_SETS:
+            raise UserError(f"--labelled-sets {self.labelled_sets}: choose from {','.join(LABELLED_SETS)}")
         for flag, values, allowed in (("--inits", self.inits, INITS), ("--modes", self.modes, MODES)):
             unknown = [value for value in values if value not in allowed]
             if unknown or not values:
@@ -106,33 +110,59 @@ def images_per_step(world_size: int, finetune: bool) -> int:
     return world_size * MIN_BATCH_SIZE if finetune else 1
 
 
-def balanced_subset(split: Split, n_labels: int, seed: int) -> list[int]:
-    """`n_labels` cache rows of the labelled split, balanced across classes, chosen by `seed`.
+LABELLED_SETS = ("per-seed", "split")
 
-    The same rows for both inits and both modes; a different draw per seed, so the spread over
-    seeds includes which images happened to be labelled.
+
+def labelled_pool(split: Split, seed: int, labelled_sets: str) -> list[int]:
+    """The cache rows a run's labelled set is drawn from.
+
+    per-seed (the study's, on a folder where every image has its folder label): seed 0 keeps the
+    split's own labelled images; every other seed draws its own set from all the pretraining images
+    (labelled and unlabelled, whose folder labels a real low-label user would not have), so the spread
+    over seeds includes which images happened to be labelled, at every label count. split (a user's own
+    labels): every seed draws from the split's labelled images, which at their full count is one set.
+    """
+    if labelled_sets == "split" or seed == 0:
+        return split.indices("labelled")
+    return split.indices("labelled", "unlabelled")
+
+
+def balanced_subset(split: Split, n_labels: int, seed: int, labelled_sets: str = "split") -> list[int]:
+    """`n_labels` cache rows drawn from labelled_pool, balanced across classes, chosen by `seed`.
+
+    The same rows for both inits and both modes. --n-labels may not exceed the split's labelled images
+    (seed 0's pool), so that every seed trains on as many images as the split holds labels.
     """
     labelled = split.table.loc[split.indices("labelled")]
-    if n_labels == 0 or n_labels == len(labelled):
-        return labelled.index.tolist()
     classes = sorted(labelled["label"].unique())
-    if n_labels > len(labelled) or n_labels < len(classes):
+    if n_labels > len(labelled) or (n_labels and n_labels < len(classes)):
         raise UserError(
             f"--n-labels {n_labels}: must be between {len(classes)} (one per class) and the "
             f"{len(labelled)} labelled images"
         )
+    n_labels = n_labels or len(labelled)  # 0: as many as the split holds labels
+    pool = split.table.loc[labelled_pool(split, seed, labelled_sets)]
+    if n_labels == len(pool):
+        return pool.index.tolist()
     generator = torch.Generator().manual_seed(seed)
     chosen = []
     base, remainder = divmod(n_labels, len(classes))
     extra = set(torch.randperm(len(classes), generator=generator)[:remainder].tolist())
     for position, label in enumerate(classes):
-        rows = labelled.index[labelled["label"] == label].tolist()
+        rows = pool.index[pool["label"] == label].tolist()
         quota = base + (position in extra)
         if quota > len(rows):
             raise UserError(f"--n-labels {n_labels}: class {label} has only {len(rows)} labelled images")
         order = torch.randperm(len(rows), generator=generator)[:quota]
         chosen.extend(rows[i] for i in order.tolist())
     return sorted(chosen)
+
+
+def labelled_set_id(split: Split, rows: list[int]) -> str:
+    """classifier_metrics.csv's labelled_set: a short hash of the run's labelled images' paths, so that
+    which seeds trained on the same images can be read off the file."""
+    paths = "\n".join(sorted(split.table.loc[rows, "path"]))
+    return hashlib.sha256(paths.encode()).hexdigest()[:10]
 
 
 def load_byol_backbone(out_dir: Path) -> tuple[nn.Module, dict]:

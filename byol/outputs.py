@@ -80,7 +80,8 @@ EPOCH_COLUMNS = [
 ]
 CLASSIFIER_CONFIG_FILE = "classifier_config.json"
 CLASSIFIER_METRICS_FILE = "classifier_metrics.csv"
-CLASSIFIER_METRIC_COLUMNS = ["init", "mode", "seed", "n_labels", *EPOCH_COLUMNS]
+# labelled_set: a short hash of the run's labelled images (finetune.labelled_set_id)
+CLASSIFIER_METRIC_COLUMNS = ["init", "mode", "seed", "n_labels", "labelled_set", *EPOCH_COLUMNS]
 CLASSIFIER_SUMMARY_FILE = "classifier_summary.csv"
 PAIRED_FILE = "classifier_paired.csv"
 

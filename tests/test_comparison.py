@@ -32,6 +32,7 @@ from byol.finetune import (
     balanced_subset,
     cross_validate,
     fine_tune,
+    labelled_set_id,
     load_byol_backbone,
     make_backbone,
     probe_head,
@@ -76,6 +77,10 @@ def test_four_conditions_same_images_and_columns(pretrained):
     assert set(conditions.index) == {(i, m) for i in ("random", "byol") for m in ("finetune", "frozen")}
     assert (conditions == 2 * 2).all()  # 2 seeds x 2 epochs each
     assert metrics["test_acc"].between(0, 1).all() and (metrics["n_labels"] == 12).all()
+    # Per-seed labelled sets: at the split's own count (12) too, each seed trains on its own images,
+    # and every init and mode of a seed on the same ones.
+    sets = metrics.groupby("seed")["labelled_set"]
+    assert (sets.nunique() == 1).all() and metrics["labelled_set"].nunique() == 2
     assert (metrics["seconds"] > 0).all()  # wall time per epoch, for the report's stage times
     finetune = metrics[metrics["mode"] == "finetune"]
     # One cross-validated rate per init, from the grid, shared by both seeds; frozen runs have none.
@@ -112,8 +117,8 @@ def test_every_init_and_mode_of_a_seed_trains_on_the_same_images_head_and_batche
     real_fit, real_cross_entropy = finetune._fit, F.cross_entropy
     real_make_backbone, real_subset = comparison.make_backbone, comparison.balanced_subset
 
-    def recording_subset(split, n_labels, seed):  # the grid draws a run's images just before it trains
-        drawn.append(real_subset(split, n_labels, seed))
+    def recording_subset(split, n_labels, seed, labelled_sets):  # drawn just before the run trains
+        drawn.append(real_subset(split, n_labels, seed, labelled_sets))
         return drawn[-1]
 
     def recording_fit(learner, task, job):
@@ -162,6 +167,25 @@ def test_every_init_and_mode_of_a_seed_trains_on_the_same_images_head_and_batche
     assert [seed for seed, _ in random_backbones] == [0, 0, 1, 1]  # one per mode and seed
     for (_, a), (_, b) in (random_backbones[:2], random_backbones[2:]):
         assert all(torch.equal(a[k], b[k]) for k in a)  # the same random backbone in both modes
+
+
+def test_per_seed_labelled_sets_differ_at_every_count_and_seed_0_keeps_the_split(pretrained):
+    split = read_split(pretrained)
+    labelled = split.indices("labelled")
+    held_out = set(split.indices("validation", "test"))
+    for n_labels in (4, 6, 12):  # 12: every labelled image of the split
+        sets = [balanced_subset(split, n_labels, seed, "per-seed") for seed in range(4)]
+        ids = {labelled_set_id(split, rows) for rows in sets}
+        assert len(ids) == 4, n_labels  # four seeds, four different sets
+        assert set(sets[0]) <= set(labelled)  # seed 0: the split's own labelled images
+        for rows in sets:
+            assert len(rows) == n_labels and not set(rows) & held_out
+            assert split.table.loc[rows, "label"].value_counts().tolist() == [n_labels // 2] * 2
+    assert balanced_subset(split, 12, 0, "per-seed") == labelled
+    # A user's own labels (--labelled-sets split): at their full count, every seed has the same set.
+    assert {labelled_set_id(split, balanced_subset(split, 12, seed, "split")) for seed in range(3)} == {
+        labelled_set_id(split, labelled)
+    }
 
 
 def test_n_labels_subsets_are_balanced_with_a_remainder(pretrained):
