@@ -25,6 +25,7 @@ from byol.errors import UserError
 from byol.evaluate import extract_features
 from byol.files import read_csv, read_json, write_csv, write_json
 from byol.finetune import (
+    PREDICTIONS_KEY,
     ClassifierConfig,
     Examples,
     Job,
@@ -46,10 +47,13 @@ from byol.outputs import (
     CLASSIFIER_METRICS_FILE,
     CLASSIFIER_SUMMARY_FILE,
     PAIRED_FILE,
+    PREDICTION_INDEX,
+    PREDICTIONS_FILE,
+    prediction_column,
 )
 from byol.report import mean_and_std, paired_text
 from byol.resume import check_fresh_start, check_resumable
-from byol.stats import paired_summary, summarize
+from byol.stats import paired_summary, predictions_table, summarize
 from byol.timing import finish_time, format_duration
 
 log = logging.getLogger(__name__)
@@ -211,6 +215,11 @@ class Grid:
             for init in config.inits
             for mode in config.modes
         ]
+
+    def predictions(self, runs: dict[str, list[int]]) -> pd.DataFrame:
+        """classifier_predictions.csv from each run's predicted classes of the test images."""
+        test_rows = self.split.indices("test")
+        return predictions_table(test_rows, self.labels[test_rows].tolist(), runs)
 
     @property
     def n_classes(self) -> int:
@@ -399,6 +408,12 @@ def _run_classifiers(config: ClassifierConfig, out_dir: Path, runtime: Runtime, 
             key = finetune_choice_key(config, row["init"], row["n_labels"], row["seed"])
             grid.finetune_lrs[key] = row["backbone_lr"]
     log.info(plan_line(grid, epochs_done))
+    finished = {
+        prediction_column(*key[:2], key[3], key[2])
+        for key, done in epochs_done.items()
+        if done == config.epochs
+    }
+    predicted = kept_predictions(out_dir, grid.split, finished) if rows else {}
     progress = tqdm(grid.runs, desc="classifiers", unit="run", disable=not ranks.is_main)
     for run in progress:
         n_labels, seed, init, mode = run
@@ -408,21 +423,37 @@ def _run_classifiers(config: ClassifierConfig, out_dir: Path, runtime: Runtime, 
             continue
         rows = [row for row in rows if (row["init"], row["mode"], row["seed"], row["n_labels"]) != key]
         progress.set_description(f"{init} {mode} seed {seed} n={key[3]}")
-        rows.extend(grid.train(run, train_rows, progress))
+        new_rows = grid.train(run, train_rows, progress)
+        predicted[prediction_column(init, mode, key[3], seed)] = new_rows[-1].pop(PREDICTIONS_KEY).tolist()
+        rows.extend(new_rows)
         if ranks.is_main:
             write_csv(metrics_path, pd.DataFrame(rows, columns=CLASSIFIER_METRIC_COLUMNS))
+            write_csv(out_dir / PREDICTIONS_FILE, grid.predictions(predicted))
     progress.close()
     metrics = pd.DataFrame(rows, columns=CLASSIFIER_METRIC_COLUMNS)
     summary = summarize(metrics)
     if ranks.is_main:
         write_csv(out_dir / CLASSIFIER_SUMMARY_FILE, summary)
-        write_csv(out_dir / PAIRED_FILE, paired_summary(metrics))
+        write_csv(out_dir / PAIRED_FILE, paired_summary(metrics, grid.predictions(predicted)))
     return summary
+
+
+def kept_predictions(out_dir: Path, split: Split, finished: set[str]) -> dict[str, list[int]]:
+    """--resume: the earlier classifier_predictions.csv's columns of the runs kept (`finished`), when it
+    scored the same test rows; {} without one (a study from before the file: no bootstrap for those)."""
+    path = out_dir / PREDICTIONS_FILE
+    if not path.is_file():
+        return {}
+    table = read_csv(path, PREDICTION_INDEX, "start over with --overwrite")
+    if table["row"].tolist() != split.indices("test"):
+        return {}
+    return {column: table[column].tolist() for column in table.columns if column in finished}
 
 
 def format_summary(summary: pd.DataFrame, paired: pd.DataFrame | None = None) -> str:
     """One line per condition: init, mode, labels, test accuracy mean +- std over seeds; then BYOL −
-    random per mode and label count, paired over seeds, with its 95 % interval and what to call it."""
+    random per mode and label count, paired over seeds, with the wider of its two 95 % intervals and
+    what to call it."""
     lines = []
     for row in summary.itertuples():
         accuracy = mean_and_std(row.test_acc_mean, row.test_acc_std)
@@ -431,7 +462,7 @@ def format_summary(summary: pd.DataFrame, paired: pd.DataFrame | None = None) ->
             f"({row.seeds} seed{'s' * (row.seeds > 1)}, {row.epochs} epochs)"
         )
     for row in [] if paired is None else paired.itertuples():
-        difference = paired_text(row.diff_mean, row.ci_low, row.ci_high)
+        difference = paired_text(row.diff_mean, row.low, row.high)
         lines.append(
             f"BYOL - random {row.mode:>8}  n={row.n_labels:<4} {difference}  {row.verdict} "
             f"({row.seeds} paired seed{'s' * (row.seeds > 1)})"

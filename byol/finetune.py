@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 LIGHT_VIEW = ViewConfig(crop_scale=(0.25, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
 PROBE_FOLDS = 5  # cross-validation folds that choose the frozen probe's learning rate
 EVAL_BATCH = 256  # images (or feature rows) scored per forward pass
+PREDICTIONS_KEY = "test_predictions"  # the last metrics row's predicted classes (a tensor, not a column)
 
 
 @dataclass
@@ -237,10 +238,12 @@ class Job:
 @torch.no_grad()
 def evaluate_head(
     backbone: nn.Module | None, head: nn.Module, examples: Examples, job: Job, shards: Ranks = SINGLE_PROCESS
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy; the inputs are cached images, or features when backbone is None.
+) -> tuple[float, float, torch.Tensor]:
+    """Mean cross-entropy, accuracy and every example's predicted class (on the CPU); the inputs are
+    cached images, or features when backbone is None.
 
-    With `shards` (the processes under torchrun) each rank scores its own shard and the sums are added up.
+    With `shards` (the processes under torchrun) each rank scores its own shard and the sums are added
+    up (the predictions too: each rank fills its own shard's, zeros elsewhere).
     """
     head.eval()
     if backbone is not None:
@@ -249,6 +252,7 @@ def evaluate_head(
     device = runtime.device
     start, stop = shards.shard_bounds(len(examples))
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct
+    predictions = torch.zeros(len(examples), dtype=torch.int64, device=device)
     for first in range(start, stop, EVAL_BATCH):
         batch = examples[first : min(first + EVAL_BATCH, stop)]
         inputs, target = batch.inputs.to(device), batch.labels.to(device)
@@ -258,9 +262,11 @@ def evaluate_head(
                 inputs = backbone(view.contiguous(memory_format=runtime.memory_format))
             logits = head(inputs)
         totals[0] += F.cross_entropy(logits.float(), target, reduction="sum")
-        totals[1] += (logits.argmax(1) == target).sum()
+        predicted = logits.argmax(1)
+        totals[1] += (predicted == target).sum()
+        predictions[first : first + len(predicted)] = predicted
     loss_sum, correct = shards.all_reduce_sum(totals).tolist()
-    return loss_sum / len(examples), correct / len(examples)
+    return loss_sum / len(examples), correct / len(examples), shards.all_reduce_sum(predictions).cpu()
 
 
 def standardizer(train_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -477,7 +483,8 @@ class _Schedule:
 
 def _fit(learner: Learner, task: Task, job: Job) -> list[dict]:
     """The epochs both modes share: cosine-decayed rates, one optimiser step per batch, a metrics row
-    per epoch (scored on task.test every config.eval_every epochs and at the last)."""
+    per epoch (scored on task.test every config.eval_every epochs and at the last; the last row also
+    holds the predicted class of every task.test example under PREDICTIONS_KEY)."""
     config, runtime = job.config, job.runtime
     global_batch = (
         config.batch_size * runtime.ranks.world_size
@@ -497,9 +504,11 @@ def _fit(learner: Learner, task: Task, job: Job) -> list[dict]:
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
         row["test_loss"] = row["test_acc"] = math.nan
         if epoch % config.eval_every == 0 or epoch == config.epochs:
-            row["test_loss"], row["test_acc"] = evaluate_head(
+            row["test_loss"], row["test_acc"], predictions = evaluate_head(
                 learner.backbone, learner.head, task.test, job, learner.shards
             )
+            if epoch == config.epochs:  # the final classifier's, for the paired bootstrap
+                row[PREDICTIONS_KEY] = predictions
         row["seconds"] = time.perf_counter() - started  # training and, when due, testing
         if epoch == 1:
             row["seconds"] += learner.choosing_seconds

@@ -84,6 +84,16 @@ CLASSIFIER_METRICS_FILE = "classifier_metrics.csv"
 CLASSIFIER_METRIC_COLUMNS = ["init", "mode", "seed", "n_labels", "labelled_set", *EPOCH_COLUMNS]
 CLASSIFIER_SUMMARY_FILE = "classifier_summary.csv"
 PAIRED_FILE = "classifier_paired.csv"
+# Every run's final predicted class per test image: one row per test image (its cache row and label),
+# one column per run (prediction_column), for the paired bootstrap over seeds and test images.
+PREDICTIONS_FILE = "classifier_predictions.csv"
+PREDICTION_INDEX = ["row", "label"]
+
+
+def prediction_column(init: str, mode: str, n_labels: int, seed: int) -> str:
+    """classifier_predictions.csv's column of one run."""
+    return f"{init}_{mode}_n{int(n_labels)}_seed{int(seed)}"
+
 
 # python -m byol.ceiling: all non-test images with their folder labels
 CEILING_CONFIG_FILE = "ceiling_config.json"

@@ -38,6 +38,12 @@ def paired_text(mean: float, low: float, high: float) -> str:
     return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
+def interval_text(low: float, high: float) -> str:
+    """An interval's bounds, or — when there is none (one seed's t-interval, a bootstrap without the
+    per-image predictions)."""
+    return f"[{low:+.3f}, {high:+.3f}]" if math.isfinite(low) and math.isfinite(high) else "—"
+
+
 def read_ceiling(out_dir: Path) -> Ceiling | None:
     """The ceiling's final test accuracy over its seeds, from out_dir's ceiling_metrics.csv (None
     without one). A seed counts once it reached the last epoch ceiling_config.json names."""
@@ -85,14 +91,18 @@ def summary_markdown(summary: pd.DataFrame, paired: pd.DataFrame, ceiling: Ceili
         lines += [
             "",
             "BYOL − random: the mean over seeds of the per-seed difference (both inits of a seed train on "
-            "the same labelled images and are scored on the same test images), with its 95 % t-interval "
-            "over seeds; a gain or a loss only when the interval excludes 0:",
+            "the same labelled images and are scored on the same test images), with two 95 % intervals: "
+            "Student's t over seeds, and a paired bootstrap resampling the seeds and the test images "
+            "together (it adds the test set's sampling error; — where the per-image predictions were not "
+            "kept). A gain or a loss only when the wider interval excludes 0:",
             "",
-            "| labels | mode | BYOL − random test accuracy [95 % interval] | verdict | seeds |",
-            "|---:|---|---|---|---:|",
+            "| labels | mode | BYOL − random | 95 % t-interval (seeds) "
+            "| 95 % bootstrap (seeds × test images) | verdict | seeds |",
+            "|---:|---|---:|---|---|---|---:|",
         ]
         lines += [
-            f"| {row.n_labels} | {row.mode} | {paired_text(row.diff_mean, row.ci_low, row.ci_high)} | "
+            f"| {row.n_labels} | {row.mode} | {row.diff_mean:+.3f} | "
+            f"{interval_text(row.ci_low, row.ci_high)} | {interval_text(row.boot_low, row.boot_high)} | "
             f"{row.verdict} | {row.seeds} |"
             for row in paired.sort_values(["n_labels", "mode"], ascending=[False, True]).itertuples()
         ]
@@ -203,8 +213,8 @@ def gap_lines(summary: pd.DataFrame, paired: pd.DataFrame, ceiling: Ceiling) -> 
         f"The ceiling: random init fine-tuned on all {ceiling.n_train:,} non-test images with their folder "
         f"labels (labels this low-label setting does not have), "
         f"{mean_and_std(ceiling.acc_mean, ceiling.acc_std)} over {ceiling.seeds} seed(s). The share of the "
-        "gap between random init and the ceiling that BYOL closes: BYOL − random and its interval divided "
-        "by (ceiling − random mean); the ceiling's own spread is not in the interval.",
+        "gap between random init and the ceiling that BYOL closes: BYOL − random and its wider interval "
+        "divided by (ceiling − random mean); the ceiling's own spread is not in the interval.",
         "",
         "| labels | mode | random init | gap to the ceiling | share BYOL closes [95 % interval] |",
         "|---:|---|---:|---:|---|",
@@ -212,7 +222,7 @@ def gap_lines(summary: pd.DataFrame, paired: pd.DataFrame, ceiling: Ceiling) -> 
     for row in paired.sort_values(["n_labels", "mode"], ascending=[False, True]).itertuples():
         base = random.get((row.mode, row.n_labels), math.nan)
         gap = ceiling.acc_mean - base
-        share = paired_text(row.diff_mean / gap, row.ci_low / gap, row.ci_high / gap) if gap > 0 else "—"
+        share = paired_text(row.diff_mean / gap, row.low / gap, row.high / gap) if gap > 0 else "—"
         lines.append(f"| {row.n_labels} | {row.mode} | {base:.3f} | {gap:+.3f} | {share} |")
     return lines
 

@@ -1,22 +1,26 @@
-"""BYOL − random as a paired difference over seeds, with a 95 % t-interval, and what to call it;
+"""BYOL − random as a paired difference over seeds, with two 95 % intervals, and what to call it;
 and the per-condition summary of a comparison grid's final epochs (classifier_summary.csv).
 
 Seed k gives both inits the same labelled images, head and batch order, and both are scored on the
 same test images, so the per-seed difference cancels what the two runs share (which images happened
-to be labelled); a difference of means with the two stds combined does not, and is far wider. The
-interval is Student's t over seeds (the seeds are the independent repeats); a difference is called
-a gain or a loss only when its interval excludes 0.
+to be labelled); a difference of means with the two stds combined does not, and is far wider.
+Two intervals: Student's t over seeds (what varies from seed to seed: the labelled set, head, batch
+order, views), and a paired bootstrap that resamples the seeds and the test images together (adding
+the test set's own sampling error, which the seeds share). A difference is called a gain or a loss
+only when the wider of the two excludes 0.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
-from byol.outputs import INITS, MODES
+from byol.outputs import INITS, MODES, prediction_column
 
 CONFIDENCE = 0.95
+BOOTSTRAP_DRAWS = 4000
 
 
 def t_cdf(x: float, df: int) -> float:
@@ -53,6 +57,33 @@ def paired_interval(differences: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def paired_bootstrap(
+    byol_correct: np.ndarray, random_correct: np.ndarray, draws: int = BOOTSTRAP_DRAWS, seed: int = 0
+) -> tuple[float, float]:
+    """The 95 % percentile interval of BYOL − random accuracy when the seeds and the test images are
+    resampled together: each draw takes as many seeds as there are, with replacement, and as many test
+    images, with replacement (the same images for every seed: they share the test set). Inputs are
+    (seeds, test images) arrays of 0/1, paired row by row and column by column."""
+    differences = byol_correct.astype(np.float64) - random_correct.astype(np.float64)
+    n_seeds, n_images = differences.shape
+    generator = np.random.default_rng(seed)
+    image_counts = generator.multinomial(n_images, np.full(n_images, 1 / n_images), size=draws)
+    seed_counts = generator.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=draws)
+    per_seed = image_counts @ differences.T / n_images  # (draws, seeds): each seed's mean on the draw
+    means = (per_seed * seed_counts).sum(1) / n_seeds
+    alpha = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def wider_interval(t_low: float, t_high: float, boot_low: float, boot_high: float) -> tuple[float, float]:
+    """The wider of the t-interval and the bootstrap interval (either may be missing: NaN)."""
+    candidates = [(low, high) for low, high in ((t_low, t_high), (boot_low, boot_high)) if math.isfinite(low)]
+    if not candidates:
+        return math.nan, math.nan
+    return max(candidates, key=lambda bounds: bounds[1] - bounds[0])
+
+
 def verdict(low: float, high: float) -> str:
     """A gain or a loss only when the interval excludes 0; inside it, noise."""
     if not (math.isfinite(low) and math.isfinite(high)):
@@ -64,22 +95,48 @@ def verdict(low: float, high: float) -> str:
     return "noise (interval includes 0)"
 
 
-def paired_differences(final: pd.DataFrame) -> pd.DataFrame:
+# ci_*: the t-interval over seeds; boot_*: the bootstrap over seeds and test images; low, high: the
+# wider of the two, which the verdict reads
+PAIRED_COLUMNS = ["n_labels", "mode", "seeds", "diff_mean", "ci_low", "ci_high"]
+PAIRED_COLUMNS += ["boot_low", "boot_high", "low", "high", "verdict"]
+
+
+def bootstrap_bounds(
+    predictions: pd.DataFrame | None, mode: str, n_labels: int, seeds: list[int]
+) -> tuple[float, float]:
+    """paired_bootstrap's interval from classifier_predictions.csv's columns of these runs; NaN when a
+    run's column is missing (a study written before the file existed)."""
+    columns = {
+        init: [prediction_column(init, mode, n_labels, seed) for seed in seeds] for init in ("byol", "random")
+    }
+    if predictions is None or not all(c in predictions.columns for c in columns["byol"] + columns["random"]):
+        return math.nan, math.nan
+    labels = predictions["label"].to_numpy()
+    correct = {init: (predictions[names].to_numpy().T == labels) for init, names in columns.items()}
+    return paired_bootstrap(correct["byol"], correct["random"])
+
+
+def paired_differences(final: pd.DataFrame, predictions: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per (n_labels, mode): BYOL − random final test accuracy over the seeds both inits ran.
 
-    `final` holds one row per run (init, mode, n_labels, seed, test_acc). Columns: n_labels, mode,
-    seeds, diff_mean, ci_low, ci_high, verdict. Conditions without both inits are left out.
+    `final` holds one row per run (init, mode, n_labels, seed, test_acc); `predictions` (optional)
+    classifier_predictions.csv's table, for the bootstrap. Columns: PAIRED_COLUMNS (the bootstrap's NaN
+    without predictions). Conditions without both inits are left out.
     """
-    columns = ["n_labels", "mode", "seeds", "diff_mean", "ci_low", "ci_high", "verdict"]
     wide = final.pivot_table(index=["n_labels", "mode", "seed"], columns="init", values="test_acc")
     if not {"random", "byol"} <= set(wide.columns):
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=PAIRED_COLUMNS)
     differences = (wide["byol"] - wide["random"]).dropna()
     rows = []
     for (n_labels, mode), group in differences.groupby(level=["n_labels", "mode"], sort=True):
         mean, low, high = paired_interval(group.tolist())
-        rows.append([int(n_labels), mode, len(group), mean, low, high, verdict(low, high)])
-    return pd.DataFrame(rows, columns=columns)
+        seeds = [int(seed) for seed in group.index.get_level_values("seed")]
+        boot_low, boot_high = bootstrap_bounds(predictions, mode, n_labels, seeds)
+        wider = wider_interval(low, high, boot_low, boot_high)
+        rows.append(
+            [int(n_labels), mode, len(group), mean, low, high, boot_low, boot_high, *wider, verdict(*wider)]
+        )
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
 def final_rows(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -87,9 +144,17 @@ def final_rows(metrics: pd.DataFrame) -> pd.DataFrame:
     return metrics.loc[metrics.groupby(["init", "mode", "n_labels", "seed"])["epoch"].idxmax()]
 
 
-def paired_summary(metrics: pd.DataFrame) -> pd.DataFrame:
-    """BYOL − random per (label count, mode): the mean per-seed paired difference and its 95 % interval."""
-    return paired_differences(final_rows(metrics))
+def paired_summary(metrics: pd.DataFrame, predictions: pd.DataFrame | None = None) -> pd.DataFrame:
+    """BYOL − random per (label count, mode): the mean per-seed paired difference and its 95 % intervals."""
+    return paired_differences(final_rows(metrics), predictions)
+
+
+def predictions_table(test_rows: list[int], labels: list[int], runs: dict[str, list[int]]) -> pd.DataFrame:
+    """classifier_predictions.csv: one row per test image (cache row, label), a column per run."""
+    table = pd.DataFrame({"row": test_rows, "label": labels})
+    for column in sorted(runs):
+        table[column] = runs[column]
+    return table
 
 
 def summarize(metrics: pd.DataFrame) -> pd.DataFrame:

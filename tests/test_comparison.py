@@ -40,10 +40,10 @@ from byol.finetune import (
     train_probe,
 )
 from byol.model import resnet18_backbone
-from byol.outputs import CLASSIFIER_METRIC_COLUMNS
+from byol.outputs import CLASSIFIER_METRIC_COLUMNS, prediction_column
 from byol.plots import plot_accuracy, plot_label_efficiency, plot_loss_curves
 from byol.report import pretraining_markdown, summary_markdown
-from byol.stats import paired_summary, summarize
+from byol.stats import final_rows, paired_summary, summarize
 
 CPU = Runtime(torch.device("cpu"))
 
@@ -89,11 +89,32 @@ def test_four_conditions_same_images_and_columns(pretrained):
     assert metrics.loc[metrics["mode"] == "frozen", "backbone_lr"].isna().all()
     paired = pd.read_csv(pretrained / "classifier_paired.csv")
     assert set(paired["mode"]) == {"finetune", "frozen"} and (paired["seeds"] == 2).all()
+    # Both intervals: the t over seeds and the bootstrap over seeds and test images; the verdict's the wider.
+    assert paired[["ci_low", "boot_low", "boot_high"]].notna().all().all()
+    widths = pd.concat(
+        [paired["ci_high"] - paired["ci_low"], paired["boot_high"] - paired["boot_low"]], axis=1
+    )
+    assert (paired["high"] - paired["low"]).tolist() == pytest.approx(widths.max(axis=1).tolist())
+    assert_predictions_match_the_metrics(pretrained, metrics)
     summary = pd.read_csv(pretrained / "classifier_summary.csv")
     assert {"init", "mode", "n_labels", "seeds", "test_acc_mean", "test_acc_std"} <= set(summary.columns)
     assert len(summary) == 4 and (summary["seeds"] == 2).all()
     assert "test_acc" in result.stdout and "byol" in result.stdout
     assert "BYOL - random finetune  n=12" in result.stdout and "(2 paired seeds)" in result.stdout
+
+
+def assert_predictions_match_the_metrics(out_dir: Path, metrics: pd.DataFrame) -> None:
+    """classifier_predictions.csv: one row per test image, one column per run, whose accuracy is the
+    run's final test_acc."""
+    predictions = pd.read_csv(out_dir / "classifier_predictions.csv")
+    split = read_split(out_dir)
+    assert predictions["row"].tolist() == split.indices("test")
+    assert predictions["label"].tolist() == split.table.loc[split.indices("test"), "label"].tolist()
+    final = final_rows(metrics)
+    assert len(predictions.columns) == 2 + len(final)
+    for run in final.itertuples():
+        column = predictions[prediction_column(run.init, run.mode, run.n_labels, run.seed)]
+        assert (column == predictions["label"]).mean() == pytest.approx(run.test_acc)
 
 
 def test_same_labelled_images_for_every_init_and_mode(pretrained):
@@ -318,6 +339,7 @@ def test_the_random_half_trained_first_is_kept_when_the_byol_half_resumes_it(pre
     assert set(metrics["init"]) == {"random", "byol"} and set(metrics["seed"]) == {0, 1}
     kept = metrics[metrics["init"] == "random"].reset_index(drop=True)
     pd.testing.assert_frame_equal(kept, random_half)
+    assert_predictions_match_the_metrics(pretrained, metrics)  # the kept runs' predictions kept too
     paired = pd.read_csv(pretrained / "classifier_paired.csv")
     assert paired[["n_labels", "mode", "seeds"]].values.tolist() == [[12, "frozen", 2]]  # paired by seed
     # Rows trained on another split are never resumed into this one.
@@ -437,8 +459,8 @@ def test_one_seed_is_shown_without_a_spread_rather_than_plus_minus_zero():
     assert "| 250 | finetune | random | 0.600 (one seed: no spread) | 1 | 30 |" in table
     assert "| 250 | frozen | byol | 0.600 ± 0.028 | 2 | 30 |" in table
     # One seed has no interval; two seeds of +0.08 each have a zero-width one: a gain.
-    assert "| 250 | finetune | +0.100 (one seed: no interval) | one seed: no interval | 1 |" in table
-    assert "| 250 | frozen | +0.080 [+0.080, +0.080] | gain | 2 |" in table
+    assert "| 250 | finetune | +0.100 | — | — | one seed: no interval | 1 |" in table
+    assert "| 250 | frozen | +0.080 | [+0.080, +0.080] | — | gain | 2 |" in table
     assert "± 0.000" not in table
     printed = format_summary(summary)
     assert "test_acc 0.700 (one seed: no spread)  (1 seed, 30 epochs)" in printed

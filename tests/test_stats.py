@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from byol.stats import paired_differences, t_critical, verdict
+from byol.outputs import prediction_column
+from byol.stats import paired_bootstrap, paired_differences, t_critical, verdict
 
 
 @pytest.mark.parametrize("df, expected", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423)])
@@ -56,3 +58,62 @@ def test_only_seeds_that_both_inits_ran_are_paired():
     row = paired_differences(pd.DataFrame(runs)).iloc[0]
     assert row["seeds"] == 2 and row["diff_mean"] == pytest.approx(0.1)
     assert paired_differences(pd.DataFrame(final_runs([0.5], [])[:1])).empty
+
+
+def predictions_for(
+    correct: dict[str, list[list[int]]], mode: str = "frozen", n_labels: int = 250
+) -> pd.DataFrame:
+    """classifier_predictions.csv for two classes, every test image of label 1: predicted 1 where correct."""
+    n_images = len(correct["byol"][0])
+    table = {"row": list(range(n_images)), "label": [1] * n_images}
+    for init, seeds in correct.items():
+        for seed, flags in enumerate(seeds):
+            table[prediction_column(init, mode, n_labels, seed)] = flags
+    return pd.DataFrame(table)
+
+
+def test_the_bootstrap_adds_the_test_sets_sampling_error_and_the_verdict_takes_the_wider():
+    # Five seeds whose differences agree closely (a t-interval far from 0), on only 40 test images
+    # where BYOL is right on 4 images more than random: the test sample's error dominates.
+    generator = np.random.default_rng(0)
+    random_flags, byol_flags = [], []
+    for _ in range(5):
+        base = (generator.random(40) < 0.5).astype(int)
+        better = base.copy()
+        better[np.flatnonzero(base == 0)[:4]] = 1
+        random_flags.append(base.tolist())
+        byol_flags.append(better.tolist())
+    runs = pd.DataFrame(
+        final_runs([float(np.mean(f)) for f in random_flags], [float(np.mean(f)) for f in byol_flags])
+    )
+    predictions = predictions_for({"random": random_flags, "byol": byol_flags})
+    row = paired_differences(runs, predictions).iloc[0]
+    assert row["diff_mean"] == pytest.approx(0.1)
+    assert row["ci_high"] - row["ci_low"] < 1e-9  # every seed +0.10: a t-interval of width 0
+    assert row["boot_low"] < 0.1 < row["boot_high"] and row["boot_high"] - row["boot_low"] > 0.05
+    assert (row["low"], row["high"]) == (row["boot_low"], row["boot_high"])
+    assert row["verdict"] == "gain"  # the wider interval still excludes 0 here
+    # Without the per-image predictions the bootstrap is missing and the t-interval decides.
+    alone = paired_differences(runs).iloc[0]
+    assert math.isnan(alone["boot_low"]) and (alone["low"], alone["high"]) == (
+        alone["ci_low"],
+        alone["ci_high"],
+    )
+
+
+def test_a_gain_on_few_test_images_is_noise_once_they_are_resampled():
+    # Every seed: BYOL right on one test image more out of 20 (+0.05, the same on every seed).
+    random_flags = [[1] * 10 + [0] * 10 for _ in range(3)]
+    byol_flags = [[1] * 11 + [0] * 9 for _ in range(3)]
+    runs = pd.DataFrame(final_runs([0.5] * 3, [0.55] * 3))
+    row = paired_differences(runs, predictions_for({"random": random_flags, "byol": byol_flags})).iloc[0]
+    assert row["boot_low"] <= 0 < row["boot_high"]
+    assert row["verdict"] == "noise (interval includes 0)"
+
+
+def test_the_bootstrap_resamples_seeds_too():
+    # Identical test-image patterns, seeds that disagree: seed-to-seed spread must widen the interval.
+    random_flags = [[1] * 500 + [0] * 500] * 4
+    byol_flags = [[1] * (500 + gain) + [0] * (500 - gain) for gain in (0, 100, 0, 100)]
+    low, high = paired_bootstrap(np.array(byol_flags) == 1, np.array(random_flags) == 1, draws=2000, seed=1)
+    assert low < 0.02 and high > 0.08  # mean 0.05; images alone would give about ±0.02
