@@ -26,6 +26,8 @@ from byol.outputs import (
     CURVE_COLUMNS,
     CURVE_FIGURE,
     CURVE_FILE,
+    PREDICTION_INDEX,
+    PREDICTIONS_FILE,
     read_monitor_table,
 )
 from byol.plots import (
@@ -44,7 +46,7 @@ from byol.report import (
     summary_markdown,
     wall_clock_markdown,
 )
-from byol.stats import paired_summary, summarize
+from byol.stats import paired_summary, rate_limits, summarize
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -103,7 +105,15 @@ def comparison_report(
     out_dir: Path, metrics, byol_metrics, byol_config: dict, sections: str, written: list[Path]
 ) -> str:
     """The comparison's figures (appended to `written`) and its summary.md, `sections` included."""
-    summary, paired = summarize(metrics), paired_summary(metrics)
+    classifier_config = read_json_if_present(out_dir / CLASSIFIER_CONFIG_FILE)
+    predictions_path = out_dir / PREDICTIONS_FILE
+    predictions = (
+        read_csv(predictions_path, PREDICTION_INDEX, "run train_classifier.py again")
+        if predictions_path.is_file()
+        else None
+    )
+    summary = summarize(metrics, rate_limits(classifier_config))
+    paired = paired_summary(metrics, predictions)
     n_classes = len(read_json_if_present(out_dir / SPLIT_CONFIG_FILE).get("classes", [0, 1]))
     written += [out_dir / "loss_curves.png", out_dir / "accuracy.png"]
     plot_loss_curves(metrics, written[-2])
@@ -116,7 +126,7 @@ def comparison_report(
         summary_markdown(summary, paired, ceiling)
         + sections
         + wall_clock_markdown(stage_seconds(byol_metrics, metrics))
-        + settings_markdown(read_json_if_present(out_dir / CLASSIFIER_CONFIG_FILE), byol_config)
+        + settings_markdown(classifier_config or None, byol_config)
     )
 
 

@@ -154,6 +154,14 @@ def add_rate_flags(group, defaults: ClassifierConfig) -> None:
         f"{','.join(f'{lr:g}' for lr in defaults.probe_lrs)}); one value: no choice. "
         "--resume with other values retrains only the frozen runs",
     )
+    group.add_argument(
+        "--widen-rates",
+        type=non_negative_int,
+        default=defaults.widen_rates,
+        help="when cross-validation chooses the lowest or highest rate of --finetune-lrs or --probe-lrs, "
+        "try the next rate past that edge (a grid step further), up to N times "
+        f"(default {defaults.widen_rates}); 0: the grids as given",
+    )
 
 
 def add_running_flags(group, defaults: ClassifierConfig) -> None:

@@ -53,7 +53,7 @@ from byol.outputs import (
 )
 from byol.report import mean_and_std, paired_text
 from byol.resume import check_fresh_start, check_resumable
-from byol.stats import paired_summary, predictions_table, summarize
+from byol.stats import paired_summary, predictions_table, rate_limits, summarize
 from byol.timing import finish_time, format_duration
 
 log = logging.getLogger(__name__)
@@ -431,7 +431,7 @@ def _run_classifiers(config: ClassifierConfig, out_dir: Path, runtime: Runtime, 
             write_csv(out_dir / PREDICTIONS_FILE, grid.predictions(predicted))
     progress.close()
     metrics = pd.DataFrame(rows, columns=CLASSIFIER_METRIC_COLUMNS)
-    summary = summarize(metrics)
+    summary = summarize(metrics, rate_limits(asdict(config)))
     if ranks.is_main:
         write_csv(out_dir / CLASSIFIER_SUMMARY_FILE, summary)
         write_csv(out_dir / PAIRED_FILE, paired_summary(metrics, grid.predictions(predicted)))

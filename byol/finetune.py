@@ -69,6 +69,9 @@ class ClassifierConfig:
     weight_decay: float = 1e-4
     image_size: int = 0  # 0: byol.pt's image size, or PretrainConfig's default without byol.pt
     cache_size: int = 0  # 0: default_cache_size(image_size)
+    # A rate chosen on an edge of its grid tells only that the grid stopped there: cross-validation
+    # tries up to this many rates past the edge (widened_grid), for both inits and both modes.
+    widen_rates: int = 2
     eval_every: int = 1  # test loss/accuracy every N epochs (and always at the last)
     sync_bn: bool = False  # fine-tuning under torchrun: BatchNorm statistics over the global batch
 
@@ -293,16 +296,17 @@ def standardize(
 
 def cross_validate(
     candidates: list[float], n_items: int, folds: int, score_fold, job: Job, what: str
-) -> tuple[float, list[float]]:
+) -> tuple[float, dict[float, float]]:
     """The candidate with the best mean held-out accuracy over `folds` folds of `n_items` training
-    items (ties: the lower held-out loss), and every candidate's mean held-out accuracy.
+    items (ties: the lower held-out loss), and every candidate's mean held-out accuracy, in the order
+    tried: `candidates`, then, with job.config.widen_rates, rates past the grid's edge (widened_grid).
     `score_fold(candidate, kept, held_out)` trains on the rows `kept` and returns its last metrics
     row, scored on `held_out`; the test split is never looked at. The folds are drawn by job.seed.
     """
     order = torch.randperm(n_items, generator=torch.Generator().manual_seed(job.seed))
     held_out = [order[fold::folds] for fold in range(folds)]
-    scores = []
-    for candidate in candidates:
+
+    def score(candidate: float) -> tuple[float, float]:
         accuracy = loss = 0.0
         for fold in range(folds):
             # The folds' held-out scores are not test scores: the bar says what it is doing instead.
@@ -311,8 +315,27 @@ def cross_validate(
             last = score_fold(candidate, kept, held_out[fold])
             accuracy += last["test_acc"] / folds
             loss += last["test_loss"] / folds
-        scores.append((accuracy, -loss))
-    return candidates[max(range(len(scores)), key=scores.__getitem__)], [score[0] for score in scores]
+        return accuracy, -loss
+
+    scores = widened_grid(candidates, score, job.config.widen_rates)
+    return max(scores, key=scores.__getitem__), {rate: accuracy for rate, (accuracy, _) in scores.items()}
+
+
+def widened_grid(candidates: list[float], score, widen: int) -> dict[float, tuple]:
+    """Every candidate's score (`score(candidate)`, higher is better), in the order tried. While the
+    best sits on an edge of the rates tried (of 2 or more), one more rate past that edge, a grid step
+    further (the ratio of the two rates nearest the edge), up to `widen` times in all: a choice on the
+    edge of its grid may only say that the grid stopped too early."""
+    scores = {candidate: score(candidate) for candidate in candidates}
+    for _ in range(widen if len(scores) > 1 else 0):
+        ordered = sorted(scores)
+        best = max(scores, key=scores.__getitem__)
+        if best not in (ordered[0], ordered[-1]):
+            break
+        edge, inner = (ordered[0], ordered[1]) if best == ordered[0] else (ordered[-1], ordered[-2])
+        beyond = edge * edge / inner
+        scores[beyond] = score(beyond)
+    return scores
 
 
 def choose_probe_lr(train: Examples, n_classes: int, job: Job) -> float:
@@ -360,7 +383,7 @@ def choose_finetune_lr(
     chosen, accuracies = cross_validate(
         config.finetune_lrs, len(train), folds, score_fold, job, "fine-tuning lr"
     )
-    scores = ", ".join(f"{lr:g}: {accuracy:.3f}" for lr, accuracy in zip(config.finetune_lrs, accuracies))
+    scores = ", ".join(f"{lr:g}: {accuracy:.3f}" for lr, accuracy in sorted(accuracies.items()))
     if not job.progress.disable:  # above the bar, not glued to it; once, from the first process
         job.progress.write(
             f"{init} init, {len(train)} labels: fine-tuning lr {chosen:g}, chosen by {folds}-fold "

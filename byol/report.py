@@ -73,20 +73,33 @@ def summary_markdown(summary: pd.DataFrame, paired: pd.DataFrame, ceiling: Ceili
     lines = [
         "# Random init vs BYOL init",
         "",
-        "| labels | mode | init | test accuracy (mean ± std) | seeds | epochs |",
-        "|---:|---|---|---|---:|---:|",
+        "| labels | mode | init | test accuracy (mean ± std) | rate (seeds) | train loss, last-fifth change "
+        "| seeds | epochs |",
+        "|---:|---|---|---|---|---|---:|---:|",
     ]
     for row in summary.itertuples():
         accuracy = mean_and_std(row.test_acc_mean, row.test_acc_std)
+        edge = f" — {row.seeds_on_edge} on the grid's edge" if row.seeds_on_edge else ""
+        loss = f"{row.train_loss_final:.3f}" if math.isfinite(row.train_loss_final) else "—"
+        loss += f" ({row.train_loss_change:+.3f})" if math.isfinite(row.train_loss_change) else ""
+        rate = f"{row.chosen_lrs or '—'}{edge}"
         lines.append(
-            f"| {row.n_labels} | {row.mode} | {row.init} | {accuracy} | {row.seeds} | {row.epochs} |"
+            f"| {row.n_labels} | {row.mode} | {row.init} | {accuracy} | {rate} | {loss} "
+            f"| {row.seeds} | {row.epochs} |"
         )
     if ceiling is not None:
         accuracy = mean_and_std(ceiling.acc_mean, ceiling.acc_std)
         lines.append(
-            f"| {ceiling.n_train} (all, folder labels) | finetune | random (ceiling) | {accuracy} | "
+            f"| {ceiling.n_train} (all, folder labels) | finetune | random (ceiling) | {accuracy} | — | — | "
             f"{ceiling.seeds} | {ceiling.epochs} |"
         )
+    lines += [
+        "",
+        "Rate: the backbone's fine-tuning rate, or the frozen probe's, each chosen by cross-validation on "
+        "the labelled images (the test split plays no part); a rate on the edge of every rate the choice "
+        "could try is flagged. Train loss: the final epoch's, with its change over the last fifth of "
+        "the epochs (near 0: levelled off).",
+    ]
     if not paired.empty:
         lines += [
             "",

@@ -157,9 +157,67 @@ def predictions_table(test_rows: list[int], labels: list[int], runs: dict[str, l
     return table
 
 
-def summarize(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Final-epoch test accuracy and loss per condition: mean and std (sample, over seeds)."""
+def chosen_rate_text(rates: pd.Series) -> str:
+    """The rates a condition's seeds trained at: one value, or each with its number of seeds."""
+    counts = rates.dropna().value_counts().sort_index()
+    if counts.empty:
+        return ""
+    if len(counts) == 1:
+        return f"{counts.index[0]:.0e}"
+    return ", ".join(f"{rate:.0e} ({count})" for rate, count in counts.items())
+
+
+def late_change(run: pd.DataFrame, column: str = "train_loss", fraction: float = 0.2) -> float:
+    """How much `column` moved over a run's last `fraction` of epochs (last minus the epoch before it):
+    near 0 once training has levelled off."""
+    run = run.sort_values("epoch")
+    before = max(1, round(run["epoch"].max() * (1 - fraction)))
+    start = run.loc[run["epoch"] <= before, column]
+    return float(run[column].iloc[-1] - start.iloc[-1]) if len(start) else math.nan
+
+
+def rate_grid_limits(rates: list[float], widen: int) -> tuple[float, float]:
+    """The lowest and highest rate widened_grid can reach from `rates`: a choice at one of them sat on
+    the edge of everything tried."""
+    ordered = sorted(rates)
+    if len(ordered) < 2:
+        return ordered[0], ordered[-1]
+    low_step, high_step = ordered[1] / ordered[0], ordered[-1] / ordered[-2]
+    return ordered[0] / low_step**widen, ordered[-1] * high_step**widen
+
+
+def rate_limits(classifier_config: dict) -> dict[str, tuple[float, float]]:
+    """Per mode, the lowest and highest rate its cross-validation could choose (classifier_config.json's
+    grids, widened by its widen_rates: 0 in files from before it existed); a mode with one rate given
+    chose nothing and has no limits."""
+    widen = classifier_config.get("widen_rates", 0)
+    grids = {
+        "finetune": classifier_config.get("finetune_lrs", []),
+        "frozen": classifier_config.get("probe_lrs", []),
+    }
+    return {mode: rate_grid_limits(rates, widen) for mode, rates in grids.items() if len(rates) > 1}
+
+
+def on_edge(rate: float, limits: tuple[float, float] | None) -> bool:
+    return limits is not None and any(math.isclose(rate, limit, rel_tol=1e-6) for limit in limits)
+
+
+def summarize(metrics: pd.DataFrame, limits: dict[str, tuple[float, float]] | None = None) -> pd.DataFrame:
+    """Per condition: final-epoch test accuracy and loss, mean and std (sample, over seeds); the rate
+    the seeds trained at (chosen_lrs: the backbone's when fine-tuned, the probe's when frozen) and how
+    many seeds chose a rate on the edge of all a cross-validation could try (`limits`, rate_limits'); the
+    final training loss and its change over the last fifth of the epochs (mean over seeds)."""
+    metrics = metrics.assign(
+        **{c: math.nan for c in ("train_loss", "backbone_lr", "head_lr") if c not in metrics}
+    )
     final = final_rows(metrics)
+    run_keys = ["init", "mode", "n_labels", "seed"]
+    change = metrics.groupby(run_keys).apply(late_change, include_groups=False).rename("train_loss_change")
+    final = final.join(change, on=run_keys)
+    final["rate"] = final["backbone_lr"].where(final["mode"] == "finetune", final["head_lr"])
+    final["on_edge"] = [
+        on_edge(rate, (limits or {}).get(mode)) for rate, mode in zip(final["rate"], final["mode"])
+    ]
     summary = final.groupby(["init", "mode", "n_labels"], sort=False).agg(
         seeds=("seed", "nunique"),
         epochs=("epoch", "max"),
@@ -167,6 +225,10 @@ def summarize(metrics: pd.DataFrame) -> pd.DataFrame:
         test_acc_std=("test_acc", "std"),
         test_loss_mean=("test_loss", "mean"),
         test_loss_std=("test_loss", "std"),
+        chosen_lrs=("rate", chosen_rate_text),
+        seeds_on_edge=("on_edge", "sum"),
+        train_loss_final=("train_loss", "mean"),
+        train_loss_change=("train_loss_change", "mean"),
     )
     summary = summary.reset_index()
     order = {name: i for i, name in enumerate(INITS + MODES)}

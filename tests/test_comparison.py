@@ -38,12 +38,13 @@ from byol.finetune import (
     probe_head,
     standardize,
     train_probe,
+    widened_grid,
 )
 from byol.model import resnet18_backbone
 from byol.outputs import CLASSIFIER_METRIC_COLUMNS, prediction_column
 from byol.plots import plot_accuracy, plot_label_efficiency, plot_loss_curves
 from byol.report import pretraining_markdown, summary_markdown
-from byol.stats import final_rows, paired_summary, summarize
+from byol.stats import final_rows, paired_summary, rate_grid_limits, rate_limits, summarize
 
 CPU = Runtime(torch.device("cpu"))
 
@@ -438,6 +439,9 @@ def final_metrics(accuracies: dict[tuple[str, str], list[float]]) -> pd.DataFram
             "epoch": 30,
             "test_acc": acc,
             "test_loss": 0.7,
+            "train_loss": 0.3,
+            "backbone_lr": 1e-4 if mode == "finetune" else math.nan,
+            "head_lr": 1e-2 if mode == "finetune" else [1e-3, 1e-2][seed % 2],
         }
         for (init, mode), accs in accuracies.items()
         for seed, acc in enumerate(accs)
@@ -454,10 +458,16 @@ def test_one_seed_is_shown_without_a_spread_rather_than_plus_minus_zero():
             ("byol", "frozen"): [0.58, 0.62],
         }
     )
-    summary = summarize(metrics)
+    # The grids cross-validation could reach: fine-tuning 1e-4 sits on its lower edge, probes inside.
+    limits = rate_limits(
+        {"finetune_lrs": [1e-4, 1e-3], "probe_lrs": [1e-4, 1e-3, 1e-2, 1e-1], "widen_rates": 0}
+    )
+    summary = summarize(metrics, limits)
     table = summary_markdown(summary, paired_summary(metrics))
-    assert "| 250 | finetune | random | 0.600 (one seed: no spread) | 1 | 30 |" in table
-    assert "| 250 | frozen | byol | 0.600 ± 0.028 | 2 | 30 |" in table
+    row = "| 250 | finetune | random | 0.600 (one seed: no spread) | 1e-04 — 1 on the grid's edge "
+    row += "| 0.300 | 1 | 30 |"  # one epoch each here: no change to show
+    assert row in table
+    assert "| 250 | frozen | byol | 0.600 ± 0.028 | 1e-03 (1), 1e-02 (1) | 0.300 | 2 | 30 |" in table
     # One seed has no interval; two seeds of +0.08 each have a zero-width one: a gain.
     assert "| 250 | finetune | +0.100 | — | — | one seed: no interval | 1 |" in table
     assert "| 250 | frozen | +0.080 | [+0.080, +0.080] | — | gain | 2 |" in table
@@ -570,12 +580,37 @@ def test_cross_validation_picks_the_best_held_out_accuracy_then_the_lower_loss()
         return {"test_acc": scores[lr][0], "test_loss": scores[lr][1]}
 
     chosen, accuracies = cross_validate(
-        list(scores), 10, 3, score_fold, Job(0, ClassifierConfig(), CPU), "lr"
+        list(scores), 10, 3, score_fold, Job(0, ClassifierConfig(widen_rates=0), CPU), "lr"
     )
-    assert chosen == 1e-2 and accuracies == pytest.approx([0.6, 0.8, 0.8])
+    assert chosen == 1e-2 and list(accuracies.values()) == pytest.approx([0.6, 0.8, 0.8])
     for kept, held_out in seen:  # every fold trains on the rest and holds its own rows out
         assert not kept & held_out and kept | held_out == set(range(10))
     assert set().union(*(held for _, held in seen[:3])) == set(range(10))
+
+
+@pytest.mark.parametrize(
+    "best, widen, tried, chosen",
+    [
+        (3e-4, 2, [1e-4, 3e-4, 1e-3], 3e-4),  # inside the grid: nothing more to try
+        (1e-5, 2, [1e-4, 3e-4, 1e-3, 1e-4 / 3, 1e-4 / 9], 1e-4 / 9),  # down two steps, still the edge
+        (2e-4 / 3, 2, [1e-4, 3e-4, 1e-3, 1e-4 / 3], 1e-4),  # one step down, then it is inside
+        (1e-1, 1, [1e-4, 3e-4, 1e-3, 1e-3 * 10 / 3], 1e-3 * 10 / 3),  # up, once at most
+        (1e-5, 0, [1e-4, 3e-4, 1e-3], 1e-4),  # --widen-rates 0: the grid as given
+    ],
+)
+def test_a_rate_chosen_on_the_grids_edge_widens_the_grid(best, widen, tried, chosen):
+    seen = []
+
+    def score(lr):  # held-out accuracy peaks at `best` (on a log scale)
+        seen.append(lr)
+        return -abs(math.log(lr / best)), 0.0
+
+    scores = widened_grid([1e-4, 3e-4, 1e-3], score, widen)
+    assert seen == pytest.approx(tried) and max(scores, key=scores.__getitem__) == pytest.approx(chosen)
+    # The farthest widened_grid can reach: a choice there is still on the edge of what was tried.
+    assert rate_grid_limits([1e-4, 3e-4, 1e-3], widen) == pytest.approx(
+        (1e-4 / 3**widen, 1e-3 * (10 / 3) ** widen)
+    )
 
 
 def permute_test_labels(out: Path) -> None:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from byol.outputs import prediction_column
-from byol.stats import paired_bootstrap, paired_differences, t_critical, verdict
+from byol.stats import paired_bootstrap, paired_differences, rate_limits, summarize, t_critical, verdict
 
 
 @pytest.mark.parametrize("df, expected", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423)])
@@ -117,3 +117,31 @@ def test_the_bootstrap_resamples_seeds_too():
     byol_flags = [[1] * (500 + gain) + [0] * (500 - gain) for gain in (0, 100, 0, 100)]
     low, high = paired_bootstrap(np.array(byol_flags) == 1, np.array(random_flags) == 1, draws=2000, seed=1)
     assert low < 0.02 and high > 0.08  # mean 0.05; images alone would give about ±0.02
+
+
+def test_the_summary_says_whether_training_loss_levelled_off_and_which_rates_were_chosen():
+    rows = []
+    for seed, rate in enumerate([1e-3, 1e-3, 1e-2]):
+        for epoch in range(1, 11):  # still falling (random) against flat over the last fifth (byol)
+            for init, loss in (("random", 1.0 - 0.05 * epoch), ("byol", max(0.2, 1.0 - 0.2 * epoch))):
+                rows.append(
+                    {
+                        "init": init,
+                        "mode": "frozen",
+                        "n_labels": 50,
+                        "seed": seed,
+                        "epoch": epoch,
+                        "test_acc": 0.6,
+                        "test_loss": 0.7,
+                        "train_loss": loss,
+                        "backbone_lr": math.nan,
+                        "head_lr": rate,
+                    }
+                )
+    summary = summarize(
+        pd.DataFrame(rows), rate_limits({"probe_lrs": [1e-4, 1e-3, 1e-2], "widen_rates": 1})
+    ).set_index("init")
+    assert summary.loc["random", "train_loss_change"] == pytest.approx(-0.10)  # epochs 8 -> 10
+    assert summary.loc["byol", "train_loss_change"] == pytest.approx(0.0)
+    assert summary.loc["random", "chosen_lrs"] == "1e-03 (2), 1e-02 (1)"
+    assert summary.loc["random", "seeds_on_edge"] == 0  # 1e-2 is the given edge, but 1e-1 could be tried
