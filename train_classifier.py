@@ -155,6 +155,15 @@ def add_rate_flags(group, defaults: ClassifierConfig) -> None:
         "--resume with other values retrains only the frozen runs",
     )
     group.add_argument(
+        "--bn-images",
+        type=non_negative_int,
+        default=defaults.bn_images,
+        help="frozen random backbones: recompute BatchNorm statistics on this many unlabelled images, and "
+        "keep them for a run when its probe scores higher on the validation split than with the initial "
+        f"statistics (default {defaults.bn_images}; 0: never). --resume with another value retrains only "
+        "the frozen runs",
+    )
+    group.add_argument(
         "--widen-rates",
         type=non_negative_int,
         default=defaults.widen_rates,

@@ -22,7 +22,7 @@ from byol.data import Split, read_split
 from byol.device import resolve_precision
 from byol.distributed import Runtime, process_group
 from byol.errors import UserError
-from byol.evaluate import extract_features
+from byol.evaluate import extract_features, recalibrate_batchnorm
 from byol.files import read_csv, read_json, write_csv, write_json
 from byol.finetune import (
     PREDICTIONS_KEY,
@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 def frozen_only_settings(config: ClassifierConfig) -> tuple[str, ...]:
     """Settings only the frozen runs depend on: --resume with other values retrains those runs and
     keeps the rest. With --lp-ft the fine-tuning runs start from the probe, so none."""
-    return () if config.lp_ft else ("probe_lrs",)
+    return () if config.lp_ft else ("probe_lrs", "bn_images")
 
 
 def check_labelled(split: Split, config: ClassifierConfig, world_size: int) -> None:
@@ -201,8 +201,10 @@ class Grid:
     # --cv-every-seed (finetune_choice_key): kept from the runs already complete, else chosen when
     # first needed.
     finetune_lrs: dict[tuple, float] = field(default_factory=dict)
-    # Frozen features depend on the backbone only: once per BYOL backbone, once per random seed.
+    # Frozen features depend on the backbone only: once per BYOL backbone, once per random seed (and
+    # once per random seed's recalibrated backbone).
     frozen_features: dict[tuple, dict[int, torch.Tensor]] = field(default_factory=dict)
+    recalibrated: dict[int, nn.Module] = field(default_factory=dict)  # per seed: frozen_random's
 
     @property
     def runs(self) -> list[tuple[int, int, str, str]]:
@@ -243,22 +245,45 @@ class Grid:
             )
         return self.finetune_lrs[choice]
 
-    def frozen_task(self, init: str, seed: int, backbone: nn.Module, train_rows: list[int]) -> Task:
-        """Frozen mode's task: the backbone's features of the run's labelled images and of the test
-        split, each image's computed once per backbone (BYOL's serves every seed)."""
-        lookup = self.frozen_features.setdefault((init,) if init == "byol" else (init, seed), {})
-        test_rows = self.split.indices("test")
-        missing = [row for row in dict.fromkeys(train_rows + test_rows) if row not in lookup]
+    def features(self, key: tuple, backbone: nn.Module, rows: list[int]) -> Examples:
+        """Frozen mode's inputs: `backbone`'s features of cache rows `rows`, each image's computed once
+        per backbone (`key`: BYOL's serves every seed) and kept."""
+        lookup = self.frozen_features.setdefault(key, {})
+        missing = [row for row in dict.fromkeys(rows) if row not in lookup]
         if missing:
             runtime = self.runtime
             backbone = backbone.to(runtime.device, memory_format=runtime.memory_format)
             features = extract_features(backbone, self.images, missing, self.config.image_size, runtime).cpu()
             lookup.update(zip(missing, features))
+        return Examples(torch.stack([lookup[row] for row in rows]), self.labels[rows])
 
-        def of(rows: list[int]) -> Examples:
-            return Examples(torch.stack([lookup[row] for row in rows]), self.labels[rows])
-
-        return Task(of(train_rows), of(test_rows), self.n_classes)
+    def frozen_random(self, seed: int, backbone: nn.Module, train_rows: list[int]) -> tuple[tuple, nn.Module]:
+        """The frozen random backbone a run's probe trains on, and its features' key: as initialised, or
+        with its BatchNorm statistics recomputed on --bn-images unlabelled images (recalibrate_batchnorm)
+        when a probe on the run's labelled images scores higher with them on the validation split. The
+        test split plays no part; without validation or unlabelled images, as initialised."""
+        config, runtime = self.config, self.runtime
+        validation, unlabelled = self.split.indices("validation"), self.split.indices("unlabelled")
+        plain = (("random", seed), backbone)
+        if not (config.bn_images and validation and unlabelled):
+            return plain
+        if seed not in self.recalibrated:
+            order = torch.randperm(len(unlabelled), generator=torch.Generator().manual_seed(seed))
+            rows = [unlabelled[i] for i in order[: config.bn_images].tolist()]
+            copy = make_backbone("random", seed, None).to(runtime.device, memory_format=runtime.memory_format)
+            self.recalibrated[seed] = recalibrate_batchnorm(
+                copy, self.images, rows, config.image_size, runtime
+            )
+        recalibrated = (("random", seed, "bn"), self.recalibrated[seed])
+        scores = []
+        for key, candidate in (plain, recalibrated):
+            task = Task(
+                self.features(key, candidate, train_rows),
+                self.features(key, candidate, validation),
+                self.n_classes,
+            )
+            scores.append(train_probe(task, Job(seed, config, runtime))[-1]["test_acc"])
+        return recalibrated if scores[1] > scores[0] else plain
 
     def train(self, run: tuple[int, int, str, str], train_rows: list[int], progress: tqdm) -> list[dict]:
         """One run's metrics rows, each with its init, mode, seed and number of labelled images;
@@ -270,17 +295,29 @@ class Grid:
             config = replace(config, finetune_lrs=[lr])
         backbone = make_backbone(init, seed, self.byol_state)
         job = Job(seed, config, self.runtime, progress)
+        test_rows, recalibrated = self.split.indices("test"), False
         if mode == "frozen":
-            rows = train_probe(self.frozen_task(init, seed, backbone, train_rows), job)
+            key, backbone = (
+                self.frozen_random(seed, backbone, train_rows) if init == "random" else ((init,), backbone)
+            )
+            recalibrated = "bn" in key
+            task = Task(
+                self.features(key, backbone, train_rows),
+                self.features(key, backbone, test_rows),
+                self.n_classes,
+            )
+            rows = train_probe(task, job)
         else:
-            task = Task(self.examples(train_rows), self.examples(self.split.indices("test")), self.n_classes)
-            rows = fine_tune(backbone, task, job)
+            rows = fine_tune(
+                backbone, Task(self.examples(train_rows), self.examples(test_rows), self.n_classes), job
+            )
         labels = {
             "init": init,
             "mode": mode,
             "seed": seed,
             "n_labels": len(train_rows),
             "labelled_set": labelled_set_id(self.split, train_rows),
+            "bn_recalibrated": recalibrated,
         }
         return [{**labels, **row} for row in rows]
 
@@ -298,6 +335,11 @@ def plan_line(grid: Grid, epochs_done: dict[RunKey, int]) -> str:
         if mode == "frozen":
             key = (init,) if init == "byol" else (init, seed)
             own_set = n if config.labelled_sets == "per-seed" and seed else 0  # beside the split's labelled
+            if init == "random" and config.bn_images and key not in work.feature_passes:
+                # recalibrating, then both backbones' features of the validation split and the labelled
+                own_set += (
+                    config.bn_images + len(split.indices("labelled")) + 2 * len(split.indices("validation"))
+                )
             work.feature_passes[key] = work.feature_passes.get(key, n_features) + own_set
             continue
         work.finetune_runs.append(n)

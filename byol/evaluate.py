@@ -60,6 +60,33 @@ def extract_features(
     return torch.cat(features)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(
+    backbone: nn.Module, images: torch.Tensor, indices: Sequence[int], image_size: int, runtime: Runtime
+) -> nn.Module:
+    """`backbone` with every BatchNorm's running mean and variance recomputed, as exact averages over
+    the cache rows `indices` (eval views, in batches of FEATURE_BATCH); the weights are unchanged.
+
+    A random backbone's BatchNorm layers hold their initial statistics (mean 0, variance 1: an
+    identity), so frozen random features pass through unnormalised activations; recomputed on the
+    data, they are what a random network with the data's statistics gives (the fair frozen baseline)."""
+    norms = [module for module in backbone.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches
+    backbone.train()
+    indices = list(indices)
+    for start in range(0, len(indices), FEATURE_BATCH):
+        batch = images[indices[start : start + FEATURE_BATCH]].to(runtime.device, non_blocking=True)
+        batch = eval_view(batch, image_size).contiguous(memory_format=runtime.memory_format)
+        with autocast(runtime.device, runtime.precision):
+            backbone(batch)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    return backbone.eval()
+
+
 def diagnostic_voters(split: Split, n_voters: int) -> list[int]:
     """A fixed, balanced sample of `n_voters` pretraining cache rows, the same number per class.
 

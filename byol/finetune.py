@@ -66,6 +66,9 @@ class ClassifierConfig:
     # Frozen mode: the linear probe's learning rate, one of these per run, chosen by cross-validation
     # on that run's labelled images (choose_probe_lr); a single value is used as it is.
     probe_lrs: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2])
+    # Frozen random backbones: BatchNorm statistics recomputed on this many unlabelled images (0: never),
+    # kept for a run when its probe scores higher on the validation split than with the initial ones.
+    bn_images: int = 2048
     weight_decay: float = 1e-4
     image_size: int = 0  # 0: byol.pt's image size, or PretrainConfig's default without byol.pt
     cache_size: int = 0  # 0: default_cache_size(image_size)

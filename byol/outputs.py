@@ -81,7 +81,17 @@ EPOCH_COLUMNS = [
 CLASSIFIER_CONFIG_FILE = "classifier_config.json"
 CLASSIFIER_METRICS_FILE = "classifier_metrics.csv"
 # labelled_set: a short hash of the run's labelled images (finetune.labelled_set_id)
-CLASSIFIER_METRIC_COLUMNS = ["init", "mode", "seed", "n_labels", "labelled_set", *EPOCH_COLUMNS]
+# bn_recalibrated: a frozen random backbone whose BatchNorm statistics were recomputed on unlabelled
+# images, because that scored higher on the validation split (comparison.Grid.frozen_random)
+CLASSIFIER_METRIC_COLUMNS = [
+    "init",
+    "mode",
+    "seed",
+    "n_labels",
+    "labelled_set",
+    "bn_recalibrated",
+    *EPOCH_COLUMNS,
+]
 CLASSIFIER_SUMMARY_FILE = "classifier_summary.csv"
 PAIRED_FILE = "classifier_paired.csv"
 # Every run's final predicted class per test image: one row per test image (its cache row and label),

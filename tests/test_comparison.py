@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -18,12 +19,12 @@ from torch import nn
 
 from byol import comparison, finetune
 from byol.cache import load_cache
-from byol.comparison import check_labelled, format_summary, run_classifiers
-from byol.data import read_split, splits_fingerprint
+from byol.comparison import check_labelled, format_summary, load_grid, run_classifiers
+from byol.data import Split, read_split, splits_fingerprint
 from byol.demo_images import make_demo_images
 from byol.distributed import Runtime
 from byol.errors import UserError
-from byol.evaluate import extract_features
+from byol.evaluate import eval_view, extract_features, recalibrate_batchnorm
 from byol.finetune import (
     ClassifierConfig,
     Examples,
@@ -679,3 +680,54 @@ def test_a_folder_of_three_classes_trains_every_condition(image_folder, tmp_path
     assert result.returncode == 0, result.stderr
     metrics = pd.read_csv(out / "classifier_metrics.csv")
     assert set(metrics["mode"]) == {"finetune", "frozen"} and metrics["test_acc"].between(0, 1).all()
+
+
+def test_recalibrated_batchnorm_holds_the_datas_statistics():
+    images = torch.randint(0, 256, (40, 3, 36, 36), dtype=torch.uint8)
+    backbone = recalibrate_batchnorm(resnet18_backbone(), images, range(40), 32, CPU)
+    assert not backbone.training
+    with torch.no_grad():
+        first = backbone.conv1(eval_view(images, 32))  # the first BatchNorm's input, all 40 images
+    assert torch.allclose(backbone.bn1.running_mean, first.mean((0, 2, 3)), atol=1e-4)
+    assert backbone.bn1.momentum == resnet18_backbone().bn1.momentum  # restored
+
+
+def test_frozen_random_recalibrates_batchnorm_only_when_the_validation_split_prefers_it(
+    tmp_path, monkeypatch
+):
+    out = write_split(
+        make_demo_images(tmp_path / "images", per_class=24, size=40), tmp_path / "results", 12, 12, 8
+    )
+    config = ClassifierConfig(
+        inits=["random"], modes=["frozen"], epochs=3, batch_size=8, image_size=32, cache_size=36, bn_images=16
+    )
+    grid, _, _ = load_grid(config, out, CPU, resume=False)
+    train_rows = balanced_subset(grid.split, 12, 0, "split")
+    rows_of = Split.indices
+
+    def no_test_rows(self, *splits):  # the choice may read validation, never test
+        assert "test" not in splits
+        return rows_of(self, *splits)
+
+    monkeypatch.setattr(Split, "indices", no_test_rows)
+    key, _ = grid.frozen_random(0, make_backbone("random", 0, None), train_rows)
+    monkeypatch.undo()
+    recalibrated = grid.recalibrated[0]
+    assert recalibrated.bn1.running_var.sub(1).abs().max() > 1e-3  # not the initial statistics
+    validation = grid.split.indices("validation")
+    scores = {}
+    for candidate, backbone in (
+        (("random", 0), make_backbone("random", 0, None)),
+        (("random", 0, "bn"), recalibrated),
+    ):
+        task = Task(
+            grid.features(candidate, backbone, train_rows), grid.features(candidate, backbone, validation), 2
+        )
+        scores[candidate] = train_probe(task, Job(0, grid.config, CPU))[-1]["test_acc"]
+    assert key == (
+        ("random", 0, "bn") if scores[("random", 0, "bn")] > scores[("random", 0)] else ("random", 0)
+    )
+    # --bn-images 0, or a split without validation images: the initial statistics, no choice made.
+    plain = replace(grid, config=replace(grid.config, bn_images=0), recalibrated={})
+    assert plain.frozen_random(0, make_backbone("random", 0, None), train_rows)[0] == ("random", 0)
+    assert not plain.recalibrated
