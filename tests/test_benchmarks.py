@@ -63,8 +63,10 @@ def test_bench_byol_runs_end_to_end_and_prints_the_result_line(image_folder, tmp
     ), last
     assert "variant fp32 contiguous: ratio to fp32 contiguous 1.00" in result.stdout
     # A bf16 peak only where the CPU has bf16 units: emulated, its matmuls alone took 12 s here.
-    peak = next(line for line in result.stdout.splitlines() if line.startswith("matmul peak: "))
+    peak = next(line for line in result.stdout.splitlines() if line.startswith("peak (matmul or conv): "))
     assert ("bf16" in peak) == cpu_has_bf16(), peak
+    # The peak is the faster of a matmul and a convolution: no step can pass it.
+    assert 0 < float(re.search(r"utilisation=([\d.]+)", last).group(1)) <= 1
 
 
 @pytest.mark.slow

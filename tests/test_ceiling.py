@@ -117,7 +117,10 @@ def test_the_report_shows_the_ceiling_and_the_share_of_the_gap_byol_closes(tmp_p
     result = run_script("plot_results.py", "--out-dir", tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = (tmp_path / "summary.md").read_text()
-    assert "| 22498 (all, folder labels) | finetune | random (ceiling) | 0.900 ± 0.014 | 2 | 20 |" in summary
+    assert (
+        "| 22498 (all, folder labels) | finetune | random (ceiling) | 0.900 ± 0.014 | — | — | 2 | 20 |"
+        in summary
+    )
     # 250 labels: random 0.605 (seeds 0.60, 0.61), BYOL − random +0.100 on both seeds; gap 0.900 − 0.605.
     share = 0.100 / (0.900 - 0.605)
     assert f"| 250 | finetune | 0.605 | +0.295 | {share:+.3f} [{share:+.3f}, {share:+.3f}] |" in summary

@@ -87,7 +87,7 @@ def test_four_conditions_same_images_and_columns(pretrained):
     finetune = metrics[metrics["mode"] == "finetune"]
     # One cross-validated rate per init, from the grid, shared by both seeds; frozen runs have none.
     assert (finetune.groupby("init")["backbone_lr"].nunique() == 1).all()
-    assert set(finetune["backbone_lr"]) <= set(ClassifierConfig().finetune_lrs)
+    assert set(finetune["backbone_lr"]) <= reachable_rates(ClassifierConfig().finetune_lrs)
     assert metrics.loc[metrics["mode"] == "frozen", "backbone_lr"].isna().all()
     paired = pd.read_csv(pretrained / "classifier_paired.csv")
     assert set(paired["mode"]) == {"finetune", "frozen"} and (paired["seeds"] == 2).all()
@@ -103,6 +103,17 @@ def test_four_conditions_same_images_and_columns(pretrained):
     assert len(summary) == 4 and (summary["seeds"] == 2).all()
     assert "test_acc" in result.stdout and "byol" in result.stdout
     assert "BYOL - random finetune  n=12" in result.stdout and "(2 paired seeds)" in result.stdout
+
+
+def reachable_rates(grid: list[float], widen: int = ClassifierConfig().widen_rates) -> set[float]:
+    """The rates cross-validation may choose from `grid`: its own, and up to `widen` grid steps past
+    either edge (finetune.widened_grid)."""
+    rates = sorted(grid)
+    low, high = [rates[0]], [rates[-1]]
+    for step in range(widen):
+        low.append(low[-1] * low[-1] / (rates[1] if step == 0 else low[-2]))
+        high.append(high[-1] * high[-1] / (rates[-2] if step == 0 else high[-2]))
+    return set(rates + low + high)
 
 
 def assert_predictions_match_the_metrics(out_dir: Path, metrics: pd.DataFrame) -> None:
@@ -360,7 +371,9 @@ def test_resume_with_other_probe_lrs_retrains_only_the_frozen_runs(pretrained):
     first = pd.read_csv(metrics_path)
     finetune = first[first["mode"] == "finetune"].reset_index(drop=True)
     assert set(finetune["head_lr"]) == {ClassifierConfig().head_lr} and set(finetune["backbone_lr"]) == {1e-3}
-    assert set(first.loc[first["mode"] == "frozen", "head_lr"]) <= set(ClassifierConfig().probe_lrs)
+    assert set(first.loc[first["mode"] == "frozen", "head_lr"]) <= reachable_rates(
+        ClassifierConfig().probe_lrs
+    )
     changed = run_script("train_classifier.py", *args, "--resume", "--probe-lrs", "0.5")
     assert changed.returncode == 0, changed.stderr
     last = pd.read_csv(metrics_path)
