@@ -36,6 +36,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="folder with one sub-folder per class (default: data/PetImages, or data/ with --download)",
     )
+    parser.add_argument(
+        "--unlabelled-dir",
+        type=Path,
+        default=None,
+        help="a folder of images without labels (nested folders allowed, no classes): each image that "
+        "decodes joins the unlabelled split, for pretraining; one with the same bytes as a --data-dir "
+        "image is kept once, as labelled (listed in rejected.csv)",
+    )
     add_out_dir_argument(parser, "where the split is written")
     parser.add_argument(
         "--overwrite",
@@ -103,11 +111,14 @@ def main() -> None:
         workers=args.workers,
         min_size=args.min_size,
         max_pixels=args.max_pixels,
+        unlabelled_dir=args.unlabelled_dir,
     )
     settings = {
         name: getattr(args, name)
         for name in ("n_labelled", "n_validation", "n_test", "seed", "min_size", "max_pixels")
     }
+    if args.unlabelled_dir is not None:
+        settings["unlabelled_dir"] = str(args.unlabelled_dir.resolve())
     save_split(result, image_dir, args.out_dir, settings)
     print(summary_table(result))
     print(f"wrote {args.out_dir / SPLITS_FILE} in {time.perf_counter() - started:.1f} s")

@@ -36,7 +36,7 @@ from byol.cli import (
     run_stage,
 )
 from byol.comparison import GridWork, grid_seconds, measure_grid_speed
-from byol.data import SPLIT_CONFIG_FILE, read_split
+from byol.data import SPLIT_CONFIG_FILE, labelled_rows, read_split
 from byol.device import resolve_precision
 from byol.distributed import Runtime, process_group
 from byol.errors import UserError
@@ -92,7 +92,7 @@ def resolved_settings(
 def load_run(config: ClassifierConfig, run_dir: Path, runtime: Runtime) -> CeilingRun:
     """The split's images: every non-test row with its folder label, and the test rows."""
     split = read_split(run_dir)
-    train_rows, test_rows = split.indices(*TRAIN_SPLITS), split.indices("test")
+    train_rows, test_rows = labelled_rows(split, *TRAIN_SPLITS), split.indices("test")
     if not test_rows or not train_rows:
         raise UserError(f"{run_dir}: the split needs test and non-test images; re-run data_split.py")
     images = load_cache(split, run_dir, config.cache_size, torch.device("cpu"), runtime.ranks)

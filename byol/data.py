@@ -259,27 +259,42 @@ class SplitResult:
     classes: list[str]
 
 
-def make_split(
-    data_dir: Path, sizes: SplitSizes, *, seed: int, workers: int, min_size: int, max_pixels: int
-) -> SplitResult:
-    """Decode everything under `data_dir` and split the images that decode.
-
-    Six parameters, one per data_split.py flag or group of flags: the split's sizes and seed, the
-    decoding processes, and the two limits an image must meet to be kept; the last four by name.
-    """
-    classes = list_classes(data_dir)
-    paths = list_files(data_dir, classes)
-    decoded = decode_all(data_dir, paths, min_size, max_pixels, workers)
-    table = pd.DataFrame(
+def decoded_table(decoded: list[Decoded], class_names: list[str]) -> pd.DataFrame:
+    """decode_all's results as a table: path, class_name, width, height, format, reason (None: kept)."""
+    return pd.DataFrame(
         {
             "path": [d.path for d in decoded],
-            "class_name": [d.path.split("/", 1)[0] for d in decoded],
+            "class_name": class_names,
             "width": [d.width for d in decoded],
             "height": [d.height for d in decoded],
             "format": [d.image_format for d in decoded],
             "reason": [d.reason for d in decoded],
         }
     )
+
+
+def make_split(
+    data_dir: Path,
+    sizes: SplitSizes,
+    *,
+    seed: int,
+    workers: int,
+    min_size: int,
+    max_pixels: int,
+    unlabelled_dir: Path | None = None,
+) -> SplitResult:
+    """Decode everything under `data_dir` (and `unlabelled_dir`) and split the images that decode.
+
+    One parameter per data_split.py flag or group of flags: the split's sizes and seed, the decoding
+    processes, the two limits an image must meet to be kept, and a folder of unlabelled images
+    (add_unlabelled_folder); all but the first two by name.
+    """
+    classes = list_classes(data_dir)
+    if unlabelled_dir is not None:
+        check_unlabelled_dir(data_dir, unlabelled_dir)
+    paths = list_files(data_dir, classes)
+    decoded = decode_all(data_dir, paths, min_size, max_pixels, workers)
+    table = decoded_table(decoded, [d.path.split("/", 1)[0] for d in decoded])
     table["label"] = table["class_name"].map({name: i for i, name in enumerate(classes)})
     is_kept = table["reason"].isna()
     rejected = table.loc[~is_kept, ["path", "class_name", "reason"]].reset_index(drop=True)
@@ -298,14 +313,76 @@ def make_split(
         )
     splits = assign_splits(kept, classes, sizes, seed)
     columns = ["path", "label", "class_name", "split", "width", "height", "format"]
-    return SplitResult(splits[columns], rejected, classes)
+    result = SplitResult(splits[columns], rejected, classes)
+    if unlabelled_dir is not None:
+        result = add_unlabelled_folder(result, data_dir, unlabelled_dir, workers, min_size, max_pixels)
+    return result
+
+
+UNLABELLED_LABEL = -1  # the label column of an image from --unlabelled-dir: it has none
+UNLABELLED_CLASS = "(unlabelled folder)"
+
+
+def check_unlabelled_dir(data_dir: Path, unlabelled_dir: Path) -> None:
+    """--unlabelled-dir must be a folder apart from --data-dir: inside it, it would be a class; holding
+    it, every labelled image would be listed twice."""
+    if not unlabelled_dir.is_dir():
+        raise UserError(f"--unlabelled-dir {unlabelled_dir} is not a folder; pass a folder of images")
+    data, unlabelled = data_dir.resolve(), unlabelled_dir.resolve()
+    if unlabelled == data or data in unlabelled.parents or unlabelled in data.parents:
+        raise UserError(
+            f"--unlabelled-dir {unlabelled_dir} and --data-dir {data_dir} overlap (one is or holds the "
+            "other); pass a separate folder that holds only the unlabelled images"
+        )
+    if not any(files for _, _, files in os.walk(unlabelled)):
+        raise UserError(f"--unlabelled-dir {unlabelled_dir} holds no files; point it at a folder of images")
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def add_unlabelled_folder(
+    result: SplitResult, data_dir: Path, unlabelled_dir: Path, workers: int, min_size: int, max_pixels: int
+) -> SplitResult:
+    """`result` with every image under `unlabelled_dir` (nested folders too) that decodes added to the
+    unlabelled split, with no label (UNLABELLED_LABEL) and its absolute path. An image whose bytes
+    are those of a labelled-folder image (any split: test included, which must never be pretrained on)
+    or of an earlier one in the folder is kept once, and the copy listed in rejected.csv."""
+    root = unlabelled_dir.resolve()
+    paths = list_files(
+        root, [p.name for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    )
+    paths += [p.name for p in sorted(root.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    decoded = decode_all(root, sorted(paths), min_size, max_pixels, workers)
+    table = decoded_table(decoded, [UNLABELLED_CLASS] * len(decoded))
+    table["path"] = [(root / path).as_posix() for path in table["path"]]
+    seen = {file_digest(data_dir / path): path for path in result.splits["path"]}
+    reasons = []
+    for path, reason in zip(table["path"], table["reason"]):
+        if reason is None:
+            digest = file_digest(Path(path))
+            if digest in seen:
+                reason = f"duplicate: the same bytes as {seen[digest]}"
+            seen.setdefault(digest, path)
+        reasons.append(reason)
+    table["reason"] = reasons
+    is_kept = table["reason"].isna()
+    if not is_kept.any():
+        found = f"{len(table)} file(s), none usable" if len(table) else "no files"
+        raise UserError(f"--unlabelled-dir {unlabelled_dir}: {found}; point it at a folder of images")
+    kept = table.loc[is_kept].assign(label=UNLABELLED_LABEL, split="unlabelled")
+    splits = pd.concat([result.splits, kept[result.splits.columns]], ignore_index=True)
+    rejected = pd.concat([result.rejected, table.loc[~is_kept, result.rejected.columns]], ignore_index=True)
+    return SplitResult(splits, rejected, result.classes)
 
 
 def summary_table(result: SplitResult) -> str:
     """Per class: found / kept / rejected and the size of each split, as aligned text."""
     header = ["class", "found", "kept", "rejected", *SPLITS]
     rows = []
-    for class_name in [*result.classes, "total"]:
+    extra = [UNLABELLED_CLASS] if (result.splits["class_name"] == UNLABELLED_CLASS).any() else []
+    for class_name in [*result.classes, *extra, "total"]:
         if class_name == "total":
             kept, rejected = result.splits, result.rejected
         else:
@@ -363,6 +440,12 @@ class Split:
     def indices(self, *splits: str) -> list[int]:
         """Row numbers (also cache rows) of the images in the given splits."""
         return self.table.index[self.table["split"].isin(splits)].tolist()
+
+
+def labelled_rows(split: Split, *splits: str) -> list[int]:
+    """Split.indices of the images that have a label: all but those from --unlabelled-dir."""
+    rows = split.indices(*splits)
+    return [row for row, label in zip(rows, split.table.loc[rows, "label"]) if label != UNLABELLED_LABEL]
 
 
 def read_split(out_dir: Path) -> Split:

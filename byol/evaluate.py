@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from byol.augment import normalize_imagenet
-from byol.data import Split, split_rank
+from byol.data import Split, labelled_rows, split_rank
 from byol.device import autocast
 from byol.distributed import Runtime
 from byol.model import BYOL
@@ -96,7 +96,7 @@ def diagnostic_voters(split: Split, n_voters: int) -> list[int]:
     image, labelled and unlabelled alike, so the sample never holds a validation or test image. A
     class with fewer images than its share lowers every class's share, so that the voters stay balanced.
     """
-    table = split.table.loc[split.indices("labelled", "unlabelled")]
+    table = split.table.loc[labelled_rows(split, "labelled", "unlabelled")]
     if n_voters <= 0 or table.empty:
         return []
     per_class_available = table["label"].value_counts().reindex(range(len(split.classes)), fill_value=0)

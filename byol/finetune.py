@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from byol.augment import ViewConfig, make_view
 from byol.cache import check_view_size, default_cache_size
-from byol.data import Split
+from byol.data import Split, labelled_rows
 from byol.device import autocast, grad_scaler
 from byol.distributed import SINGLE_PROCESS, Ranks, Runtime, average_buffers, sync_batchnorm, wrap
 from byol.errors import UserError, first_line
@@ -131,7 +131,7 @@ def labelled_pool(split: Split, seed: int, labelled_sets: str) -> list[int]:
     """
     if labelled_sets == "split" or seed == 0:
         return split.indices("labelled")
-    return split.indices("labelled", "unlabelled")
+    return labelled_rows(split, "labelled", "unlabelled")
 
 
 def balanced_subset(split: Split, n_labels: int, seed: int, labelled_sets: str = "split") -> list[int]:

@@ -344,3 +344,76 @@ def test_durations_read_in_seconds_minutes_or_hours():
     assert [format_duration(s) for s in (0.2, 42, 59.4, 90, 3600, 7500)] == [
         "1 s", "42 s", "59 s", "2 min", "1 h 00 min", "2 h 05 min",
     ]  # fmt: skip
+
+
+def unlabelled_pile(image_folder, labelled):
+    """A folder of unlabelled images, nested, holding copies of two labelled-folder images (one of
+    them in the test split) and one image twice."""
+    pile = image_folder(per_class=6, size=44, name="pile")  # 12 images in two sub-folders: no classes here
+    nested = pile / "square" / "deeper"
+    nested.mkdir()
+    (pile / "square" / "0.jpg").rename(nested / "0.jpg")
+    (pile / "top.jpg").write_bytes((pile / "circle" / "1.jpg").read_bytes())  # a copy inside the pile
+    return pile
+
+
+def test_an_unlabelled_folder_joins_the_unlabelled_split_without_labels(image_folder, tmp_path):
+    folder = image_folder(per_class=12)
+    pile = unlabelled_pile(image_folder, folder)
+    out = tmp_path / "out"
+    args = ["--data-dir", folder, "--out-dir", out, "--n-labelled", 4, "--n-test", 4, "--n-validation", 4]
+    assert run_script("data_split.py", *args, "--workers", 1).returncode == 0
+    test_image = pd.read_csv(out / "splits.csv").query("split == 'test'")["path"].iloc[0]
+    (pile / "copy_of_test.jpg").write_bytes((folder / test_image).read_bytes())
+    result = run_script("data_split.py", *args, "--unlabelled-dir", pile, "--workers", 2, "--overwrite")
+    assert result.returncode == 0, result.stderr
+    splits, rejected = split_files(out)
+    extra = splits[splits["class_name"] == data.UNLABELLED_CLASS]
+    # 12 pile images + its inner copy + the test copy: 12 kept, 2 duplicates reported
+    assert len(extra) == 12 and (extra["split"] == "unlabelled").all()
+    assert (extra["label"] == data.UNLABELLED_LABEL).all()
+    assert any(path.endswith("square/deeper/0.jpg") for path in extra["path"])  # nested folders too
+    duplicates = rejected[rejected["reason"].str.startswith("duplicate")]
+    assert len(duplicates) == 2 and any(test_image in reason for reason in duplicates["reason"])
+    # The labelled folder's split is the one it had without the pile.
+    labelled_part = splits[splits["class_name"] != data.UNLABELLED_CLASS]
+    assert len(labelled_part) == 24 and (labelled_part["split"] == "test").sum() == 4
+    assert data.UNLABELLED_CLASS in result.stdout  # its own row in the summary table
+    split = read_split(out)  # later stages find every image, by its absolute path
+    assert len(split.indices("unlabelled")) == 12 + 12
+    # Images without a label are never drawn as labelled ones, nor as the diagnostic k-NN's voters.
+    from byol.evaluate import diagnostic_voters
+    from byol.finetune import balanced_subset
+
+    for seed in range(1, 4):
+        drawn = balanced_subset(split, 4, seed, "per-seed")
+        assert (split.table.loc[drawn, "label"] >= 0).all()
+    assert (split.table.loc[diagnostic_voters(split, 100), "label"] >= 0).all()
+
+
+def empty_folder(path):
+    path.mkdir()
+    (path / "notes.txt").write_text("no images here")
+    return path
+
+
+@pytest.mark.parametrize(
+    "unlabelled, message",
+    [
+        (lambda f, t: empty_folder(t / "empty"), "1 file(s), none usable; point it at a folder of images"),
+        (lambda f, t: f, "overlap (one is or holds the other)"),
+        (lambda f, t: f / "circle", "overlap (one is or holds the other)"),
+        (lambda f, t: t / "missing", "is not a folder"),
+        (lambda f, t: (t / "nothing").mkdir() or t / "nothing", "holds no files"),
+    ],
+)
+def test_a_bad_unlabelled_folder_is_one_line_exit_2(image_folder, tmp_path, unlabelled, message):
+    folder = image_folder(per_class=8)
+    args = ["--data-dir", folder, "--out-dir", tmp_path / "out", "--n-labelled", 4, "--n-test", 4]
+    result = run_script(
+        "data_split.py", *args, "--n-validation", 0, "--unlabelled-dir", unlabelled(folder, tmp_path)
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if "error" in line]  # beside the bars
+    assert len(error_lines) == 1 and message in error_lines[0], result.stderr
+    assert not (tmp_path / "out" / "splits.csv").exists()
