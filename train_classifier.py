@@ -28,7 +28,7 @@ from byol.cli import (
 )
 from byol.comparison import format_summary, run_classifiers
 from byol.files import read_csv
-from byol.finetune import LABELLED_SETS, PROBE_FOLDS, ClassifierConfig
+from byol.finetune import LABELLED_SETS, PROBE_FOLDS, SCORE_SPLITS, ClassifierConfig
 from byol.outputs import PAIRED_FILE
 
 
@@ -103,6 +103,13 @@ def add_training_flags(group, defaults: ClassifierConfig) -> None:
         help="px; default: the image size byol.pt was pretrained at",
     )
     group.add_argument("--cache-size", type=non_negative_int, default=defaults.cache_size)
+    group.add_argument(
+        "--score-split",
+        choices=SCORE_SPLITS,
+        default=defaults.score_split,
+        help="the split every run is scored on: test, for a study's final tables; validation, when the "
+        "scores choose something (a recipe, a setting), so that the test split never does",
+    )
     group.add_argument(
         "--eval-every",
         type=positive_int,

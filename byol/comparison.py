@@ -220,7 +220,7 @@ class Grid:
 
     def predictions(self, runs: dict[str, list[int]]) -> pd.DataFrame:
         """classifier_predictions.csv from each run's predicted classes of the test images."""
-        test_rows = self.split.indices("test")
+        test_rows = self.split.indices(self.config.score_split)
         return predictions_table(test_rows, self.labels[test_rows].tolist(), runs)
 
     @property
@@ -295,7 +295,7 @@ class Grid:
             config = replace(config, finetune_lrs=[lr])
         backbone = make_backbone(init, seed, self.byol_state)
         job = Job(seed, config, self.runtime, progress)
-        test_rows, recalibrated = self.split.indices("test"), False
+        test_rows, recalibrated = self.split.indices(config.score_split), False
         if mode == "frozen":
             key, backbone = (
                 self.frozen_random(seed, backbone, train_rows) if init == "random" else ((init,), backbone)
@@ -325,8 +325,8 @@ class Grid:
 def plan_line(grid: Grid, epochs_done: dict[RunKey, int]) -> str:
     """What stage 3 is about to train, and how long that will take at the speed measured here."""
     config, split, runtime = grid.config, grid.split, grid.runtime
-    pending, work = 0, GridWork(n_test=len(split.indices("test")))
-    n_features = len(split.indices("labelled")) + len(split.indices("test"))
+    pending, work = 0, GridWork(n_test=len(split.indices(config.score_split)))
+    n_features = len(split.indices("labelled")) + work.n_test
     for n_labels, seed, init, mode in grid.runs:
         n = len(balanced_subset(split, n_labels, seed, config.labelled_sets))
         if epochs_done.get((init, mode, seed, n)) == config.epochs:
@@ -417,8 +417,12 @@ def load_grid(
         byol_backbone, byol_config = load_byol_backbone(out_dir)
         byol_state = byol_backbone.state_dict()
     config = config.resolved(byol_config)
-    if not split.indices("test"):
-        raise UserError("the split has no test images; re-run data_split.py with --n-test above 0")
+    if not split.indices(config.score_split):
+        flag = "--n-test" if config.score_split == "test" else "--n-validation"
+        raise UserError(
+            f"the split has no {config.score_split} images to score on; re-run data_split.py with {flag} "
+            "above 0"
+        )
     world_size = runtime.ranks.world_size
     check_labelled(split, config, world_size)
     rows = finished_rows(config, out_dir, byol_config, world_size, split.fingerprint) if resume else []
@@ -455,7 +459,7 @@ def _run_classifiers(config: ClassifierConfig, out_dir: Path, runtime: Runtime, 
         for key, done in epochs_done.items()
         if done == config.epochs
     }
-    predicted = kept_predictions(out_dir, grid.split, finished) if rows else {}
+    predicted = kept_predictions(out_dir, grid.split, config.score_split, finished) if rows else {}
     progress = tqdm(grid.runs, desc="classifiers", unit="run", disable=not ranks.is_main)
     for run in progress:
         n_labels, seed, init, mode = run
@@ -480,14 +484,16 @@ def _run_classifiers(config: ClassifierConfig, out_dir: Path, runtime: Runtime, 
     return summary
 
 
-def kept_predictions(out_dir: Path, split: Split, finished: set[str]) -> dict[str, list[int]]:
+def kept_predictions(
+    out_dir: Path, split: Split, score_split: str, finished: set[str]
+) -> dict[str, list[int]]:
     """--resume: the earlier classifier_predictions.csv's columns of the runs kept (`finished`), when it
     scored the same test rows; {} without one (a study from before the file: no bootstrap for those)."""
     path = out_dir / PREDICTIONS_FILE
     if not path.is_file():
         return {}
     table = read_csv(path, PREDICTION_INDEX, "start over with --overwrite")
-    if table["row"].tolist() != split.indices("test"):
+    if table["row"].tolist() != split.indices(score_split):
         return {}
     return {column: table[column].tolist() for column in table.columns if column in finished}
 

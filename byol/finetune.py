@@ -76,6 +76,9 @@ class ClassifierConfig:
     # tries up to this many rates past the edge (widened_grid), for both inits and both modes.
     widen_rates: int = 2
     eval_every: int = 1  # test loss/accuracy every N epochs (and always at the last)
+    # The split every run is scored on: the test split for a study's final tables; the validation split
+    # where the scores choose something (recipe_search's probes), so that the test split never chooses.
+    score_split: str = "test"
     sync_bn: bool = False  # fine-tuning under torchrun: BatchNorm statistics over the global batch
 
     def check(self) -> None:
@@ -87,6 +90,8 @@ class ClassifierConfig:
                 raise UserError(f"{flag} {rates}: give one or more learning rates above 0")
         if self.finetune_folds < 2:
             raise UserError(f"--finetune-folds {self.finetune_folds}: cross-validation needs 2 or more")
+        if self.score_split not in SCORE_SPLITS:
+            raise UserError(f"--score-split {self.score_split}: choose from {','.join(SCORE_SPLITS)}")
         if self.labelled_sets not in LABELLED_SETS:
             raise UserError(f"--labelled-sets {self.labelled_sets}: choose from {','.join(LABELLED_SETS)}")
         for flag, values, allowed in (("--inits", self.inits, INITS), ("--modes", self.modes, MODES)):
@@ -118,6 +123,7 @@ def images_per_step(world_size: int, finetune: bool) -> int:
 
 
 LABELLED_SETS = ("per-seed", "split")
+SCORE_SPLITS = ("test", "validation")
 
 
 def labelled_pool(split: Split, seed: int, labelled_sets: str) -> list[int]:

@@ -26,6 +26,7 @@ from byol.outputs import (
     BYOL_CONFIG_FILE,
     BYOL_METRIC_COLUMNS,
     BYOL_METRICS_FILE,
+    CLASSIFIER_CONFIG_FILE,
     CLASSIFIER_METRICS_FILE,
     MONITOR_KNNS,
     monitor_split,
@@ -35,20 +36,26 @@ from byol.pretrain import WEIGHTS_FILE, PretrainConfig
 from byol.stats import summarize
 
 RECIPE_FIELDS = [name for name in PretrainConfig.__dataclass_fields__ if name not in ("knn_every", "sync_bn")]
-PROBE = ClassifierConfig(modes=["frozen"], seeds=3, epochs=30)
+# Scored on the validation split: the table chooses a recipe, and the test split never chooses.
+PROBE = ClassifierConfig(modes=["frozen"], seeds=3, epochs=30, score_split="validation")
 
 
 def linear_probe(run_dir: Path, device_name: str) -> pd.DataFrame:
-    """Frozen-backbone test accuracy per init (mean, std over seeds), trained once and then reused."""
+    """Frozen-backbone accuracy per init (mean, std over seeds) and the split it was scored on
+    (PROBE's validation; test for the trials probed before the validation split existed), trained
+    once and then reused."""
     metrics_path = run_dir / CLASSIFIER_METRICS_FILE
     if metrics_path.is_file():
         metrics = read_csv(metrics_path, ["init", "mode"], "delete it to train the probe again")
+        scored_on = read_json(run_dir / CLASSIFIER_CONFIG_FILE, "delete it to train the probe again").get(
+            "score_split", "test"
+        )
         if {"random", "byol"} <= set(metrics[metrics["mode"] == "frozen"]["init"]):
-            return summarize(metrics[metrics["mode"] == "frozen"])
+            return summarize(metrics[metrics["mode"] == "frozen"]), scored_on
     if not (run_dir / WEIGHTS_FILE).is_file():
         raise UserError(f"{run_dir / WEIGHTS_FILE} not found: the linear probe needs the run's weights")
     # A probe cut short (classifier_metrics.csv without both inits) starts over.
-    return run_classifiers(PROBE, run_dir, device_name=device_name, overwrite=True)
+    return run_classifiers(PROBE, run_dir, device_name=device_name, overwrite=True), PROBE.score_split
 
 
 def rank_columns(curve: pd.DataFrame) -> dict:
@@ -89,7 +96,8 @@ def trial_row(run_dir: Path, device_name: str) -> dict:
     remedy = "finish that train_byol.py run again, or leave it out"
     config = read_json(run_dir / BYOL_CONFIG_FILE, remedy)
     curve = read_monitor_table(run_dir / BYOL_METRICS_FILE, BYOL_METRIC_COLUMNS, remedy)
-    probe = linear_probe(run_dir, device_name).set_index("init")
+    probe, scored_on = linear_probe(run_dir, device_name)
+    probe = probe.set_index("init")
     defaults = PretrainConfig()
     return {
         "run": run_dir.name,
@@ -105,6 +113,7 @@ def trial_row(run_dir: Path, device_name: str) -> dict:
         "probe_byol": probe.loc["byol", "test_acc_mean"],
         "probe_byol_std": probe.loc["byol", "test_acc_std"],
         "probe_seeds": int(probe.loc["byol", "seeds"]),
+        "probe_split": scored_on,
     }
 
 

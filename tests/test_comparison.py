@@ -744,3 +744,34 @@ def test_frozen_random_recalibrates_batchnorm_only_when_the_validation_split_pre
     plain = replace(grid, config=replace(grid.config, bn_images=0), recalibrated={})
     assert plain.frozen_random(0, make_backbone("random", 0, None), train_rows)[0] == ("random", 0)
     assert not plain.recalibrated
+
+
+@pytest.mark.slow
+def test_scored_on_validation_a_grid_never_reads_a_test_row(tmp_path, monkeypatch):
+    # recipe_search's probes choose a recipe: scored on the validation split, the test split untouched.
+    out = write_split(
+        make_demo_images(tmp_path / "images", per_class=24, size=40), tmp_path / "results", 12, 12, 8
+    )
+    rows_of = Split.indices
+
+    def no_test_rows(self, *splits):
+        assert "test" not in splits, "a choosing run read the test split"
+        return rows_of(self, *splits)
+
+    monkeypatch.setattr(Split, "indices", no_test_rows)
+    config = ClassifierConfig(
+        inits=["random"],
+        seeds=1,
+        epochs=2,
+        batch_size=8,
+        image_size=32,
+        cache_size=36,
+        finetune_lrs=[1e-3],
+        score_split="validation",
+        bn_images=16,
+    )
+    run_classifiers(config, out, device_name="cpu")
+    monkeypatch.undo()
+    predictions = pd.read_csv(out / "classifier_predictions.csv")
+    assert predictions["row"].tolist() == read_split(out).indices("validation")
+    assert json.loads((out / "classifier_config.json").read_text())["score_split"] == "validation"
