@@ -41,6 +41,7 @@ from byol.report import (
     curve_markdown,
     pretraining_markdown,
     read_ceiling,
+    scoring_text,
     settings_markdown,
     stage_seconds,
     summary_markdown,
@@ -123,7 +124,7 @@ def comparison_report(
         written.append(out_dir / "label_efficiency.png")
         plot_label_efficiency(summary, paired, written[-1], ceiling)
     return (
-        summary_markdown(summary, paired, ceiling)
+        summary_markdown(summary, paired, ceiling, scoring_text(classifier_config))
         + sections
         + wall_clock_markdown(stage_seconds(byol_metrics, metrics))
         + settings_markdown(classifier_config or None, byol_config)

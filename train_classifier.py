@@ -28,7 +28,7 @@ from byol.cli import (
 )
 from byol.comparison import format_summary, run_classifiers
 from byol.files import read_csv
-from byol.finetune import LABELLED_SETS, PROBE_FOLDS, SCORE_SPLITS, ClassifierConfig
+from byol.finetune import EVALUATIONS, LABELLED_SETS, PROBE_FOLDS, SCORE_SPLITS, ClassifierConfig
 from byol.outputs import PAIRED_FILE
 
 
@@ -109,6 +109,21 @@ def add_training_flags(group, defaults: ClassifierConfig) -> None:
         default=defaults.score_split,
         help="the split every run is scored on: test, for a study's final tables; validation, when the "
         "scores choose something (a recipe, a setting), so that the test split never does",
+    )
+    group.add_argument(
+        "--evaluation",
+        choices=EVALUATIONS,
+        default=defaults.evaluation,
+        help="test: score every run on --score-split; cv: stratified k-fold cross-validation on each run's "
+        "labelled images (each fold trains on the others, rates chosen on them alone; one repeat per "
+        "seed), for labels too few to hold a test set out; auto (default): test when the split has "
+        "--score-split images, else cv",
+    )
+    group.add_argument(
+        "--eval-folds",
+        type=positive_int,
+        default=defaults.eval_folds,
+        help="--evaluation cv: the folds (every class needs this many labelled images or more)",
     )
     group.add_argument(
         "--eval-every",

@@ -85,12 +85,27 @@ def check_labelled(split: Split, config: ClassifierConfig, world_size: int) -> N
                 f"--n-labels {n_images}: fine-tuning in {world_size} process(es) needs {least} labelled "
                 f"images or more ({MIN_BATCH_SIZE} per process, for BatchNorm)"
             )
+        if config.evaluation == "cv":
+            check_folds(split, n_images, balanced_subset(split, n_labels, 0, config.labelled_sets), config)
+            n_images = cv_training_size(n_images, config.eval_folds)  # what each fold trains on
         if choosing and cv_training_size(n_images, config.finetune_folds) < least:
             raise UserError(
                 f"--n-labels {n_images}: too few to choose the fine-tuning rate by {config.finetune_folds}-"
                 f"fold cross-validation (each fold fine-tunes on {least} images or more); lower "
                 "--finetune-folds or pass one --finetune-lrs value"
             )
+
+
+def check_folds(split: Split, n_images: int, rows: list[int], config: ClassifierConfig) -> None:
+    """--evaluation cv: every class of a run's labelled images has an image for each fold to hold out."""
+    counts = split.table.loc[rows, "label"].value_counts()
+    short = [split.classes[label] for label, count in counts.items() if count < config.eval_folds]
+    if short:
+        raise UserError(
+            f"--n-labels {n_images}: class {', '.join(short)} has fewer labelled images "
+            f"({int(counts.min())}) than the {config.eval_folds} cross-validation folds; lower --eval-folds "
+            "or label more images"
+        )
 
 
 def finetune_choice_key(config: ClassifierConfig, init: str, n_labels: int, seed: int) -> tuple:
@@ -186,6 +201,41 @@ def grid_seconds(speed: GridSpeed, config: ClassifierConfig, global_batch: int, 
 RunKey = tuple  # (init, mode, seed, number of labelled images): one run of the grid
 
 
+def stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> list[list[int]]:
+    """Positions 0..len(labels)-1 dealt into `folds` held-out parts, every class spread evenly: each
+    class's positions in a seeded order, dealt round-robin, the deal running on from class to class so
+    that the parts' sizes differ by one at most."""
+    generator = torch.Generator().manual_seed(seed)
+    parts: list[list[int]] = [[] for _ in range(folds)]
+    dealt = 0
+    for label in sorted(set(labels.tolist())):
+        members = (labels == label).nonzero().flatten()
+        for position in members[torch.randperm(len(members), generator=generator)].tolist():
+            parts[dealt % folds].append(position)
+            dealt += 1
+    return [sorted(part) for part in parts]
+
+
+def pool_folds(fold_runs: list[list[dict]], sizes: list[int]) -> list[dict]:
+    """Cross-validation's metrics rows, epoch by epoch: training loss and accuracy averaged over the
+    folds, held-out loss and accuracy weighted by each fold's held-out images (NaN on the epochs
+    nothing was scored), seconds summed, rates the folds' median."""
+    total = sum(sizes)
+    pooled = []
+    for epoch_rows in zip(*fold_runs):
+        row = dict(epoch_rows[0])
+        for name in ("train_loss", "train_acc"):
+            row[name] = sum(r[name] for r in epoch_rows) / len(epoch_rows)
+        for name in ("test_loss", "test_acc"):
+            row[name] = sum(r[name] * size for r, size in zip(epoch_rows, sizes)) / total
+        row["seconds"] = sum(r["seconds"] for r in epoch_rows)
+        for name in ("head_lr", "backbone_lr"):
+            row[name] = float(torch.tensor([r[name] for r in epoch_rows], dtype=torch.float64).median())
+        row.pop(PREDICTIONS_KEY, None)
+        pooled.append(row)
+    return pooled
+
+
 @dataclass
 class Grid:
     """Stage 3's runs and what they share: the split, its cached images and labels, byol.pt's backbone,
@@ -218,10 +268,10 @@ class Grid:
             for mode in config.modes
         ]
 
-    def predictions(self, runs: dict[str, list[int]]) -> pd.DataFrame:
-        """classifier_predictions.csv from each run's predicted classes of the test images."""
-        test_rows = self.split.indices(self.config.score_split)
-        return predictions_table(test_rows, self.labels[test_rows].tolist(), runs)
+    def predictions(self, runs: dict[str, dict[int, int]]) -> pd.DataFrame:
+        """classifier_predictions.csv from each run's predicted class per scored cache row."""
+        rows = sorted(set().union(*runs.values())) if runs else self.split.indices(self.config.score_split)
+        return predictions_table(rows, self.labels[rows].tolist(), runs)
 
     @property
     def n_classes(self) -> int:
@@ -285,32 +335,71 @@ class Grid:
             scores.append(train_probe(task, Job(seed, config, runtime))[-1]["test_acc"])
         return recalibrated if scores[1] > scores[0] else plain
 
-    def train(self, run: tuple[int, int, str, str], train_rows: list[int], progress: tqdm) -> list[dict]:
-        """One run's metrics rows, each with its init, mode, seed and number of labelled images;
-        `train_rows` are the run's balanced subset (balanced_subset(split, n_labels, seed))."""
+    def fit(
+        self, run: tuple, train_rows: list[int], scored_rows: list[int], lr: float | None, progress: tqdm
+    ) -> tuple[list[dict], bool]:
+        """One classifier trained on cache rows `train_rows` and scored on `scored_rows` (fine-tuned at
+        backbone rate `lr`): its metrics rows, the last with the predicted classes, and whether its
+        frozen random backbone had its BatchNorm statistics recalibrated."""
         n_labels, seed, init, mode = run
-        config = self.config
-        if mode == "finetune":
-            lr = self.finetune_lr(init, n_labels, len(train_rows), seed, progress)
-            config = replace(config, finetune_lrs=[lr])
+        config = replace(self.config, finetune_lrs=[lr]) if mode == "finetune" else self.config
         backbone = make_backbone(init, seed, self.byol_state)
         job = Job(seed, config, self.runtime, progress)
-        test_rows, recalibrated = self.split.indices(config.score_split), False
-        if mode == "frozen":
-            key, backbone = (
-                self.frozen_random(seed, backbone, train_rows) if init == "random" else ((init,), backbone)
-            )
-            recalibrated = "bn" in key
-            task = Task(
-                self.features(key, backbone, train_rows),
-                self.features(key, backbone, test_rows),
-                self.n_classes,
-            )
-            rows = train_probe(task, job)
+        if mode == "finetune":
+            task = Task(self.examples(train_rows), self.examples(scored_rows), self.n_classes)
+            return fine_tune(backbone, task, job), False
+        key, backbone = (
+            self.frozen_random(seed, backbone, train_rows) if init == "random" else ((init,), backbone)
+        )
+        task = Task(
+            self.features(key, backbone, train_rows),
+            self.features(key, backbone, scored_rows),
+            self.n_classes,
+        )
+        return train_probe(task, job), "bn" in key
+
+    def cross_validated(self, run: tuple, train_rows: list[int], progress: tqdm) -> tuple[list[dict], bool]:
+        """--evaluation cv: the run's labelled images in config.eval_folds stratified folds (drawn by
+        its seed); each fold's classifier trains on the others, with its rates chosen on them alone, and
+        predicts its own. The metrics rows pool the folds: training loss and accuracy averaged,
+        held-out loss and accuracy over every labelled image (as test_loss and test_acc), rates the
+        folds' median; the last row's predictions cover every labelled image once."""
+        n_labels, seed, init, mode = run
+        config = self.config
+        fold_runs, sizes, predictions, recalibrated = [], [], {}, False
+        for held in stratified_folds(self.labels[train_rows], config.eval_folds, seed):
+            scored = [train_rows[i] for i in held]
+            kept = [row for row in train_rows if row not in set(scored)]
+            lr = None
+            if mode == "finetune":
+                job = Job(seed, config, self.runtime, progress)
+                lr = choose_finetune_lr(init, self.byol_state, self.examples(kept), self.n_classes, job)
+            rows, fold_recalibrated = self.fit(run, kept, scored, lr, progress)
+            predictions.update(zip(scored, rows[-1].pop(PREDICTIONS_KEY).tolist()))
+            fold_runs.append(rows)
+            sizes.append(len(scored))
+            recalibrated |= fold_recalibrated
+        pooled = pool_folds(fold_runs, sizes)
+        pooled[-1][PREDICTIONS_KEY] = predictions
+        return pooled, recalibrated
+
+    def train(self, run: tuple[int, int, str, str], train_rows: list[int], progress: tqdm) -> list[dict]:
+        """One run's metrics rows, each with its init, mode, seed and number of labelled images;
+        `train_rows` are the run's balanced subset (balanced_subset(split, n_labels, seed)). Scored on
+        config.score_split, or by cross-validation on `train_rows` (--evaluation cv). The last row holds
+        the predicted class per scored cache row, a dict, under PREDICTIONS_KEY."""
+        n_labels, seed, init, mode = run
+        if self.config.evaluation == "cv":
+            rows, recalibrated = self.cross_validated(run, train_rows, progress)
         else:
-            rows = fine_tune(
-                backbone, Task(self.examples(train_rows), self.examples(test_rows), self.n_classes), job
+            lr = (
+                self.finetune_lr(init, n_labels, len(train_rows), seed, progress)
+                if mode == "finetune"
+                else None
             )
+            scored = self.split.indices(self.config.score_split)
+            rows, recalibrated = self.fit(run, train_rows, scored, lr, progress)
+            rows[-1][PREDICTIONS_KEY] = dict(zip(scored, rows[-1][PREDICTIONS_KEY].tolist()))
         labels = {
             "init": init,
             "mode": mode,
@@ -325,8 +414,10 @@ class Grid:
 def plan_line(grid: Grid, epochs_done: dict[RunKey, int]) -> str:
     """What stage 3 is about to train, and how long that will take at the speed measured here."""
     config, split, runtime = grid.config, grid.split, grid.runtime
-    pending, work = 0, GridWork(n_test=len(split.indices(config.score_split)))
-    n_features = len(split.indices("labelled")) + work.n_test
+    folds = config.eval_folds if config.evaluation == "cv" else 1
+    held_out = max(math.ceil(n / folds) for n in config.n_labels) if folds > 1 else 0
+    pending, work = 0, GridWork(n_test=held_out or len(split.indices(config.score_split)))
+    n_features = len(split.indices("labelled")) + (0 if folds > 1 else work.n_test)
     for n_labels, seed, init, mode in grid.runs:
         n = len(balanced_subset(split, n_labels, seed, config.labelled_sets))
         if epochs_done.get((init, mode, seed, n)) == config.epochs:
@@ -341,6 +432,12 @@ def plan_line(grid: Grid, epochs_done: dict[RunKey, int]) -> str:
                     config.bn_images + len(split.indices("labelled")) + 2 * len(split.indices("validation"))
                 )
             work.feature_passes[key] = work.feature_passes.get(key, n_features) + own_set
+            continue
+        if folds > 1:  # each fold trains on the rest, its rate chosen on them
+            n_train = cv_training_size(n, folds)
+            work.finetune_runs += [n_train] * folds
+            if len(config.finetune_lrs) > 1:
+                work.choices.update({(init, n, seed, fold): n_train for fold in range(folds)})
             continue
         work.finetune_runs.append(n)
         key = finetune_choice_key(config, init, n, seed)
@@ -359,8 +456,13 @@ def plan_line(grid: Grid, epochs_done: dict[RunKey, int]) -> str:
     seconds = grid_seconds(speed, config, global_batch, work)
     rates = len(config.finetune_lrs)
     cv = f", {len(work.choices)} fine-tuning rate choices ({rates} rates x {config.finetune_folds} folds)"
+    scoring = (
+        f", each scored by {folds}-fold cross-validation on its labelled images"
+        if folds > 1
+        else f", scored on the {config.score_split} split"
+    )
     return (
-        f"plan: {counts}{cv if work.choices else ''}; {runtime.precision} on {runtime.device}. "
+        f"plan: {counts}{scoring}{cv if work.choices else ''}; {runtime.precision} on {runtime.device}. "
         f"Measured here: {speed.step_seconds:.2f} s per fine-tuning step of {global_batch} and "
         f"{speed.score_images_per_s:.0f} images/s scoring; about {format_duration(seconds)}, finishing "
         f"about {finish_time(seconds)}"
@@ -417,11 +519,13 @@ def load_grid(
         byol_backbone, byol_config = load_byol_backbone(out_dir)
         byol_state = byol_backbone.state_dict()
     config = config.resolved(byol_config)
-    if not split.indices(config.score_split):
+    if config.evaluation == "auto":
+        config = replace(config, evaluation="test" if split.indices(config.score_split) else "cv")
+    if config.evaluation == "test" and not split.indices(config.score_split):
         flag = "--n-test" if config.score_split == "test" else "--n-validation"
         raise UserError(
             f"the split has no {config.score_split} images to score on; re-run data_split.py with {flag} "
-            "above 0"
+            "above 0, or pass --evaluation cv"
         )
     world_size = runtime.ranks.world_size
     check_labelled(split, config, world_size)
@@ -459,7 +563,7 @@ def _run_classifiers(config: ClassifierConfig, out_dir: Path, runtime: Runtime, 
         for key, done in epochs_done.items()
         if done == config.epochs
     }
-    predicted = kept_predictions(out_dir, grid.split, config.score_split, finished) if rows else {}
+    predicted = kept_predictions(out_dir, finished) if rows else {}
     progress = tqdm(grid.runs, desc="classifiers", unit="run", disable=not ranks.is_main)
     for run in progress:
         n_labels, seed, init, mode = run
@@ -470,7 +574,7 @@ def _run_classifiers(config: ClassifierConfig, out_dir: Path, runtime: Runtime, 
         rows = [row for row in rows if (row["init"], row["mode"], row["seed"], row["n_labels"]) != key]
         progress.set_description(f"{init} {mode} seed {seed} n={key[3]}")
         new_rows = grid.train(run, train_rows, progress)
-        predicted[prediction_column(init, mode, key[3], seed)] = new_rows[-1].pop(PREDICTIONS_KEY).tolist()
+        predicted[prediction_column(init, mode, key[3], seed)] = new_rows[-1].pop(PREDICTIONS_KEY)
         rows.extend(new_rows)
         if ranks.is_main:
             write_csv(metrics_path, pd.DataFrame(rows, columns=CLASSIFIER_METRIC_COLUMNS))
@@ -484,18 +588,19 @@ def _run_classifiers(config: ClassifierConfig, out_dir: Path, runtime: Runtime, 
     return summary
 
 
-def kept_predictions(
-    out_dir: Path, split: Split, score_split: str, finished: set[str]
-) -> dict[str, list[int]]:
-    """--resume: the earlier classifier_predictions.csv's columns of the runs kept (`finished`), when it
-    scored the same test rows; {} without one (a study from before the file: no bootstrap for those)."""
+def kept_predictions(out_dir: Path, finished: set[str]) -> dict[str, dict[int, int]]:
+    """--resume: the earlier classifier_predictions.csv's columns of the runs kept (`finished`, trained
+    on the same split: finished_rows checked), as {cache row: predicted class}; {} without one (a study
+    from before the file: no bootstrap for those runs)."""
     path = out_dir / PREDICTIONS_FILE
     if not path.is_file():
         return {}
     table = read_csv(path, PREDICTION_INDEX, "start over with --overwrite")
-    if table["row"].tolist() != split.indices(score_split):
-        return {}
-    return {column: table[column].tolist() for column in table.columns if column in finished}
+    return {
+        column: {int(row): int(value) for row, value in zip(table["row"], table[column]) if value == value}
+        for column in table.columns
+        if column in finished
+    }
 
 
 def format_summary(summary: pd.DataFrame, paired: pd.DataFrame | None = None) -> str:

@@ -79,6 +79,11 @@ class ClassifierConfig:
     # The split every run is scored on: the test split for a study's final tables; the validation split
     # where the scores choose something (recipe_search's probes), so that the test split never chooses.
     score_split: str = "test"
+    # auto: scored on score_split when the split holds any, else cv: stratified k-fold cross-validation
+    # on each run's labelled images (eval_folds folds, one repeat per seed), for a user whose labels are
+    # too few to hold a test set out.
+    evaluation: str = "auto"
+    eval_folds: int = 5
     sync_bn: bool = False  # fine-tuning under torchrun: BatchNorm statistics over the global batch
 
     def check(self) -> None:
@@ -90,6 +95,10 @@ class ClassifierConfig:
                 raise UserError(f"{flag} {rates}: give one or more learning rates above 0")
         if self.finetune_folds < 2:
             raise UserError(f"--finetune-folds {self.finetune_folds}: cross-validation needs 2 or more")
+        if self.evaluation not in EVALUATIONS:
+            raise UserError(f"--evaluation {self.evaluation}: choose from {','.join(EVALUATIONS)}")
+        if self.eval_folds < 2:
+            raise UserError(f"--eval-folds {self.eval_folds}: cross-validation needs 2 or more")
         if self.score_split not in SCORE_SPLITS:
             raise UserError(f"--score-split {self.score_split}: choose from {','.join(SCORE_SPLITS)}")
         if self.labelled_sets not in LABELLED_SETS:
@@ -124,6 +133,7 @@ def images_per_step(world_size: int, finetune: bool) -> int:
 
 LABELLED_SETS = ("per-seed", "split")
 SCORE_SPLITS = ("test", "validation")
+EVALUATIONS = ("auto", "test", "cv")
 
 
 def labelled_pool(split: Split, seed: int, labelled_sets: str) -> list[int]:

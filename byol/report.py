@@ -65,14 +65,31 @@ def read_ceiling(out_dir: Path) -> Ceiling | None:
     )
 
 
-def summary_markdown(summary: pd.DataFrame, paired: pd.DataFrame, ceiling: Ceiling | None = None) -> str:
+def scoring_text(classifier_config: dict) -> str:
+    """What summary.md's "test" means for this comparison: the test split, the validation split, or
+    the held-out folds of a cross-validation on the labelled images."""
+    if classifier_config.get("evaluation") == "cv":
+        folds, seeds = classifier_config.get("eval_folds"), classifier_config.get("seeds")
+        return (
+            f"Scored by {folds}-fold stratified cross-validation on the labelled images, repeated {seeds} "
+            "time(s) (one repeat per seed, the same folds for both inits): no test split was held out, "
+            'so "test" below is each image\'s prediction by the fold that held it out, and the rates were '
+            "chosen inside each fold's training part."
+        )
+    if classifier_config.get("score_split") == "validation":
+        return 'Scored on the validation split (a choosing run): "test" below is validation.'
+    return ""
+
+
+def summary_markdown(
+    summary: pd.DataFrame, paired: pd.DataFrame, ceiling: Ceiling | None = None, scoring: str = ""
+) -> str:
     """summary.md's comparison: the accuracy table, BYOL − random per mode and label count (paired over
     seeds, with its 95 % interval); with the `ceiling`, its row and the share of the gap to it that
     BYOL closes. plot_results.py adds the pretraining, the compute curve, the wall-clock time of each
     stage and the settings."""
-    lines = [
-        "# Random init vs BYOL init",
-        "",
+    lines = ["# Random init vs BYOL init", "", *([scoring, ""] if scoring else [])]
+    lines += [
         "| labels | mode | init | test accuracy (mean ± std) | rate (seeds) | train loss, last-fifth change "
         "| seeds | epochs |",
         "|---:|---|---|---|---|---|---:|---:|",

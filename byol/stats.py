@@ -105,14 +105,22 @@ def bootstrap_bounds(
     predictions: pd.DataFrame | None, mode: str, n_labels: int, seeds: list[int]
 ) -> tuple[float, float]:
     """paired_bootstrap's interval from classifier_predictions.csv's columns of these runs; NaN when a
-    run's column is missing (a study written before the file existed)."""
+    run's column is missing (a study written before the file existed), or when the runs did not all
+    score the same images (cross-validation on each seed's own labelled set)."""
     columns = {
         init: [prediction_column(init, mode, n_labels, seed) for seed in seeds] for init in ("byol", "random")
     }
-    if predictions is None or not all(c in predictions.columns for c in columns["byol"] + columns["random"]):
+    names = columns["byol"] + columns["random"]
+    if predictions is None or not all(c in predictions.columns for c in names):
         return math.nan, math.nan
+    scored = predictions[names].notna()
+    if not scored.all(axis=1).equals(scored.any(axis=1)):
+        return math.nan, math.nan
+    predictions = predictions[scored.all(axis=1)]
     labels = predictions["label"].to_numpy()
-    correct = {init: (predictions[names].to_numpy().T == labels) for init, names in columns.items()}
+    correct = {
+        init: (predictions[names].to_numpy(dtype=float).T == labels) for init, names in columns.items()
+    }
     return paired_bootstrap(correct["byol"], correct["random"])
 
 
@@ -149,11 +157,12 @@ def paired_summary(metrics: pd.DataFrame, predictions: pd.DataFrame | None = Non
     return paired_differences(final_rows(metrics), predictions)
 
 
-def predictions_table(test_rows: list[int], labels: list[int], runs: dict[str, list[int]]) -> pd.DataFrame:
-    """classifier_predictions.csv: one row per test image (cache row, label), a column per run."""
-    table = pd.DataFrame({"row": test_rows, "label": labels})
+def predictions_table(rows: list[int], labels: list[int], runs: dict[str, dict[int, int]]) -> pd.DataFrame:
+    """classifier_predictions.csv: one row per scored image (cache row, label), a column per run (its
+    predicted class; empty where a run did not score that image: cross-validation on per-seed sets)."""
+    table = pd.DataFrame({"row": rows, "label": labels})
     for column in sorted(runs):
-        table[column] = runs[column]
+        table[column] = pd.Series([runs[column].get(row) for row in rows], dtype="Int64")
     return table
 
 
