@@ -12,8 +12,9 @@ Each process then takes --batch-size images per step, so the global batch is N x
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from byol.budget import CPU_SETTING, SETTINGS, duration
+from byol.budget import SETTINGS, duration
 from byol.cli import (
     StageArgumentParser,
     add_batch_and_device_arguments,
@@ -28,7 +29,9 @@ from byol.cli import (
 from byol.device import resolve_device
 from byol.optim import BASE_LR_PER_256, OPTIMIZERS
 from byol.pretrain import COMPILE_MODES, PretrainConfig, RunOptions, pretrain
-from byol.timing import format_duration
+
+# A setting is a file of flags, the defaults of every flag not given (gpu: the library's own defaults).
+SETTING_FILES = {"cpu": Path(__file__).resolve().parent / "configs" / "cpu.args"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -52,8 +55,8 @@ def add_length_flags(group, defaults: PretrainConfig) -> None:
         help="the defaults every flag not given takes. gpu: the reference setting (150 px, batch 256, 100 "
         "epochs); cpu: the long run's recipe (configs/long_byol.args: 64 px, batch 64, LARS eta 0.005, "
         "the predictor at 10x the scheduled rate) "
-        f"sized by --time-budget, {format_duration(CPU_SETTING['time_budget'])} unless given. auto: cpu "
-        "when --device resolves to a CPU, else gpu",
+        "sized by --time-budget, 2 hours unless given: configs/cpu.args, the one place it is written. "
+        "auto: cpu when --device resolves to a CPU, else gpu",
     )
     group.add_argument(
         "--epochs",
@@ -198,12 +201,19 @@ def add_running_flags(group, defaults: PretrainConfig) -> None:
     )
 
 
-def given_flags(argv: list[str] | None) -> set[str]:
-    """The destinations of the flags the command line (and its @files) gives."""
+def flags_in(argv: list[str] | None) -> dict:
+    """The flags a command line (and its @files) gives, by destination, with their values; a flag
+    not given is left out (parsed into a namespace that already holds a marker for every flag)."""
     parser = get_args_parser()
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv)))
+    unset = object()
+    blank = argparse.Namespace(**{name: unset for name in vars(parser.parse_args([]))})
+    return {name: value for name, value in vars(parser.parse_args(argv, blank)).items() if value is not unset}
+
+
+def setting_recipe(setting: str) -> dict:
+    """The flags a setting's file gives (SETTING_FILES; {} for the gpu setting)."""
+    path = SETTING_FILES.get(setting)
+    return flags_in([f"@{path}"]) if path else {}
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, str]:
@@ -214,14 +224,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, str]:
     another --image-size the default cache for it and the paper's blur scaled to it.
     """
     args = get_args_parser().parse_args(argv)
-    given = given_flags(argv)
+    given = flags_in(argv)
     setting = args.setting
     if setting == "auto":
         setting = "cpu" if resolve_device(args.device).type == "cpu" else "gpu"
-    if setting == "cpu":
-        recipe = dict(CPU_SETTING)
-        if args.optimizer != CPU_SETTING["optimizer"]:
-            recipe.pop("lr"), recipe.pop("lars_trust")
+    recipe = setting_recipe(setting)
+    if recipe:
+        if args.optimizer != recipe.get("optimizer", args.optimizer):
+            recipe.pop("lr", None), recipe.pop("lars_trust", None)
         if "image_size" in given:  # the recipe's cache and blur are for its 64 px views
             recipe.pop("cache_size")
             recipe["blur_sigma_min"], recipe["blur_sigma_max"] = (

@@ -24,26 +24,6 @@ from byol.optim import make_optimizer
 from byol.step import Trainer, seeded_generator, step_views, train_step
 
 SETTINGS = ("auto", "gpu", "cpu")
-# train_byol.py --setting cpu: the long run's recipe (configs/long_byol.args: the earlier study's with
-# the predictor at 10x the scheduled rate, the recipe search's choice) with its epochs sized to a time
-# budget. 2 hours: the earlier study's budget (2.5 h in fp32), about 10,000 steps where the CPU has
-# bf16 units and 3,400 where it has not; on the long run's curve 2 hours of bf16 bought a frozen-probe
-# gain of +0.19 at 250 labels (docs/experiments.md).
-CPU_SETTING = {
-    "batch_size": 64,
-    "image_size": 64,
-    "cache_size": 128,
-    "optimizer": "lars",
-    "lr": 0.25,
-    "lars_trust": 0.005,
-    "weight_decay": 1e-5,
-    "tau_base": 0.99,
-    "crop_min_scale": 0.2,
-    "blur_sigma_min": 0.029,
-    "blur_sigma_max": 0.571,
-    "predictor_lr_scale": 10.0,
-    "time_budget": 2 * 3600.0,
-}
 DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
 

@@ -10,11 +10,11 @@ import pytest
 from conftest import TINY_BYOL, assert_one_error_line, run_script
 
 from byol import pretrain as pretrain_module
-from byol.budget import CPU_SETTING, Speed, epochs_for_budget, parse_duration
+from byol.budget import Speed, epochs_for_budget, parse_duration
 from byol.errors import Stopped
 from byol.files import load_torch
 from byol.pretrain import PretrainConfig, RunOptions, pretrain
-from train_byol import parse_args
+from train_byol import parse_args, setting_recipe
 
 TINY = {
     "batch_size": 8,
@@ -67,9 +67,10 @@ def test_a_budgeted_run_fixes_its_epochs_first_and_resumes_exactly(split_dir, tm
 
 
 def test_the_cpu_setting_gives_the_recipe_and_every_flag_given_wins():
+    recipe = setting_recipe("cpu")  # configs/cpu.args
+    assert recipe["time_budget"] == 2 * 3600 and recipe["predictor_lr_scale"] == 10 and len(recipe) == 13
     args, setting = parse_args(["--device", "cpu"])
-    assert setting == "cpu" and args.time_budget == CPU_SETTING["time_budget"]
-    assert {name: getattr(args, name) for name in CPU_SETTING} == CPU_SETTING
+    assert setting == "cpu" and {name: getattr(args, name) for name in recipe} == recipe
     args, _ = parse_args(["--device", "cpu", "--time-budget", "20m", "--batch-size", "32"])
     assert (args.time_budget, args.batch_size, args.image_size) == (1200, 32, 64)
     args, _ = parse_args(["--device", "cpu", "--epochs", "3"])  # an explicit --epochs overrides the budget
@@ -89,7 +90,7 @@ def test_the_cpu_setting_gives_the_recipe_and_every_flag_given_wins():
 
 def test_the_cpu_setting_is_the_long_run_recipe_file():
     args, _ = parse_args(["--device", "cpu", "@configs/long_byol.args"])
-    recipe = {name: value for name, value in CPU_SETTING.items() if name != "time_budget"}
+    recipe = {name: value for name, value in setting_recipe("cpu").items() if name != "time_budget"}
     assert {name: getattr(args, name) for name in recipe} == recipe
     assert args.epochs == 86 and args.time_budget == 0.0  # the file fixes its epochs
 
@@ -106,7 +107,7 @@ def test_the_plan_is_printed_before_the_first_step_and_saved_with_the_setting(sp
     line = result.stderr[plan:].splitlines()[0]
     assert "steps/epoch x 2 epochs = 8 steps of 8 images" in line and "finishing about" in line
     config = json.loads((out / "byol_config.json").read_text())
-    assert config["setting"] == "cpu" and config["tau_base"] == CPU_SETTING["tau_base"]
+    assert config["setting"] == "cpu" and config["tau_base"] == setting_recipe("cpu")["tau_base"]
     # A rerun after the pause says how much is done, before it trains the rest.
     again = run_script("train_byol.py", *args, "--resume")
     assert again.returncode == 0, again.stderr
@@ -151,7 +152,8 @@ def test_stage_3_prints_its_plan_before_the_first_run_and_what_is_done_on_a_reru
     args += ["--image-size", "32", "--device", "cpu"]
     result = run_script("train_classifier.py", *args)
     assert result.returncode == 0, result.stderr
-    plan = result.stderr.index("plan: 4 runs (1 inits x 2 modes x 2 seeds x 1 label counts), 1 fine-tuning")
+    counts = "plan: 4 runs (1 inits x 2 modes x 2 seeds x 1 label counts)"
+    plan = result.stderr.index(f"{counts}, scored on the test split, 1 fine-tuning")
     assert plan < result.stderr.index("random finetune seed 0")
     again = run_script("train_classifier.py", *args, "--resume")
     assert "plan: 4 runs (1 inits x 2 modes x 2 seeds x 1 label counts), 4 already done: nothing left" in (
