@@ -30,8 +30,9 @@ from byol.device import resolve_device
 from byol.optim import BASE_LR_PER_256, OPTIMIZERS
 from byol.pretrain import COMPILE_MODES, PretrainConfig, RunOptions, pretrain
 
-# A setting is a file of flags, the defaults of every flag not given (gpu: the library's own defaults).
-SETTING_FILES = {"cpu": Path(__file__).resolve().parent / "configs" / "cpu.args"}
+# A setting is a file of flags, the defaults of every flag not given (reference: the library's own).
+CONFIGS = Path(__file__).resolve().parent / "configs"
+SETTING_FILES = {"cpu": CONFIGS / "cpu.args", "gpu": CONFIGS / "gpu.args"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -52,11 +53,11 @@ def add_length_flags(group, defaults: PretrainConfig) -> None:
         "--setting",
         choices=SETTINGS,
         default="auto",
-        help="the defaults every flag not given takes. gpu: the reference setting (150 px, batch 256, 100 "
-        "epochs); cpu: the long run's recipe (configs/long_byol.args: 64 px, batch 64, LARS eta 0.005, "
-        "the predictor at 10x the scheduled rate) "
-        "sized by --time-budget, 2 hours unless given: configs/cpu.args, the one place it is written. "
-        "auto: cpu when --device resolves to a CPU, else gpu",
+        help="the defaults every flag not given takes, from a file. cpu: configs/cpu.args, the long run's "
+        "recipe (64 px, batch 64, LARS eta 0.005, the predictor at 10x the scheduled rate) sized by "
+        "--time-budget, 2 hours unless given; gpu: configs/gpu.args, the same recipe scaled to batch 256 "
+        "(the rule is in the file; not yet run on a GPU); reference: the library's defaults (150 px, batch "
+        "256, 100 epochs). auto: cpu when --device resolves to a CPU, else gpu",
     )
     group.add_argument(
         "--epochs",
@@ -242,7 +243,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, str]:
                 setattr(args, name, value)
     if "epochs" in given:
         args.time_budget = 0.0  # an explicit --epochs overrides the budget
-    else:
+    elif args.time_budget or "epochs" not in recipe:
         args.epochs = PretrainConfig.epochs  # a placeholder where a --time-budget sizes the run
     return args, setting
 

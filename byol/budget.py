@@ -23,7 +23,7 @@ from byol.model import BYOL, RESNET18_FEATURES, resnet18_backbone
 from byol.optim import make_optimizer
 from byol.step import Trainer, seeded_generator, step_views, train_step
 
-SETTINGS = ("auto", "gpu", "cpu")
+SETTINGS = ("auto", "gpu", "cpu", "reference")
 DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
 

@@ -24,10 +24,10 @@ from byol.demo_images import make_demo_images
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data" / "PetImages"
 # train_byol.py flags for a pretraining run of a few seconds on the generated images
-# (the library's own defaults, --setting gpu, for every flag not given; the cpu setting has its own tests)
+# (the library's own defaults, --setting reference, for every flag not given; settings have own tests)
 TINY_BYOL = [
     "--setting",
-    "gpu",
+    "reference",
     "--batch-size",
     "8",
     "--image-size",

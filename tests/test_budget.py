@@ -79,13 +79,26 @@ def test_the_cpu_setting_gives_the_recipe_and_every_flag_given_wins():
     assert (args.lr, args.lars_trust) == (0.0, PretrainConfig.lars_trust)
     args, _ = parse_args(["--device", "cpu", "--image-size", "96"])  # cache and blur follow the size
     assert (args.cache_size, args.blur_sigma_min, args.blur_sigma_max) == (0, 0.043, 0.857)
-    args, setting = parse_args(["--device", "cpu", "--setting", "gpu"])  # the reference setting
-    assert setting == "gpu" and (args.image_size, args.batch_size, args.epochs, args.time_budget) == (
+    args, setting = parse_args(["--device", "cpu", "--setting", "reference"])  # the library's defaults
+    assert setting == "reference" and (args.image_size, args.batch_size, args.epochs, args.time_budget) == (
         150,
         256,
         100,
         0.0,
     )
+
+
+def test_the_gpu_setting_is_the_cpu_recipe_scaled_to_its_batch_by_the_written_rule():
+    cpu, gpu = setting_recipe("cpu"), setting_recipe("gpu")
+    scale = gpu["batch_size"] / cpu["batch_size"]
+    assert gpu["lr"] == pytest.approx(cpu["lr"] * scale)  # linear scaling
+    assert gpu["tau_base"] == pytest.approx(cpu["tau_base"] ** scale, abs=5e-4)  # tau^k
+    same = {name for name in cpu if name not in ("batch_size", "lr", "tau_base", "time_budget")}
+    assert {name: gpu[name] for name in same} == {name: cpu[name] for name in same}
+    args, setting = parse_args(["--setting", "gpu"])
+    assert (setting, args.epochs, args.time_budget, args.batch_size) == ("gpu", 97, 0.0, 256)
+    args, _ = parse_args(["--setting", "gpu", "--time-budget", "10m"])  # a budget sizes the run instead
+    assert (args.epochs, args.time_budget) == (PretrainConfig.epochs, 600)
 
 
 def test_the_cpu_setting_is_the_long_run_recipe_file():
@@ -98,7 +111,7 @@ def test_the_cpu_setting_is_the_long_run_recipe_file():
 @pytest.mark.slow
 def test_the_plan_is_printed_before_the_first_step_and_saved_with_the_setting(split_dir):
     out = split_dir()
-    tiny = [flag for flag in TINY_BYOL if flag not in ("--setting", "gpu")]
+    tiny = [flag for flag in TINY_BYOL if flag not in ("--setting", "reference")]
     args = ["--out-dir", out, "--epochs", "2", "--knn-every", "0", *tiny]
     result = run_script("train_byol.py", *args, "--stop-after-epochs", "1")
     assert result.returncode == 0, result.stderr
