@@ -139,8 +139,11 @@ def effective_rank(features: torch.Tensor) -> float:
     About D for features spread evenly over D directions, k when they lie in k of them, 1 when one
     direction carries everything. Computed on centred features: the mean of post-ReLU features is one
     large direction shared by every image, which tells the images apart no better than a constant.
+    NaN for features that are not all finite (a diverged run), rather than an error mid-training.
     """
     features = features.double()
+    if not torch.isfinite(features).all():  # a diverged network: no rank to speak of (svdvals would raise)
+        return math.nan
     singular_values = torch.linalg.svdvals(features - features.mean(0))
     p = singular_values / singular_values.sum().clamp_min(1e-12) + 1e-12
     return torch.exp(-(p * p.log()).sum()).item()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import write_split
@@ -54,3 +56,11 @@ def test_diagnostic_voters_are_balanced_non_test_images_whatever_the_labelled_sp
         # More voters asked for than a class has: every class gives what the smallest one can.
         assert len(diagnostic_voters(split, 1000)) == 2 * 24
     assert diagnostic_voters(splits[4], 0) == []
+
+
+def test_effective_rank_of_diverged_features_is_nan_not_an_error():
+    features = torch.randn(50, 8)
+    features[3, 2] = float("nan")
+    assert math.isnan(effective_rank(features))
+    features[3, 2] = float("inf")
+    assert math.isnan(effective_rank(features))
