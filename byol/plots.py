@@ -356,6 +356,39 @@ def plot_compute_curve(table: pd.DataFrame, path: Path) -> None:
     save_figure(figure, path)
 
 
+RUN_COLOURS = ("#1f78b4", "#e31a1c", "#33a02c", "#6a3d9a")
+
+
+def plot_monitor_overlay(runs: list[tuple[str, pd.DataFrame, int]], path: Path) -> None:
+    """Several pretraining runs' monitors (name, byol_metrics.csv, global batch) against the images
+    each had seen: the diagnostic k-NN at k=20 (left) and the k-NN the labelled split votes (right),
+    each run in its own colour, named with the split its k-NN classified, so that the run-to-run
+    spread can be seen."""
+    figure, axes = new_figure()
+    for (name, metrics, global_batch), colour in zip(runs, RUN_COLOURS):
+        split = monitor_split(metrics.columns)
+        images = metrics["step"] * global_batch
+        for axis, column in zip(axes, (f"{split}_knn_k20", f"{split}_knn_labelled")):
+            scored = metrics[column].notna()
+            axis.plot(
+                images[scored],
+                metrics.loc[scored, column],
+                marker=".",
+                color=colour,
+                label=f"{name} ({monitor_label(split).split(' (')[0]})",
+            )
+    titles = ("diagnostic k-NN, k=20 (5,000 pretraining images vote)", "k-NN, the labelled split votes")
+    for axis, title in zip(axes, titles):
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("images seen in pretraining")
+        axis.set_ylabel("k-NN accuracy on the held-out split")
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: short_count(value)))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
 def plot_views(images, views, generator, path: Path) -> None:
     """byol_views.png: a few cached images beside their two augmented views, as pretraining sees them.
 
