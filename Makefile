@@ -82,7 +82,7 @@ study: setup
 		$(BIN)/python train_byol.py --out-dir "$(OUT_DIR)" $(STUDY_BYOL_ARGS) \
 		$(call resume_flag,$(OUT_DIR)/byol_checkpoint.pt)
 	[ -f "$(OUT_DIR)/classifier_summary.csv" ] && [ ! -f "$(OUT_DIR)/ceiling_metrics.csv" ] || \
-		$(BIN)/python -m byol.ceiling "$(OUT_DIR)" --out-dir "$(OUT_DIR)" @configs/ceiling.args \
+		$(BIN)/python experiments/ceiling.py "$(OUT_DIR)" --out-dir "$(OUT_DIR)" @configs/ceiling.args \
 		$(call resume_flag,$(OUT_DIR)/ceiling_metrics.csv)
 	[ -f "$(OUT_DIR)/classifier_summary.csv" ] || \
 		$(BIN)/python train_classifier.py --out-dir "$(OUT_DIR)" $(STUDY_CLASSIFIER_ARGS) \
@@ -107,7 +107,7 @@ recipe-search: setup
 	$(split_if_missing)
 	mkdir -p "$(OUT_DIR)/cache"
 	$(foreach trial,$(TRIALS),$(call run_trial,$(trial)) && ) true
-	$(BIN)/python -m byol.recipe_search $(foreach trial,$(TRIALS),$(call trial_dir,$(trial))) \
+	$(BIN)/python experiments/recipe_search.py $(foreach trial,$(TRIALS),$(call trial_dir,$(trial))) \
 		--out "$(OUT_DIR)/recipe_search.csv"
 
 # Issue 21's long pretraining and everything it feeds, in one resumable command (docs/experiments.md):
@@ -117,7 +117,7 @@ recipe-search: setup
 # step is skipped. LONG_DIR holds the weights, snapshots and image cache: never commit it.
 #   make long-run LONG_DIR=/path/outside/the/checkout
 # `make long-run-report` while it trains (from a second shell): the run's small files so far copied to
-# LONG_OUT, each snapshot so far scored (python -m byol.compute_curve), the report redrawn.
+# LONG_OUT, each snapshot so far scored (python experiments/compute_curve.py), the report redrawn.
 # The study's random-init half needs no weights: trained beforehand with --inits random at the run's
 # sizes (results/long_run/random_half/README.md) and kept in LONG_RANDOM_HALF, it seeds the study,
 # which then trains only the BYOL half (train_classifier.py --resume checks the split and settings).
@@ -135,7 +135,7 @@ define long_run_curve
 mkdir -p "$(LONG_OUT)"
 $(call copy_present,$(LONG_DIR),$(LONG_OUT),$(LONG_COPIED))
 [ -z "$$(ls "$(LONG_DIR)/snapshots" 2>/dev/null)" ] || \
-	$(BIN)/python -m byol.compute_curve "$(LONG_DIR)" --out-dir "$(LONG_OUT)" $(LONG_CURVE_ARGS)
+	$(BIN)/python experiments/compute_curve.py "$(LONG_DIR)" --out-dir "$(LONG_OUT)" $(LONG_CURVE_ARGS)
 endef
 define long_run_report
 $(long_run_curve)

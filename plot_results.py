@@ -67,8 +67,8 @@ def main() -> None:
     if (out_dir / BYOL_METRICS_FILE).is_file():
         remedy = "run train_byol.py again or delete it"
         byol_metrics = read_monitor_table(out_dir / BYOL_METRICS_FILE, BYOL_METRIC_COLUMNS, remedy)
-    if (out_dir / CURVE_FILE).is_file():  # python -m byol.compute_curve's table
-        remedy = "run python -m byol.compute_curve again or delete it"
+    if (out_dir / CURVE_FILE).is_file():  # python experiments/compute_curve.py's table
+        remedy = "run python experiments/compute_curve.py again or delete it"
         curve = read_monitor_table(out_dir / CURVE_FILE, CURVE_COLUMNS, remedy)
     metrics = None  # every input is read before anything is drawn: a damaged one leaves no half report
     if metrics_path.is_file():

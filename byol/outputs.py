@@ -105,12 +105,12 @@ def prediction_column(init: str, mode: str, n_labels: int, seed: int) -> str:
     return f"{init}_{mode}_n{int(n_labels)}_seed{int(seed)}"
 
 
-# python -m byol.ceiling: all non-test images with their folder labels
+# python experiments/ceiling.py: all non-test images with their folder labels
 CEILING_CONFIG_FILE = "ceiling_config.json"
 CEILING_METRICS_FILE = "ceiling_metrics.csv"
 CEILING_COLUMNS = ["seed", "n_train", *EPOCH_COLUMNS]
 
-# python -m byol.compute_curve: each snapshot of a long pretraining, scored
+# python experiments/compute_curve.py: each snapshot of a long pretraining, scored
 CURVE_FILE = "compute_curve.csv"
 CURVE_FIGURE = "compute_curve.png"
 CURVE_COLUMNS = [  # what plot_compute_curve and curve_markdown read

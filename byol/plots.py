@@ -29,7 +29,7 @@ CEILING_COLOUR = "#555555"
 
 @dataclass(frozen=True)
 class Ceiling:
-    """The reference with every label (python -m byol.ceiling): random init fine-tuned on all `n_train`
+    """The reference with every label (python experiments/ceiling.py): random init fine-tuned on all `n_train`
     non-test images with their folder labels; its final test accuracy over `seeds` seeds."""
 
     n_train: int

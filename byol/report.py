@@ -50,7 +50,7 @@ def read_ceiling(out_dir: Path) -> Ceiling | None:
     metrics_path = out_dir / CEILING_METRICS_FILE
     if not metrics_path.is_file():
         return None
-    remedy = f"run python -m byol.ceiling RUN_DIR --out-dir {out_dir} again, or delete it"
+    remedy = f"run python experiments/ceiling.py RUN_DIR --out-dir {out_dir} again, or delete it"
     metrics = read_csv(metrics_path, CEILING_COLUMNS, remedy)
     epochs = read_json(out_dir / CEILING_CONFIG_FILE, remedy)["epochs"]
     final = metrics[metrics["epoch"] == epochs]

@@ -10,16 +10,13 @@ own split, shows how far one long run's curve is from another's.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the byol package, run from anywhere
-
-from byol.cli import run_stage  # noqa: E402
-from byol.errors import UserError  # noqa: E402
-from byol.files import read_json  # noqa: E402
-from byol.outputs import BYOL_CONFIG_FILE, BYOL_METRICS_FILE, read_monitor_table  # noqa: E402
-from byol.plots import RUN_COLOURS, plot_monitor_overlay  # noqa: E402
+from byol.cli import run_stage
+from byol.errors import UserError
+from byol.files import read_json
+from byol.outputs import BYOL_CONFIG_FILE, BYOL_METRICS_FILE, read_monitor_table
+from byol.plots import RUN_COLOURS, plot_monitor_overlay
 
 OVERLAID = ["step", "val_knn_k20", "val_knn_labelled"]  # test_ in runs monitored before the validation split
 

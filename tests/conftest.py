@@ -79,7 +79,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def run_script(script: str, *args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run a stage script (`train_byol.py`, `benchmarks/bench_memory.py`) or a module
-    (`byol.recipe_search`) as a user does, with the same exit status, stdout and stderr (the log
+    (`byol.demo_images`) as a user does, with the same exit status, stdout and stderr (the log
     lines included), but in this process: a new Python process costs seconds of importing torch.
     `run_subprocess` runs it for real, for what only a separate process shows (signals, torchrun)."""
     path = ROOT / script if script.endswith(".py") else None

@@ -79,32 +79,3 @@ def test_bench_memory_prints_measured_and_estimated_memory_and_the_result_line()
         r"RESULT fp32_bytes_per_view_pixel=-?\d+ fp32_runtime_gib=[\d.]+ estimate_vs_measured_max=[\d.]+",
         last,
     ), last
-
-
-@pytest.mark.slow
-def test_carry_study_packs_what_stage_3_reads_and_trains_it_elsewhere(split_dir, tmp_path):
-    from carry_study import shuffle_pack, shuffle_unpack
-
-    run_dir = split_dir(per_class=12, n_labelled=8, n_test=8, n_validation=4)
-    weights = bytes(range(256)) * 41 + b"odd"  # not a multiple of 4 bytes: the tail travels as it is
-    (run_dir / "byol.pt").write_bytes(weights)
-    (run_dir / "byol_config.json").write_text("{}")
-    assert shuffle_unpack(shuffle_pack(weights), len(weights)) == weights
-
-    carry = tmp_path / "carry"
-    result = run_script("benchmarks/carry_study.py", "pack", run_dir, carry)
-    assert result.returncode == 0, result.stderr
-    # Only the labelled and test images travel (8 + 8 of 24); the unlabelled and validation ones stay behind.
-    assert len([path for path in (carry / "data").rglob("*") if path.is_file()]) == 16
-
-    out = tmp_path / "back"
-    flags = ["--inits", "random", "--modes", "frozen", "--seeds", "1", "--n-labels", "8", "--epochs", "1"]
-    flags += ["--image-size", "32", "--cache-size", "36", "--probe-lrs", "0.01", "--device", "cpu"]
-    refused = run_script("benchmarks/carry_study.py", "run", carry, tmp_path / "work", out, *flags)
-    assert refused.returncode != 0 and "--labelled-sets split" in refused.stderr
-    flags += ["--labelled-sets", "split"]
-    result = run_script("benchmarks/carry_study.py", "run", carry, tmp_path / "work", out, *flags)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert (tmp_path / "work" / "byol.pt").read_bytes() == weights
-    summary = pd.read_csv(out / "classifier_summary.csv")
-    assert summary[["init", "mode", "n_labels"]].values.tolist() == [["random", "frozen", 8]]

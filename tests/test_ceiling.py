@@ -1,4 +1,4 @@
-"""The ceiling (byol/ceiling.py): random init fine-tuned on every non-test image; how the report shows it."""
+"""The ceiling (experiments/ceiling.py): random init fine-tuned on every non-test image; its report."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from conftest import assert_one_error_line, run_script
 from byol import finetune, plots
 from byol.outputs import CLASSIFIER_METRIC_COLUMNS
 
-# byol/ceiling.py's columns; the module itself is run as a user runs it (importing it here first would
+# experiments/ceiling.py's columns; the module itself is run as a user runs it (importing it here first would
 # make runpy warn that it runs a second copy).
 CEILING_COLUMNS = (
     "seed n_train epoch train_loss train_acc test_loss test_acc seconds head_lr backbone_lr".split()
@@ -24,7 +24,7 @@ TINY = ["--epochs", "2", "--batch-size", "8", "--image-size", "32", "--device", 
 @pytest.mark.slow
 def test_every_pretraining_image_trains_with_its_folder_label_and_seeds_resume(split_dir, tmp_path):
     run_dir, out = split_dir(per_class=24, n_labelled=8, n_test=16), tmp_path / "out"
-    result = run_script("byol.ceiling", run_dir, "--out-dir", out, "--seeds", "2", *TINY)
+    result = run_script("experiments/ceiling.py", run_dir, "--out-dir", out, "--seeds", "2", *TINY)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "plan: 2 seed(s) x 2 epochs of 24 images" in result.stderr
     assert f"wrote {out / 'ceiling_metrics.csv'}" in result.stderr
@@ -37,29 +37,31 @@ def test_every_pretraining_image_trains_with_its_folder_label_and_seeds_resume(s
     assert final["test_acc"].between(0, 1).all() and (final["backbone_lr"] == 1e-3).all()
     assert final["test_acc"].mul(16).round(6).mod(1).eq(0).all()  # scored on the 16 test images
 
-    again = run_script("byol.ceiling", run_dir, "--out-dir", out, "--seeds", "2", *TINY)
+    again = run_script("experiments/ceiling.py", run_dir, "--out-dir", out, "--seeds", "2", *TINY)
     assert again.returncode == 2 and "--resume" in again.stderr
     assert_one_error_line(again.stderr)
-    more = run_script("byol.ceiling", run_dir, "--out-dir", out, "--seeds", "3", "--resume", *TINY)
+    more = run_script("experiments/ceiling.py", run_dir, "--out-dir", out, "--seeds", "3", "--resume", *TINY)
     assert more.returncode == 0, more.stderr[-2000:]
     assert "plan: 1 seed(s)" in more.stderr
     resumed = pd.read_csv(out / "ceiling_metrics.csv")
     pd.testing.assert_frame_equal(resumed[resumed["seed"] < 2], metrics)  # kept, not trained again
     assert resumed["seed"].tolist()[-2:] == [2, 2]
-    other = run_script("byol.ceiling", run_dir, "--out-dir", out, "--resume", *TINY[2:], "--epochs", "3")
+    other = run_script(
+        "experiments/ceiling.py", run_dir, "--out-dir", out, "--resume", *TINY[2:], "--epochs", "3"
+    )
     assert other.returncode == 2 and "--epochs 2" in other.stderr and "3" in other.stderr
     assert_one_error_line(other.stderr)
     pd.testing.assert_frame_equal(pd.read_csv(out / "ceiling_metrics.csv"), resumed)
     settings = (out / "ceiling_config.json").read_bytes()
     (out / "ceiling_config.json").unlink()
-    lost = run_script("byol.ceiling", run_dir, "--out-dir", out, "--resume", *TINY)
+    lost = run_script("experiments/ceiling.py", run_dir, "--out-dir", out, "--resume", *TINY)
     assert lost.returncode == 2 and "ceiling_config.json is missing" in lost.stderr
     assert_one_error_line(lost.stderr)
     (out / "ceiling_config.json").write_bytes(settings)
     # Finished: resuming trains nothing and needs no images (make study on a clone without them).
     shutil.rmtree(json.loads((run_dir / "split_config.json").read_text())["data_dir"])
     shutil.rmtree(run_dir / "cache")
-    done = run_script("byol.ceiling", run_dir, "--out-dir", out, "--seeds", "3", "--resume", *TINY)
+    done = run_script("experiments/ceiling.py", run_dir, "--out-dir", out, "--seeds", "3", "--resume", *TINY)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "nothing to train" in done.stderr and "wrote" not in done.stdout + done.stderr
 
@@ -75,7 +77,7 @@ def test_the_ceilings_rate_is_chosen_on_the_pretraining_images_and_used(split_di
 
     monkeypatch.setattr(finetune, "choose_finetune_lr", choose)
     args = [run_dir, "--seeds", "2", "--finetune-lrs", "1e-4,1e-3", "--finetune-folds", "2", *TINY]
-    result = run_script("byol.ceiling", *args, "--out-dir", tmp_path)
+    result = run_script("experiments/ceiling.py", *args, "--out-dir", tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "a rate choice (2 rates x 2 folds)" in result.stderr
     splits = pd.read_csv(run_dir / "splits.csv")

@@ -1,4 +1,4 @@
-"""The compute curve (byol/compute_curve.py): every snapshot scored against the same random init."""
+"""The compute curve (experiments/compute_curve.py): every snapshot scored against the same random init."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def snapshot_run(split_dir):
 
 @pytest.mark.slow  # pretrains, then trains probes
 def test_each_snapshot_is_probed_against_one_random_init_and_read_back_on_a_rerun(snapshot_run, tmp_path):
-    result = run_script("byol.compute_curve", snapshot_run, "--out-dir", tmp_path, *PROBE_ARGS)
+    result = run_script("experiments/compute_curve.py", snapshot_run, "--out-dir", tmp_path, *PROBE_ARGS)
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(tmp_path / "compute_curve.csv")
     assert table["epoch"].tolist() == [0, 1, 3]
@@ -54,7 +54,7 @@ def test_each_snapshot_is_probed_against_one_random_init_and_read_back_on_a_reru
     assert (tmp_path / "compute_curve.png").stat().st_size > 10_000
 
     trained = {path: path.stat().st_mtime_ns for path in work.glob("*/classifier_metrics.csv")}
-    again = run_script("byol.compute_curve", snapshot_run, "--out-dir", tmp_path, *PROBE_ARGS)
+    again = run_script("experiments/compute_curve.py", snapshot_run, "--out-dir", tmp_path, *PROBE_ARGS)
     assert again.returncode == 0, again.stderr
     assert {path: path.stat().st_mtime_ns for path in trained} == trained  # nothing trained again
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "compute_curve.csv"), table)
@@ -149,7 +149,7 @@ def test_a_run_without_snapshots_says_which_flag_makes_them(split_dir, tmp_path)
         out,
         RunOptions(device_name="cpu"),
     )
-    result = run_script("byol.compute_curve", out, "--out-dir", tmp_path, *PROBE_ARGS)
+    result = run_script("experiments/compute_curve.py", out, "--out-dir", tmp_path, *PROBE_ARGS)
     assert result.returncode == 2 and "--snapshots log2" in result.stderr
     assert_one_error_line(result.stderr)
     assert not (tmp_path / "compute_curve.csv").exists()

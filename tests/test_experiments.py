@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import matplotlib.image
 import pandas as pd
-from conftest import assert_one_error_line, run_script
+import pytest
+from conftest import ROOT, assert_one_error_line, run_script
+
+sys.path.insert(0, str(ROOT / "experiments"))
 
 
 def monitor_folder(path, split: str, batch: int, k20: list[float]):
@@ -37,3 +41,35 @@ def test_overlay_runs_draws_each_runs_monitor_against_images_seen(tmp_path):
     refused = run_script("experiments/overlay_runs.py", first, second, "--names", "one", "--out", out)
     assert refused.returncode == 2 and "--names" in refused.stderr
     assert_one_error_line(refused.stderr)
+
+
+@pytest.mark.slow
+def test_carry_study_packs_what_stage_3_reads_and_trains_it_elsewhere(split_dir, tmp_path):
+    from carry_study import shuffle_pack, shuffle_unpack
+
+    run_dir = split_dir(per_class=12, n_labelled=8, n_test=8, n_validation=4)
+    weights = bytes(range(256)) * 41 + b"odd"  # not a multiple of 4 bytes: the tail travels as it is
+    (run_dir / "byol.pt").write_bytes(weights)
+    (run_dir / "byol_config.json").write_text("{}")
+    assert shuffle_unpack(shuffle_pack(weights), len(weights)) == weights
+
+    carry = tmp_path / "carry"
+    result = run_script("experiments/carry_study.py", "pack", run_dir, carry)
+    assert result.returncode == 0, result.stderr
+    # Only the labelled and test images travel (8 + 8 of 24); the unlabelled and validation ones stay behind.
+    assert len([path for path in (carry / "data").rglob("*") if path.is_file()]) == 16
+
+    out = tmp_path / "back"
+    flags = ["--inits", "random", "--modes", "frozen", "--seeds", "1", "--n-labels", "8", "--epochs", "1"]
+    flags += ["--image-size", "32", "--cache-size", "36", "--probe-lrs", "0.01", "--device", "cpu"]
+    refused = run_script("experiments/carry_study.py", "run", carry, tmp_path / "work", out, *flags)
+    assert refused.returncode != 0 and "--labelled-sets split" in refused.stderr
+    flags += ["--labelled-sets", "split"]
+    refused = run_script("experiments/carry_study.py", "run", carry, tmp_path / "work", out, *flags)
+    assert refused.returncode != 0 and "--bn-images 0" in refused.stderr
+    flags += ["--bn-images", "0"]
+    result = run_script("experiments/carry_study.py", "run", carry, tmp_path / "work", out, *flags)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "work" / "byol.pt").read_bytes() == weights
+    summary = pd.read_csv(out / "classifier_summary.csv")
+    assert summary[["init", "mode", "n_labels"]].values.tolist() == [["random", "frozen", 8]]

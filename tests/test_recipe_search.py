@@ -1,4 +1,4 @@
-"""The recipe-search table (byol/recipe_search.py): one row per pretraining run, with its linear probe."""
+"""The recipe-search table (experiments/recipe_search.py): one row per pretraining run, with a probe."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def test_one_row_per_run_with_settings_knn_and_probe(split_dir, tmp_path):
         assert result.returncode == 0, result.stderr
         runs.append(run_dir)
     table_path = tmp_path / "recipe_search.csv"
-    result = run_script("byol.recipe_search", *runs, "--out", table_path, "--device", "cpu")
+    result = run_script("experiments/recipe_search.py", *runs, "--out", table_path, "--device", "cpu")
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(table_path)
     assert table["run"].tolist() == ["paper", "strong"]
@@ -45,13 +45,16 @@ def test_one_row_per_run_with_settings_knn_and_probe(split_dir, tmp_path):
     probe_file = runs[0] / "classifier_metrics.csv"
     modified = probe_file.stat().st_mtime_ns
     (runs[0] / "byol.pt").unlink()
-    assert run_script("byol.recipe_search", runs[0], "--out", table_path, "--device", "cpu").returncode == 0
+    assert (
+        run_script("experiments/recipe_search.py", runs[0], "--out", table_path, "--device", "cpu").returncode
+        == 0
+    )
     assert probe_file.stat().st_mtime_ns == modified
 
 
 def test_a_run_without_its_files_is_a_clear_error(split_dir):
     out = split_dir()
-    result = run_script("byol.recipe_search", out, "--out", out / "table.csv")
+    result = run_script("experiments/recipe_search.py", out, "--out", out / "table.csv")
     assert result.returncode == 2 and "byol_config.json not found" in result.stderr
     assert "Traceback" not in result.stderr and not (out / "table.csv").exists()
 
@@ -60,6 +63,6 @@ def test_a_run_without_weights_or_probe_is_a_clear_error(split_dir):
     out = split_dir()
     assert run_script("train_byol.py", "--out-dir", out, "--epochs", "1", *TINY_BYOL).returncode == 0
     (out / "byol.pt").unlink()
-    result = run_script("byol.recipe_search", out, "--out", out / "table.csv")
+    result = run_script("experiments/recipe_search.py", out, "--out", out / "table.csv")
     assert result.returncode == 2 and "byol.pt not found" in result.stderr
     assert "Traceback" not in result.stderr and not (out / "table.csv").exists()

@@ -6,7 +6,7 @@ already holds one (then byol.pt is not needed, so the committed trials redraw th
 and writes one row per run to a CSV, so the pretraining default can be chosen from evidence rather
 than from a single noisy k-NN number.
 
-    python -m byol.recipe_search RUN_DIR [RUN_DIR ...] [--out results/recipe_search.csv]
+    python experiments/recipe_search.py RUN_DIR [RUN_DIR ...] [--out results/recipe_search.csv]
 """
 
 from __future__ import annotations

@@ -6,13 +6,14 @@ more images, a 1.2 GB cache and checkpoints. `pack` copies what stage 3 needs in
 a stage-3 folder from it on the other machine and trains there; the CSVs it writes go back beside the
 long run's, where `make long-run` finds the study done and draws the report.
 
-    python benchmarks/carry_study.py pack RUN_DIR CARRY_DIR
-    python benchmarks/carry_study.py run CARRY_DIR WORK_DIR OUT_DIR [train_classifier.py flags ...]
+    python experiments/carry_study.py pack RUN_DIR CARRY_DIR
+    python experiments/carry_study.py run CARRY_DIR WORK_DIR OUT_DIR [train_classifier.py flags ...]
 
 `run` stands an 8 x 8 grey placeholder in for each unlabelled and validation image (stage 3 never reads
-those rows with --labelled-sets split, which `run` therefore requires: with per-seed sets, seeds 1 and up
-draw their labelled images from the unlabelled ones; the image cache is built for the whole split, whose
-checksum must not change), resumes from
+those rows with --labelled-sets split and --bn-images 0, which `run` therefore requires: with per-seed
+sets, seeds 1 and up draw their labelled images from the unlabelled ones, and the BatchNorm
+recalibration of frozen random backbones reads unlabelled and validation images; the image cache is
+built for the whole split, whose checksum must not change), resumes from
 CARRY_DIR/run/classifier_metrics.csv when an earlier call left one there, and copies the classifier
 CSVs to OUT_DIR as soon as the grid ends or stops (on a time limit, say: `timeout 500 python ...`).
 """
@@ -94,9 +95,15 @@ def placeholder_jpeg() -> bytes:
 
 
 def run(carry: Path, work: Path, out: Path, classifier_args: list[str]) -> int:
-    if " ".join(classifier_args).replace("=", " ").count("--labelled-sets split") != 1:
+    flags = " ".join(classifier_args).replace("=", " ")
+    if flags.count("--labelled-sets split") != 1:
         sys.exit(
             "error: pass --labelled-sets split: the carried folder holds only the split's labelled images"
+        )
+    if flags.count("--bn-images 0") != 1:
+        sys.exit(
+            "error: pass --bn-images 0: recalibrating a frozen random backbone's BatchNorm reads unlabelled "
+            "and validation images, which stay behind (placeholders here)"
         )
     manifest = json.loads((carry / "manifest.json").read_text())
     work.mkdir(parents=True, exist_ok=True)

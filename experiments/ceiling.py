@@ -6,7 +6,7 @@ labels and all of them BYOL closes. Trained as stage 3 fine-tunes (the light aug
 cosine decay, a new linear head at --head-lr) at the view size of RUN_DIR's byol_config.json when there
 is one, and scored on the same held-out test split.
 
-    python -m byol.ceiling RUN_DIR [--out-dir results] [--seeds 2] [--epochs 20] [--finetune-lrs 1e-3]
+    python experiments/ceiling.py RUN_DIR [--out-dir results] [--seeds 2] [--epochs 20] [--finetune-lrs 1e-3]
 
 RUN_DIR: a folder with data_split.py's split (its image cache is built there when missing). With
 several --finetune-lrs the rate is chosen by --finetune-folds-fold cross-validation on the non-test

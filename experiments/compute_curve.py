@@ -8,7 +8,7 @@ labelled images), against the random init on the same seeds: BYOL − random as 
 with its 95 % interval. One classifier folder per snapshot under RUN_DIR/compute_curve/ (resumable:
 a snapshot already scored is read back, not trained again); the random init is trained once.
 
-    python -m byol.compute_curve RUN_DIR [--out-dir results] [--seeds 5] [--n-labels 250]
+    python experiments/compute_curve.py RUN_DIR [--out-dir results] [--seeds 5] [--n-labels 250]
 
 writes compute_curve.csv and compute_curve.png (accuracy against pretraining images seen, log scale,
 the random-init levels as lines, and the hours of pretraining on RUN_DIR's machine on a second axis).
