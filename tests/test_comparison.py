@@ -762,7 +762,7 @@ def test_scored_on_validation_a_grid_never_reads_a_test_row(tmp_path, monkeypatc
     config = ClassifierConfig(
         inits=["random"],
         seeds=1,
-        epochs=2,
+        epochs=1,
         batch_size=8,
         image_size=32,
         cache_size=36,
