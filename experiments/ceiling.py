@@ -9,8 +9,10 @@ is one, and scored on the same held-out test split.
     python experiments/ceiling.py RUN_DIR [--out-dir results] [--seeds 2] [--epochs 20] [--finetune-lrs 1e-3]
 
 RUN_DIR: a folder with data_split.py's split (its image cache is built there when missing). With
-several --finetune-lrs the rate is chosen by --finetune-folds-fold cross-validation on the non-test
-images (seed 0), never on the test split; each candidate costs that many fine-tunings. Writes
+several --finetune-lrs the rate is chosen on the split's validation images (each candidate fine-tunes
+seed 0 for the whole budget; a choice on the grid's edge tries the next rate past it, up to
+--widen-rates times), or, for a split without validation images, by --finetune-folds-fold
+cross-validation on the training images; never on the test split. Writes
 ceiling_metrics.csv (a row per seed and epoch) and ceiling_config.json to --out-dir after every seed;
 --resume keeps the seeds already done. plot_results.py then draws the ceiling in label_efficiency.png
 and adds it to summary.md.
@@ -31,6 +33,7 @@ from byol.cli import (
     StageArgumentParser,
     add_batch_and_device_arguments,
     add_resume_arguments,
+    non_negative_int,
     positive_float,
     positive_int,
     run_stage,
@@ -49,6 +52,7 @@ from byol.finetune import (
     choose_finetune_lr,
     fine_tune,
     make_backbone,
+    widened_grid,
 )
 from byol.outputs import BYOL_CONFIG_FILE, CEILING_COLUMNS, CEILING_CONFIG_FILE, CEILING_METRICS_FILE
 from byol.resume import check_fresh_start, check_resumable
@@ -68,6 +72,7 @@ class CeilingRun:
     test: Examples
     n_classes: int
     runtime: Runtime
+    validation: Examples | None = None  # the split's validation images, which choose the rate
 
 
 def resolved_settings(
@@ -98,7 +103,38 @@ def load_run(config: ClassifierConfig, run_dir: Path, runtime: Runtime) -> Ceili
     images = load_cache(split, run_dir, config.cache_size, torch.device("cpu"), runtime.ranks)
     labels = torch.tensor(split.table["label"].to_numpy())
     examples = Examples(images, labels)
-    return CeilingRun(config, examples[train_rows], examples[test_rows], len(split.classes), runtime)
+    validation_rows = split.indices("validation")
+    validation = examples[validation_rows] if validation_rows else None
+    return CeilingRun(
+        config, examples[train_rows], examples[test_rows], len(split.classes), runtime, validation
+    )
+
+
+def choose_rate(run: CeilingRun, progress: tqdm) -> float:
+    """The backbone rate: with validation images, each candidate (the grid, widened past an edge it
+    chooses: widened_grid) fine-tunes seed 0 on every training image for the whole budget and is scored
+    on the validation split; without, config.finetune_folds-fold cross-validation on the training
+    images. The test split plays no part either way."""
+    config = run.config
+    job = Job(0, config, run.runtime, progress)
+    if run.validation is None:
+        return choose_finetune_lr("random", None, run.train, run.n_classes, job)
+
+    def score(lr: float) -> tuple[float, float]:
+        progress.set_postfix_str(f"choosing the rate on the validation split: {lr:g}")
+        task = Task(run.train, run.validation, run.n_classes)
+        last = fine_tune(make_backbone("random", 0, None), task, job.trial(finetune_lrs=[lr]))[-1]
+        return last["test_acc"], -last["test_loss"]
+
+    scores = widened_grid(config.finetune_lrs, score, config.widen_rates)
+    chosen = max(scores, key=scores.__getitem__)
+    progress.write(
+        "ceiling: fine-tuning lr "
+        + f"{chosen:g}, chosen by validation accuracy ("
+        + ", ".join(f"{lr:g}: {accuracy:.3f}" for lr, (accuracy, _) in sorted(scores.items()))
+        + ")"
+    )
+    return chosen
 
 
 def kept_rows(metrics_path: Path, settings: dict, config: ClassifierConfig, resume: bool) -> list[dict]:
@@ -124,10 +160,15 @@ def plan_line(run: CeilingRun, pending: list[int], choose: bool) -> str:
     speed = measure_grid_speed(run.train, run.n_classes, config, runtime)
     n_train = len(run.train)
     work = GridWork(n_test=len(run.test), finetune_runs=[n_train] * len(pending))
-    if choose:
+    rates = len(config.finetune_lrs)
+    if choose and run.validation is not None:  # each candidate: a whole fine-tuning, scored once
+        work.finetune_runs += [n_train] * rates
+        choice = f" and a rate choice on the validation split ({rates} rates, more past an edge)"
+    elif choose:
         work.choices[("ceiling",)] = n_train
+        choice = f" and a rate choice ({rates} rates x {config.finetune_folds} folds)"
     seconds = grid_seconds(speed, config, config.batch_size * runtime.ranks.world_size, work)
-    choice = f" and a rate choice ({len(config.finetune_lrs)} rates x {config.finetune_folds} folds)" * choose
+    choice = choice if choose else ""
     return (
         f"plan: {len(pending)} seed(s) x {config.epochs} epochs of {n_train} images{choice}, "
         f"{runtime.precision} on {runtime.device}. Measured here: {speed.step_seconds:.2f} s per step of "
@@ -158,8 +199,7 @@ def train_ceiling(config: ClassifierConfig, run_dir: Path, out_dir: Path, args) 
             total=len(pending) * config.epochs, desc="ceiling", unit="epoch", disable=not ranks.is_main
         )
         if choose:
-            job = Job(0, config, runtime, progress)
-            rates = {choose_finetune_lr("random", None, run.train, run.n_classes, job)}
+            rates = {choose_rate(run, progress)}
         run = replace(
             run, config=replace(config, finetune_lrs=[rates.pop()] if rates else config.finetune_lrs)
         )
@@ -193,10 +233,17 @@ def get_args_parser() -> StageArgumentParser:
         "--finetune-lrs",
         type=lambda text: [positive_float(part) for part in text.split(",")],
         default=[1e-3],
-        help="the backbone's AdamW rate; a comma list is chosen by cross-validation on the non-test images",
+        help="the backbone's AdamW rate; a comma list is chosen on the validation split (or by "
+        "cross-validation on the training images, for a split without validation images)",
     )
     parser.add_argument(
         "--finetune-folds", type=positive_int, default=3, help="cross-validation folds for several rates"
+    )
+    parser.add_argument(
+        "--widen-rates",
+        type=non_negative_int,
+        default=ClassifierConfig.widen_rates,
+        help="a rate chosen on the grid's edge: try up to N more past it (0: the grid as given)",
     )
     parser.add_argument("--head-lr", type=positive_float, default=ClassifierConfig.head_lr)
     parser.add_argument(
@@ -220,6 +267,7 @@ def main() -> None:
         batch_size=args.batch_size,
         finetune_lrs=args.finetune_lrs,
         finetune_folds=args.finetune_folds,
+        widen_rates=args.widen_rates,
         head_lr=args.head_lr,
         image_size=args.image_size,
         eval_every=args.eval_every,

@@ -67,8 +67,33 @@ def test_every_pretraining_image_trains_with_its_folder_label_and_seeds_resume(s
 
 
 @pytest.mark.slow
-def test_the_ceilings_rate_is_chosen_on_the_pretraining_images_and_used(split_dir, tmp_path, monkeypatch):
-    run_dir = split_dir(per_class=24, n_labelled=8, n_test=16)
+def test_the_ceilings_rate_is_chosen_on_the_validation_split_never_on_test(split_dir, tmp_path, monkeypatch):
+    run_dir = split_dir(per_class=24, n_labelled=8, n_test=16, n_validation=8)
+    scored = []
+    fine_tune = finetune.fine_tune
+
+    def spy(backbone, task, job):  # which images each fine-tuning is scored on, and at what rate
+        scored.append((len(task.test), job.config.finetune_lrs[0]))
+        return fine_tune(backbone, task, job)
+
+    monkeypatch.setattr(finetune, "fine_tune", spy)
+    args = [run_dir, "--seeds", "1", "--finetune-lrs", "1e-4,1e-3,1e-2", *TINY]
+    result = run_script("experiments/ceiling.py", *args, "--out-dir", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "a rate choice on the validation split (3 rates, more past an edge)" in result.stderr
+    chosen = pd.read_csv(tmp_path / "ceiling_metrics.csv")["backbone_lr"].iloc[0]
+    trials = [rate for n_scored, rate in scored[:-1]]
+    assert all(n_scored == 8 for n_scored, _ in scored[:-1])  # the candidates: scored on validation only
+    assert trials[:3] == [1e-4, 1e-3, 1e-2] and chosen in trials
+    assert scored[-1] == (16, chosen)  # then the seed itself, scored on test at the chosen rate
+    assert f"fine-tuning lr {chosen:g}, chosen by validation accuracy" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_without_validation_the_ceilings_rate_is_chosen_on_the_pretraining_images(
+    split_dir, tmp_path, monkeypatch
+):
+    run_dir = split_dir(per_class=24, n_labelled=8, n_test=16, n_validation=0)
     seen = []
 
     def choose(init, byol_state, train, n_classes, job):  # what the choice is given, and a rate to spot
