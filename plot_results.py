@@ -30,13 +30,8 @@ from byol.outputs import (
     PREDICTIONS_FILE,
     read_monitor_table,
 )
-from byol.plots import (
-    plot_accuracy,
-    plot_compute_curve,
-    plot_label_efficiency,
-    plot_loss_curves,
-    plot_pretraining,
-)
+from byol.plots import plot_accuracy, plot_label_efficiency, plot_loss_curves, plot_pretraining
+from byol.plots_curve import plot_compute_curve
 from byol.report import (
     curve_markdown,
     pretraining_markdown,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from byol.classifier_config import EVALUATIONS, LABELLED_SETS, SCORE_SPLITS
 from byol.cli import (
     StageArgumentParser,
     add_batch_and_device_arguments,
@@ -26,10 +27,11 @@ from byol.cli import (
     positive_int,
     run_stage,
 )
-from byol.comparison import format_summary, run_classifiers
+from byol.comparison import run_classifiers
 from byol.files import read_csv
-from byol.finetune import EVALUATIONS, LABELLED_SETS, PROBE_FOLDS, SCORE_SPLITS, ClassifierConfig
+from byol.finetune import PROBE_FOLDS, ClassifierConfig
 from byol.outputs import PAIRED_FILE
+from byol.report import format_summary
 
 
 def comma_list(text: str) -> list[str]:

@@ -10,18 +10,28 @@ known from the start and --resume stays exact.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
+from byol.checkpoint import TrainState
 from byol.device import MEMORY_FORMAT, grad_scaler
 from byol.evaluate import extract_features
 from byol.model import BYOL, RESNET18_FEATURES, resnet18_backbone
 from byol.optim import make_optimizer
+from byol.pretrain_config import PretrainConfig
 from byol.step import Trainer, seeded_generator, step_views, train_step
+from byol.timing import finish_time, format_duration
+
+if TYPE_CHECKING:
+    from byol.pretrain import Run
+
+log = logging.getLogger(__name__)
 
 SETTINGS = ("auto", "gpu", "cpu", "reference")
 DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
@@ -100,3 +110,39 @@ def measure_speed(run, steps: int = 4, warmup: int = 2, monitor_sample: int = 51
             extract_features(model.backbone, run.images, sample, config.image_size, run.runtime)
         monitor_seconds = (time.perf_counter() - started) * len(watched) / max(1, len(sample))
     return Speed(images_per_s=steps * run.global_batch / seconds, monitor_seconds=monitor_seconds)
+
+
+def fix_epochs(run: Run, speed: Speed, budget_s: float, resumed: bool) -> None:
+    """With a time budget (`budget_s`), a new run trains the number of epochs that fit at the measured
+    speed, the same on every process: fixed now, so the schedules know their end. A resumed run keeps
+    the epochs it started with."""
+    if budget_s and not resumed:
+        epochs = epochs_for_budget(budget_s, speed, run.steps_per_epoch, run.global_batch)
+        ranks = run.ranks
+        epochs = int(ranks.all_reduce_sum(torch.tensor(float(epochs if ranks.is_main else 0))).item())
+        run.config = replace(run.config, epochs=epochs)
+        log.info(f"time budget {format_duration(budget_s)}: {epochs} epochs fit at the measured speed")
+    elif budget_s:
+        log.info("--time-budget: a resumed run keeps the number of epochs it started with")
+
+
+def monitored_after(config: PretrainConfig, epoch: int) -> bool:
+    """Whether the k-NN monitor runs after `epoch` (every --knn-every epochs, and after the last)."""
+    return epoch == config.epochs or bool(config.knn_every and epoch % config.knn_every == 0)
+
+
+def plan_line(run: Run, state: TrainState, speed: Speed) -> str:
+    """What the run is about to do, and how long it will take at the measured speed."""
+    config = run.config
+    steps_left = run.total_steps - state.step
+    epochs_left = config.epochs - state.epoch
+    monitored = sum(monitored_after(config, epoch) for epoch in range(state.epoch + 1, config.epochs + 1))
+    seconds = steps_left * run.global_batch / speed.images_per_s + monitored * speed.monitor_seconds
+    done = f"; {state.step} of {run.total_steps} steps already done" if state.step else ""
+    return (
+        f"plan: {len(run.train_indices)} images, {run.steps_per_epoch} steps/epoch x {config.epochs} epochs "
+        f"= {run.total_steps} steps of {run.global_batch} images, {run.precision} on {run.device}{done}. "
+        f"Measured here: {speed.images_per_s:.1f} images/s and {speed.monitor_seconds:.0f} s per k-NN "
+        f"monitor; {epochs_left} epoch(s) left: about {format_duration(seconds)}, finishing about "
+        f"{finish_time(seconds)}"
+    )

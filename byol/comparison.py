@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -18,94 +17,43 @@ from torch import nn
 from tqdm import tqdm
 
 from byol.cache import load_cache
+from byol.cross_validation import cv_training_size
+from byol.cv_folds import pool_folds, stratified_folds
 from byol.data import Split, read_split
 from byol.device import resolve_precision
 from byol.distributed import Runtime, process_group
 from byol.errors import UserError
 from byol.evaluate import extract_features, recalibrate_batchnorm
-from byol.files import read_csv, read_json, write_csv, write_json
+from byol.files import write_csv, write_json
 from byol.finetune import (
     PREDICTIONS_KEY,
     ClassifierConfig,
     Examples,
     Job,
     Task,
-    balanced_subset,
     choose_finetune_lr,
-    cv_training_size,
     fine_tune,
-    images_per_step,
-    labelled_set_id,
     load_byol_backbone,
     make_backbone,
     train_probe,
 )
-from byol.model import MIN_BATCH_SIZE, resnet18_backbone
+from byol.grid_plan import GridWork, check_labelled, grid_seconds, measure_grid_speed
+from byol.grid_resume import finished_rows, kept_predictions
+from byol.labelled_sets import balanced_subset, labelled_set_id
 from byol.outputs import (
     CLASSIFIER_CONFIG_FILE,
     CLASSIFIER_METRIC_COLUMNS,
     CLASSIFIER_METRICS_FILE,
     CLASSIFIER_SUMMARY_FILE,
     PAIRED_FILE,
-    PREDICTION_INDEX,
     PREDICTIONS_FILE,
     prediction_column,
 )
-from byol.report import mean_and_std, paired_text
-from byol.resume import check_fresh_start, check_resumable
+from byol.resume import check_fresh_start
 from byol.stats import paired_summary, predictions_table, rate_limits, summarize
 from byol.timing import finish_time, format_duration
 
 log = logging.getLogger(__name__)
-
-
-def frozen_only_settings(config: ClassifierConfig) -> tuple[str, ...]:
-    """Settings only the frozen runs depend on: --resume with other values retrains those runs and
-    keeps the rest. With --lp-ft the fine-tuning runs start from the probe, so none."""
-    return () if config.lp_ft else ("probe_lrs", "bn_images")
-
-
-def check_labelled(split: Split, config: ClassifierConfig, world_size: int) -> None:
-    """Before the first run trains, so that no count fails hours into the grid: every class has a
-    labelled image, and every --n-labels gives each fine-tuning process the two images BatchNorm needs."""
-    present = set(split.table.loc[split.indices("labelled"), "label"])
-    missing = [name for label, name in enumerate(split.classes) if label not in present]
-    if missing:
-        raise UserError(
-            f"the split has no labelled image of {', '.join(missing)}; re-run data_split.py with "
-            f"--n-labelled {len(split.classes)} or more"
-        )
-    finetune = "finetune" in config.modes
-    least = images_per_step(world_size, finetune)
-    choosing = finetune and len(config.finetune_lrs) > 1
-    for n_labels in config.n_labels:
-        n_images = len(balanced_subset(split, n_labels, 0, config.labelled_sets))  # raises if impossible
-        if n_images < least:
-            raise UserError(
-                f"--n-labels {n_images}: fine-tuning in {world_size} process(es) needs {least} labelled "
-                f"images or more ({MIN_BATCH_SIZE} per process, for BatchNorm)"
-            )
-        if config.evaluation == "cv":
-            check_folds(split, n_images, balanced_subset(split, n_labels, 0, config.labelled_sets), config)
-            n_images = cv_training_size(n_images, config.eval_folds)  # what each fold trains on
-        if choosing and cv_training_size(n_images, config.finetune_folds) < least:
-            raise UserError(
-                f"--n-labels {n_images}: too few to choose the fine-tuning rate by {config.finetune_folds}-"
-                f"fold cross-validation (each fold fine-tunes on {least} images or more); lower "
-                "--finetune-folds or pass one --finetune-lrs value"
-            )
-
-
-def check_folds(split: Split, n_images: int, rows: list[int], config: ClassifierConfig) -> None:
-    """--evaluation cv: every class of a run's labelled images has an image for each fold to hold out."""
-    counts = split.table.loc[rows, "label"].value_counts()
-    short = [split.classes[label] for label, count in counts.items() if count < config.eval_folds]
-    if short:
-        raise UserError(
-            f"--n-labels {n_images}: class {', '.join(short)} has fewer labelled images "
-            f"({int(counts.min())}) than the {config.eval_folds} cross-validation folds; lower --eval-folds "
-            "or label more images"
-        )
 
 
 def finetune_choice_key(config: ClassifierConfig, init: str, n_labels: int, seed: int) -> tuple:
@@ -136,104 +84,7 @@ def run_classifiers(
         return _run_classifiers(config, Path(out_dir), runtime, resume)
 
 
-@dataclass(frozen=True)
-class GridSpeed:
-    """What stage 3's work costs on this machine: a fine-tuning step of one global batch, and scoring
-    (a backbone's forward pass) per image."""
-
-    step_seconds: float
-    score_images_per_s: float
-
-
-def measure_grid_speed(
-    labelled: Examples, n_classes: int, config: ClassifierConfig, runtime: Runtime
-) -> GridSpeed:
-    """Time a few fine-tuning steps and a scoring pass of a fresh random backbone on the run's own
-    labelled images, batch, size and precision (the global random number generators are left as they were)."""
-    n = min(len(labelled), config.batch_size * runtime.ranks.world_size)
-    job = Job(0, replace(config, epochs=1, eval_every=1, finetune_lrs=[1e-4], lp_ft=False), runtime)
-    with torch.random.fork_rng(devices=[runtime.device] if runtime.device.type == "cuda" else []):
-        backbone = resnet18_backbone()
-        for repeats in (1, 3):  # a warm-up step, then 3 timed steps
-            started = time.perf_counter()
-            rows = torch.arange(repeats * n) % len(labelled)
-            fine_tune(backbone, Task(labelled[rows], labelled[:n], n_classes), job)
-            seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        extract_features(backbone, labelled.inputs, range(n), config.image_size, runtime)
-        score_rate = n / (time.perf_counter() - started)
-    return GridSpeed(max(seconds - n / score_rate, 1e-6) / 3, score_rate)
-
-
-@dataclass
-class GridWork:
-    """What is left of stage 3, in image counts: fine-tuning runs (labelled images each; scored on
-    `n_test` images every eval_every epochs), backbone feature passes (frozen mode: images each, once
-    per random seed and once for BYOL), and fine-tuning rate choices (labelled images each: rates x
-    folds fine-tunings on the folds' rest). The linear probes themselves take seconds: not counted."""
-
-    n_test: int
-    finetune_runs: list[int] = field(default_factory=list)
-    feature_passes: dict[tuple, int] = field(default_factory=dict)
-    choices: dict[tuple, int] = field(default_factory=dict)
-
-
-def grid_seconds(speed: GridSpeed, config: ClassifierConfig, global_batch: int, work: GridWork) -> float:
-    """Estimated seconds of `work` at the measured speed."""
-
-    def finetune_seconds(n_train: int, n_scored: int, evals: int) -> float:
-        steps = config.epochs * math.ceil(n_train / global_batch)
-        return steps * speed.step_seconds + evals * n_scored / speed.score_images_per_s
-
-    epochs = range(1, config.epochs + 1)
-    evals = sum(1 for epoch in epochs if epoch % config.eval_every == 0 or epoch == config.epochs)
-    total = sum(finetune_seconds(n, work.n_test, evals) for n in work.finetune_runs)
-    if config.lp_ft:  # the probe's features first
-        total += sum(work.finetune_runs) / speed.score_images_per_s
-    total += sum(work.feature_passes.values()) / speed.score_images_per_s
-    for n in work.choices.values():
-        held_out = math.ceil(n / config.finetune_folds)
-        folds = config.finetune_folds * len(config.finetune_lrs)
-        total += folds * finetune_seconds(n - held_out, held_out, 1)
-    return total
-
-
 RunKey = tuple  # (init, mode, seed, number of labelled images): one run of the grid
-
-
-def stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> list[list[int]]:
-    """Positions 0..len(labels)-1 dealt into `folds` held-out parts, every class spread evenly: each
-    class's positions in a seeded order, dealt round-robin, the deal running on from class to class so
-    that the parts' sizes differ by one at most."""
-    generator = torch.Generator().manual_seed(seed)
-    parts: list[list[int]] = [[] for _ in range(folds)]
-    dealt = 0
-    for label in sorted(set(labels.tolist())):
-        members = (labels == label).nonzero().flatten()
-        for position in members[torch.randperm(len(members), generator=generator)].tolist():
-            parts[dealt % folds].append(position)
-            dealt += 1
-    return [sorted(part) for part in parts]
-
-
-def pool_folds(fold_runs: list[list[dict]], sizes: list[int]) -> list[dict]:
-    """Cross-validation's metrics rows, epoch by epoch: training loss and accuracy averaged over the
-    folds, held-out loss and accuracy weighted by each fold's held-out images (NaN on the epochs
-    nothing was scored), seconds summed, rates the folds' median."""
-    total = sum(sizes)
-    pooled = []
-    for epoch_rows in zip(*fold_runs):
-        row = dict(epoch_rows[0])
-        for name in ("train_loss", "train_acc"):
-            row[name] = sum(r[name] for r in epoch_rows) / len(epoch_rows)
-        for name in ("test_loss", "test_acc"):
-            row[name] = sum(r[name] * size for r, size in zip(epoch_rows, sizes)) / total
-        row["seconds"] = sum(r["seconds"] for r in epoch_rows)
-        for name in ("head_lr", "backbone_lr"):
-            row[name] = float(torch.tensor([r[name] for r in epoch_rows], dtype=torch.float64).median())
-        row.pop(PREDICTIONS_KEY, None)
-        pooled.append(row)
-    return pooled
 
 
 @dataclass
@@ -469,45 +320,6 @@ def plan_line(grid: Grid, epochs_done: dict[RunKey, int]) -> str:
     )
 
 
-def finished_rows(
-    config: ClassifierConfig, out_dir: Path, byol_config: dict, world_size: int, splits_sha256: str
-) -> list[dict]:
-    """--resume: the metrics rows of the earlier run in `out_dir` that this one keeps.
-
-    Refused (one line) when the earlier run trained on another split or another byol.pt, or with
-    another setting or number of processes; a change of the frozen-only settings keeps the
-    fine-tuning runs only. A random-init-only run (no byol.pt needed) resumes with --inits
-    random,byol: its rows are kept and the BYOL runs added, so the random half of a study can train
-    while the pretraining still runs.
-    """
-    metrics_path, config_path = out_dir / CLASSIFIER_METRICS_FILE, out_dir / CLASSIFIER_CONFIG_FILE
-    if not (metrics_path.is_file() and config_path.is_file()):
-        return []
-    settings = {
-        key: value
-        for key, value in asdict(config).items()
-        if key not in ("inits", "modes", "seeds", "n_labels")
-    }
-    settings["world_size"] = world_size  # with batch_size, fixes the global batch
-    previous = read_json(config_path, "start over with --overwrite")
-    if previous.get("splits_sha256", splits_sha256) != splits_sha256:  # files before 2026-12-05 lack it
-        raise UserError(
-            f"--resume: {metrics_path} was trained on another split (splits.csv's sha256 differs); "
-            "start over with --overwrite"
-        )
-    if (previous.get("byol_config") or byol_config) != byol_config:  # {}: no BYOL runs before
-        raise UserError(
-            f"--resume: {metrics_path} was trained on another pretraining (byol.pt's settings differ); "
-            "start over with --overwrite"
-        )
-    remedy = "resume with the same settings, or start over with --overwrite"
-    changed = check_resumable(metrics_path, previous, settings, remedy, frozen_only_settings(config))
-    rows = read_csv(metrics_path, CLASSIFIER_METRIC_COLUMNS, "start over with --overwrite").to_dict("records")
-    if changed:  # only the linear probes' settings: keep the fine-tuning runs, retrain the probes
-        rows = [row for row in rows if row["mode"] != "frozen"]
-    return rows
-
-
 def load_grid(
     config: ClassifierConfig, out_dir: Path, runtime: Runtime, resume: bool
 ) -> tuple[Grid, dict, list[dict]]:
@@ -586,38 +398,3 @@ def _run_classifiers(config: ClassifierConfig, out_dir: Path, runtime: Runtime, 
         write_csv(out_dir / CLASSIFIER_SUMMARY_FILE, summary)
         write_csv(out_dir / PAIRED_FILE, paired_summary(metrics, grid.predictions(predicted)))
     return summary
-
-
-def kept_predictions(out_dir: Path, finished: set[str]) -> dict[str, dict[int, int]]:
-    """--resume: the earlier classifier_predictions.csv's columns of the runs kept (`finished`, trained
-    on the same split: finished_rows checked), as {cache row: predicted class}; {} without one (a study
-    from before the file: no bootstrap for those runs)."""
-    path = out_dir / PREDICTIONS_FILE
-    if not path.is_file():
-        return {}
-    table = read_csv(path, PREDICTION_INDEX, "start over with --overwrite")
-    return {
-        column: {int(row): int(value) for row, value in zip(table["row"], table[column]) if value == value}
-        for column in table.columns
-        if column in finished
-    }
-
-
-def format_summary(summary: pd.DataFrame, paired: pd.DataFrame | None = None) -> str:
-    """One line per condition: init, mode, labels, test accuracy mean +- std over seeds; then BYOL −
-    random per mode and label count, paired over seeds, with the wider of its two 95 % intervals and
-    what to call it."""
-    lines = []
-    for row in summary.itertuples():
-        accuracy = mean_and_std(row.test_acc_mean, row.test_acc_std)
-        lines.append(
-            f"{row.init:>6} {row.mode:>8}  n={row.n_labels:<4} test_acc {accuracy}  "
-            f"({row.seeds} seed{'s' * (row.seeds > 1)}, {row.epochs} epochs)"
-        )
-    for row in [] if paired is None else paired.itertuples():
-        difference = paired_text(row.diff_mean, row.low, row.high)
-        lines.append(
-            f"BYOL - random {row.mode:>8}  n={row.n_labels:<4} {difference}  {row.verdict} "
-            f"({row.seeds} paired seed{'s' * (row.seeds > 1)})"
-        )
-    return "\n".join(lines)

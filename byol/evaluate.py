@@ -226,3 +226,25 @@ def describe_monitor(monitored: dict[str, float]) -> str:
         f"val_knn_labelled {monitored['val_knn_labelled']:.4f} val_knn_k20 {monitored['val_knn_k20']:.4f} "
         f"val_knn_k200 {monitored['val_knn_k200']:.4f} feature_rank {monitored['feature_rank']:.1f}"
     )
+
+
+def standardizer(train_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and 1/std of the training features; 0 for dimensions constant over them."""
+    mean, std = train_features.mean(0), train_features.std(0, unbiased=False)
+    alive = std > 1e-6 * std.max().clamp_min(1e-12)
+    scale = torch.where(alive, std, torch.inf).reciprocal()  # 1 / inf = 0 for the dead dimensions
+    return mean, scale
+
+
+def standardize(
+    train_features: torch.Tensor, test_features: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both feature sets shifted and scaled per dimension by the training features' mean and std.
+
+    The linear probe's usual first step (a StandardScaler; MAE's BatchNorm without affine): the raw
+    features of a random and a BYOL backbone differ in scale by orders of magnitude, which no single
+    head learning rate suits; unscaled, the head sat on one class for epochs or jumped around.
+    Dimensions constant over the training images (dead ReLUs) carry nothing to learn from: set to zero.
+    """
+    mean, scale = standardizer(train_features)
+    return (train_features - mean) * scale, (test_features - mean) * scale

@@ -7,7 +7,6 @@ fair. Frozen mode computes the backbone's features once (eval mode) and trains o
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -20,16 +19,15 @@ from torch import nn
 from tqdm import tqdm
 
 from byol.augment import ViewConfig, make_view
-from byol.cache import check_view_size, default_cache_size
-from byol.data import Split, labelled_rows
+from byol.classifier_config import ClassifierConfig
+from byol.cross_validation import cross_validate
 from byol.device import autocast, grad_scaler
 from byol.distributed import SINGLE_PROCESS, Ranks, Runtime, average_buffers, sync_batchnorm, wrap
 from byol.errors import UserError, first_line
-from byol.evaluate import eval_view, extract_features
+from byol.evaluate import eval_view, extract_features, standardize, standardizer
 from byol.files import load_torch
-from byol.model import MIN_BATCH_SIZE, MIN_BATCH_SIZE_REASON, RESNET18_FEATURES, resnet18_backbone
-from byol.outputs import INITS, MODES
-from byol.pretrain import WEIGHTS_FILE, PretrainConfig
+from byol.model import MIN_BATCH_SIZE, RESNET18_FEATURES, resnet18_backbone
+from byol.pretrain import WEIGHTS_FILE
 from byol.schedules import lr_at
 from byol.step import backward_step
 
@@ -42,150 +40,10 @@ EVAL_BATCH = 256  # images (or feature rows) scored per forward pass
 PREDICTIONS_KEY = "test_predictions"  # the last metrics row's predicted classes (a tensor, not a column)
 
 
-@dataclass
-class ClassifierConfig:
-    inits: list[str] = field(default_factory=lambda: list(INITS))
-    modes: list[str] = field(default_factory=lambda: list(MODES))
-    seeds: int = 3
-    n_labels: list[int] = field(default_factory=lambda: [0])  # 0: the whole labelled split
-    epochs: int = 30
-    batch_size: int = 32  # per process; the global batch is batch_size x world size
-    # Fine-tuning: the backbone's AdamW learning rate, one of these per (init, label count), chosen by
-    # cross-validation on seed 0's labelled images (choose_finetune_lr); a single value is used as it is.
-    # A fixed 1e-3 moves every weight by about 1e-3 per step, against conv weights of 0.02-0.06: after
-    # a few dozen steps little of a pretrained init is left, so gentler rates are candidates too.
-    finetune_lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])
-    finetune_folds: int = 3  # each fold fine-tunes a whole network: 3 folds cost 0.5x of 5
-    cv_every_seed: bool = False  # choose the fine-tuning rate on every seed's images (x seeds the cost)
-    labelled_sets: str = "per-seed"  # LABELLED_SETS: where each seed's labelled images come from
-    head_lr: float = 1e-2  # the fine-tuned network's linear head (without --lp-ft)
-    # LP-FT (Kumar et al. 2022, arXiv 2202.10054): fit the linear head on the frozen backbone first,
-    # then fine-tune everything at the backbone's rate, head included, so that a random head's large
-    # early gradients do not distort the pretrained features.
-    lp_ft: bool = False
-    # Frozen mode: the linear probe's learning rate, one of these per run, chosen by cross-validation
-    # on that run's labelled images (choose_probe_lr); a single value is used as it is.
-    probe_lrs: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2])
-    # Frozen random backbones: BatchNorm statistics recomputed on this many unlabelled images (0: never),
-    # kept for a run when its probe scores higher on the validation split than with the initial ones.
-    bn_images: int = 2048
-    weight_decay: float = 1e-4
-    image_size: int = 0  # 0: byol.pt's image size, or PretrainConfig's default without byol.pt
-    cache_size: int = 0  # 0: default_cache_size(image_size)
-    # A rate chosen on an edge of its grid tells only that the grid stopped there: cross-validation
-    # tries up to this many rates past the edge (widened_grid), for both inits and both modes.
-    widen_rates: int = 2
-    eval_every: int = 1  # test loss/accuracy every N epochs (and always at the last)
-    # The split every run is scored on: the test split for a study's final tables; the validation split
-    # where the scores choose something (recipe_search's probes), so that the test split never chooses.
-    score_split: str = "test"
-    # auto: scored on score_split when the split holds any, else cv: stratified k-fold cross-validation
-    # on each run's labelled images (eval_folds folds, one repeat per seed), for a user whose labels are
-    # too few to hold a test set out.
-    evaluation: str = "auto"
-    eval_folds: int = 5
-    sync_bn: bool = False  # fine-tuning under torchrun: BatchNorm statistics over the global batch
-
-    def check(self) -> None:
-        """The flags' own checks, before anything is read or trained."""
-        if self.batch_size < MIN_BATCH_SIZE:
-            raise UserError(f"--batch-size {self.batch_size}: {MIN_BATCH_SIZE_REASON}")
-        for flag, rates in (("--probe-lrs", self.probe_lrs), ("--finetune-lrs", self.finetune_lrs)):
-            if not rates or not all(math.isfinite(lr) and lr > 0 for lr in rates):
-                raise UserError(f"{flag} {rates}: give one or more learning rates above 0")
-        if self.finetune_folds < 2:
-            raise UserError(f"--finetune-folds {self.finetune_folds}: cross-validation needs 2 or more")
-        if self.evaluation not in EVALUATIONS:
-            raise UserError(f"--evaluation {self.evaluation}: choose from {','.join(EVALUATIONS)}")
-        if self.eval_folds < 2:
-            raise UserError(f"--eval-folds {self.eval_folds}: cross-validation needs 2 or more")
-        if self.score_split not in SCORE_SPLITS:
-            raise UserError(f"--score-split {self.score_split}: choose from {','.join(SCORE_SPLITS)}")
-        if self.labelled_sets not in LABELLED_SETS:
-            raise UserError(f"--labelled-sets {self.labelled_sets}: choose from {','.join(LABELLED_SETS)}")
-        for flag, values, allowed in (("--inits", self.inits, INITS), ("--modes", self.modes, MODES)):
-            unknown = [value for value in values if value not in allowed]
-            if unknown or not values:
-                raise UserError(f"{flag} {','.join(values)}: choose from {','.join(allowed)}")
-
-    def resolved(self, byol_config: dict) -> ClassifierConfig:
-        """Checked, with the sizes left at 0 filled in: train at byol.pt's image size (`byol_config`,
-        {} without one) and reuse its cache, unless told otherwise."""
-        self.check()
-        image_size = self.image_size or byol_config.get("image_size") or PretrainConfig().image_size
-        cache_size = self.cache_size
-        if not cache_size:
-            same_size = byol_config.get("image_size") == image_size
-            cache_size = (
-                byol_config["cache_size"]
-                if same_size and byol_config.get("cache_size")
-                else default_cache_size(image_size)
-            )
-        check_view_size(image_size, cache_size)
-        return replace(self, image_size=image_size, cache_size=cache_size)
-
-
 def images_per_step(world_size: int, finetune: bool) -> int:
     """The fewest images a training step can take: fine-tuning's BatchNorm needs two on every
     process; a linear probe trains the whole batch on every process, so one image will do."""
     return world_size * MIN_BATCH_SIZE if finetune else 1
-
-
-LABELLED_SETS = ("per-seed", "split")
-SCORE_SPLITS = ("test", "validation")
-EVALUATIONS = ("auto", "test", "cv")
-
-
-def labelled_pool(split: Split, seed: int, labelled_sets: str) -> list[int]:
-    """The cache rows a run's labelled set is drawn from.
-
-    per-seed (the study's, on a folder where every image has its folder label): seed 0 keeps the
-    split's own labelled images; every other seed draws its own set from all the pretraining images
-    (labelled and unlabelled, whose folder labels a real low-label user would not have), so the spread
-    over seeds includes which images happened to be labelled, at every label count. split (a user's own
-    labels): every seed draws from the split's labelled images, which at their full count is one set.
-    """
-    if labelled_sets == "split" or seed == 0:
-        return split.indices("labelled")
-    return labelled_rows(split, "labelled", "unlabelled")
-
-
-def balanced_subset(split: Split, n_labels: int, seed: int, labelled_sets: str = "split") -> list[int]:
-    """`n_labels` cache rows drawn from labelled_pool, balanced across classes, chosen by `seed`.
-
-    The same rows for both inits and both modes. --n-labels may not exceed the split's labelled images
-    (seed 0's pool), so that every seed trains on as many images as the split holds labels.
-    """
-    labelled = split.table.loc[split.indices("labelled")]
-    classes = sorted(labelled["label"].unique())
-    if n_labels > len(labelled) or (n_labels and n_labels < len(classes)):
-        raise UserError(
-            f"--n-labels {n_labels}: must be between {len(classes)} (one per class) and the "
-            f"{len(labelled)} labelled images"
-        )
-    n_labels = n_labels or len(labelled)  # 0: as many as the split holds labels
-    pool = split.table.loc[labelled_pool(split, seed, labelled_sets)]
-    if n_labels == len(pool):
-        return pool.index.tolist()
-    generator = torch.Generator().manual_seed(seed)
-    chosen = []
-    base, remainder = divmod(n_labels, len(classes))
-    extra = set(torch.randperm(len(classes), generator=generator)[:remainder].tolist())
-    for position, label in enumerate(classes):
-        rows = pool.index[pool["label"] == label].tolist()
-        quota = base + (position in extra)
-        if quota > len(rows):
-            raise UserError(f"--n-labels {n_labels}: class {label} has only {len(rows)} labelled images")
-        order = torch.randperm(len(rows), generator=generator)[:quota]
-        chosen.extend(rows[i] for i in order.tolist())
-    return sorted(chosen)
-
-
-def labelled_set_id(split: Split, rows: list[int]) -> str:
-    """classifier_metrics.csv's labelled_set: a short hash of the run's labelled images' paths, so that
-    which seeds trained on the same images can be read off the file."""
-    paths = "\n".join(sorted(split.table.loc[rows, "path"]))
-    return hashlib.sha256(paths.encode()).hexdigest()[:10]
 
 
 def load_byol_backbone(out_dir: Path) -> tuple[nn.Module, dict]:
@@ -291,72 +149,6 @@ def evaluate_head(
     return loss_sum / len(examples), correct / len(examples), shards.all_reduce_sum(predictions).cpu()
 
 
-def standardizer(train_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-dimension mean and 1/std of the training features; 0 for dimensions constant over them."""
-    mean, std = train_features.mean(0), train_features.std(0, unbiased=False)
-    alive = std > 1e-6 * std.max().clamp_min(1e-12)
-    scale = torch.where(alive, std, torch.inf).reciprocal()  # 1 / inf = 0 for the dead dimensions
-    return mean, scale
-
-
-def standardize(
-    train_features: torch.Tensor, test_features: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both feature sets shifted and scaled per dimension by the training features' mean and std.
-
-    The linear probe's usual first step (a StandardScaler; MAE's BatchNorm without affine): the raw
-    features of a random and a BYOL backbone differ in scale by orders of magnitude, which no single
-    head learning rate suits; unscaled, the head sat on one class for epochs or jumped around.
-    Dimensions constant over the training images (dead ReLUs) carry nothing to learn from: set to zero.
-    """
-    mean, scale = standardizer(train_features)
-    return (train_features - mean) * scale, (test_features - mean) * scale
-
-
-def cross_validate(
-    candidates: list[float], n_items: int, folds: int, score_fold, job: Job, what: str
-) -> tuple[float, dict[float, float]]:
-    """The candidate with the best mean held-out accuracy over `folds` folds of `n_items` training
-    items (ties: the lower held-out loss), and every candidate's mean held-out accuracy, in the order
-    tried: `candidates`, then, with job.config.widen_rates, rates past the grid's edge (widened_grid).
-    `score_fold(candidate, kept, held_out)` trains on the rows `kept` and returns its last metrics
-    row, scored on `held_out`; the test split is never looked at. The folds are drawn by job.seed.
-    """
-    order = torch.randperm(n_items, generator=torch.Generator().manual_seed(job.seed))
-    held_out = [order[fold::folds] for fold in range(folds)]
-
-    def score(candidate: float) -> tuple[float, float]:
-        accuracy = loss = 0.0
-        for fold in range(folds):
-            # The folds' held-out scores are not test scores: the bar says what it is doing instead.
-            job.progress.set_postfix_str(f"choosing {what}: {candidate:g}, fold {fold + 1}/{folds}")
-            kept = torch.cat([held_out[other] for other in range(folds) if other != fold])
-            last = score_fold(candidate, kept, held_out[fold])
-            accuracy += last["test_acc"] / folds
-            loss += last["test_loss"] / folds
-        return accuracy, -loss
-
-    scores = widened_grid(candidates, score, job.config.widen_rates)
-    return max(scores, key=scores.__getitem__), {rate: accuracy for rate, (accuracy, _) in scores.items()}
-
-
-def widened_grid(candidates: list[float], score, widen: int) -> dict[float, tuple]:
-    """Every candidate's score (`score(candidate)`, higher is better), in the order tried. While the
-    best sits on an edge of the rates tried (of 2 or more), one more rate past that edge, a grid step
-    further (the ratio of the two rates nearest the edge), up to `widen` times in all: a choice on the
-    edge of its grid may only say that the grid stopped too early."""
-    scores = {candidate: score(candidate) for candidate in candidates}
-    for _ in range(widen if len(scores) > 1 else 0):
-        ordered = sorted(scores)
-        best = max(scores, key=scores.__getitem__)
-        if best not in (ordered[0], ordered[-1]):
-            break
-        edge, inner = (ordered[0], ordered[1]) if best == ordered[0] else (ordered[-1], ordered[-2])
-        beyond = edge * edge / inner
-        scores[beyond] = score(beyond)
-    return scores
-
-
 def choose_probe_lr(train: Examples, n_classes: int, job: Job) -> float:
     """The probe learning rate chosen by PROBE_FOLDS-fold cross-validation on the training features.
 
@@ -428,11 +220,6 @@ def probe_head(backbone: nn.Module, train: Examples, n_classes: int, job: Job) -
         head.weight.mul_(scale)
         head.bias.sub_(head.weight @ mean)
     return head, lr
-
-
-def cv_training_size(n_items: int, folds: int) -> int:
-    """The fewest training items a fold of `folds`-fold cross-validation leaves (largest fold held out)."""
-    return n_items - math.ceil(n_items / folds)
 
 
 def new_head(seed: int, n_classes: int, device: torch.device) -> nn.Linear:

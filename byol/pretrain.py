@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -21,93 +21,45 @@ from torch import nn
 from tqdm import tqdm
 
 from byol.augment import BYOLViews
-from byol.budget import Speed, epochs_for_budget, measure_speed
-from byol.cache import check_view_size, default_cache_size, load_cache
+from byol.budget import fix_epochs, measure_speed, monitored_after, plan_line
+from byol.cache import load_cache
 from byol.capacity import check_cpu_memory
+from byol.checkpoint import (
+    CHECKPOINT_FILE,
+    TrainState,
+    read_checkpoint,
+    restore,
+    save_checkpoint,
+)
 from byol.data import Split, read_split
 from byol.device import MEMORY_FORMAT, grad_scaler, resolve_precision
 from byol.distributed import Ranks, Runtime, average_buffers, process_group, sync_batchnorm, wrap
 from byol.errors import Stopped, UserError
 from byol.evaluate import NOT_MONITORED, MonitorRows, describe_monitor, knn_monitor, monitor_rows
-from byol.files import load_torch, save_torch, write_csv, write_json
-from byol.model import BYOL, MIN_BATCH_SIZE, MIN_BATCH_SIZE_REASON, RESNET18_FEATURES, resnet18_backbone
-from byol.optim import OPTIMIZERS, default_lr, make_optimizer
+from byol.files import save_torch, write_csv, write_json
+from byol.model import BYOL, RESNET18_FEATURES, resnet18_backbone
+from byol.optim import make_optimizer
 from byol.outputs import BYOL_CONFIG_FILE, BYOL_METRICS_FILE
 from byol.plots import plot_views
-from byol.resume import StopRequest, check_fresh_start, check_resumable, check_resume_config
+from byol.pretrain_config import (
+    COMPILE_MODES,
+    PretrainConfig,
+    RunOptions,
+    parse_snapshot_epochs,
+    snapshot_path,
+    use_compile,
+)
+from byol.resume import StopRequest, check_fresh_start, check_resume_config
 from byol.schedules import lr_at, tau_at
 from byol.step import Trainer, seeded_generator, step_views, train_step
-from byol.timing import finish_time, format_duration
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "byol.pt"
-CHECKPOINT_FILE = "byol_checkpoint.pt"
-CHECKPOINT_KEYS = {"model", "optimizer", "grad_scaler", "config", "world_size", "state"}  # TrainState
 VIEWS_FIGURE = "byol_views.png"
 # What an earlier pretraining left in a folder: a new run there needs --resume or --overwrite.
 EARLIER_RUN_FILES = (CHECKPOINT_FILE, WEIGHTS_FILE, BYOL_METRICS_FILE, BYOL_CONFIG_FILE)
 CHECKPOINT_EVERY_S = 600  # also save mid-epoch, so a killed session loses at most 10 minutes
-
-
-@dataclass
-class PretrainConfig:
-    """Everything that determines the result of a pretraining run (saved, and checked on --resume)."""
-
-    epochs: int = 100
-    batch_size: int = 256  # per process; the global batch is batch_size x world size
-    image_size: int = 150
-    cache_size: int = 0  # 0: default_cache_size(image_size)
-    optimizer: str = "lars"
-    lr: float = 0.0  # 0: BASE_LR_PER_256[optimizer] * batch_size / 256
-    weight_decay: float = 1.5e-6
-    lars_trust: float = 1e-3  # LARS's eta: each weight tensor moves by about lr x eta x its norm per step
-    lars_clip: bool = False  # cap each tensor's LARS rate at lr (LARC; solo-learn's clip_lars_lr)
-    predictor_lr_scale: float = 1.0  # the predictor's rate: this x the scheduled rate
-    warmup_fraction: float = 0.1
-    tau_base: float = 0.996
-    crop_min_scale: float = 0.08
-    blur_sigma_min: float = 0.1  # Gaussian blur sigma range in pixels of the view (the paper's, at 224 px)
-    blur_sigma_max: float = 2.0
-    seed: int = 0
-    knn_every: int = 1
-    # The diagnostic k-NN's voters: this many pretraining images with their folder labels (0: off).
-    # Labels the low-label setting does not have, for ranking recipes only (evaluate.diagnostic_voters).
-    diag_voters: int = 5000
-    max_images: int = 0  # 0: all pretraining images (labelled and unlabelled)
-    sync_bn: bool = False  # BatchNorm statistics over the global batch when several processes train
-
-    def resolved(self, world_size: int = 1) -> PretrainConfig:
-        """Fill in the sizes and rates left at 0 (the rate from the global batch) and check the rest."""
-        if self.optimizer not in OPTIMIZERS:
-            raise UserError(f"--optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
-        if self.batch_size < MIN_BATCH_SIZE:
-            raise UserError(f"--batch-size {self.batch_size}: {MIN_BATCH_SIZE_REASON}")
-        if not 0 < self.crop_min_scale <= 1:
-            raise UserError(f"--crop-min-scale {self.crop_min_scale}: must be in (0, 1]")
-        if not 0 < self.blur_sigma_min <= self.blur_sigma_max:
-            raise UserError(
-                f"--blur-sigma-min {self.blur_sigma_min} / --blur-sigma-max {self.blur_sigma_max}: "
-                "need 0 < min <= max"
-            )
-        if not self.lars_trust > 0:  # written so that nan fails too
-            raise UserError(f"--lars-trust {self.lars_trust}: must be > 0")
-        if not 0 <= self.warmup_fraction < 1:
-            raise UserError(f"--warmup-fraction {self.warmup_fraction}: must be in [0, 1)")
-        if not 0 <= self.tau_base <= 1:
-            raise UserError(f"--tau-base {self.tau_base}: must be in [0, 1]")
-        if not 0 <= self.seed < 2**32:  # seeded_generator's seed x 1,000,003 must fit in 64 bits
-            raise UserError(f"--seed {self.seed}: use an integer from 0 to {2**32 - 1}")
-        if self.optimizer != "lars" and self.lars_trust != PretrainConfig.lars_trust:
-            raise UserError(f"--lars-trust applies to --optimizer lars only, not {self.optimizer}")
-        if self.optimizer != "lars" and self.lars_clip:
-            raise UserError(f"--lars-clip applies to --optimizer lars only, not {self.optimizer}")
-        if not (math.isfinite(self.predictor_lr_scale) and self.predictor_lr_scale > 0):
-            raise UserError(f"--predictor-lr-scale {self.predictor_lr_scale}: must be a finite number > 0")
-        cache_size = self.cache_size or default_cache_size(self.image_size)
-        check_view_size(self.image_size, cache_size)
-        lr = self.lr or default_lr(self.optimizer, self.batch_size * world_size)
-        return PretrainConfig(**{**asdict(self), "cache_size": cache_size, "lr": lr})
 
 
 def pretraining_indices(split: Split, max_images: int, seed: int) -> list[int]:
@@ -119,34 +71,12 @@ def pretraining_indices(split: Split, max_images: int, seed: int) -> list[int]:
     return indices
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """How a pretraining run goes, beside what it learns (PretrainConfig): train_byol.py's other flags.
-
-    An earlier run in the output folder needs `resume` (continue it) or `overwrite` (start over).
-    `snapshot_epochs` and `compile_mode` change how the run goes, not its result, so a resumed run
-    may change them: see `parse_snapshot_epochs` and `use_compile`. With `time_budget_s` a new run
-    measures this machine's speed and trains as many epochs as fit (config.epochs is then replaced,
-    and saved); a resumed run keeps the epochs it started with. `stop_after_epochs` pauses the run
-    (resumable) every that many epochs; `setting` is recorded in byol_config.json (--setting).
-    """
-
-    device_name: str = "auto"
-    precision_name: str = "auto"
-    resume: bool = False
-    overwrite: bool = False
-    stop_after_epochs: int = 0
-    snapshot_epochs: str = ""
-    compile_mode: str = "off"
-    time_budget_s: float = 0.0
-    setting: str = ""
-
-
-def pretrain(config: PretrainConfig, out_dir: Path, options: RunOptions = RunOptions()) -> BYOL:
+def pretrain(config: PretrainConfig, out_dir: Path, options: RunOptions | None = None) -> BYOL:
     """Run (or resume) BYOL pretraining and return the trained model.
 
     Under torchrun each process calls this; they train one model together (see byol.distributed).
     """
+    options = options or RunOptions()
     out_dir = Path(out_dir)
     if options.compile_mode not in COMPILE_MODES:
         raise UserError(f"--compile {options.compile_mode!r}: use one of {', '.join(COMPILE_MODES)}")
@@ -175,20 +105,6 @@ def pretrain(config: PretrainConfig, out_dir: Path, options: RunOptions = RunOpt
         return run.model
 
 
-def fix_epochs(run: Run, speed: Speed, budget_s: float, resumed: bool) -> None:
-    """With a time budget (`budget_s`), a new run trains the number of epochs that fit at the measured
-    speed, the same on every process: fixed now, so the schedules know their end. A resumed run keeps
-    the epochs it started with."""
-    if budget_s and not resumed:
-        epochs = epochs_for_budget(budget_s, speed, run.steps_per_epoch, run.global_batch)
-        ranks = run.ranks
-        epochs = int(ranks.all_reduce_sum(torch.tensor(float(epochs if ranks.is_main else 0))).item())
-        run.config = replace(run.config, epochs=epochs)
-        log.info(f"time budget {format_duration(budget_s)}: {epochs} epochs fit at the measured speed")
-    elif budget_s:
-        log.info("--time-budget: a resumed run keeps the number of epochs it started with")
-
-
 def train_epochs(run: Run, state: TrainState, snapshots: set[int], options: RunOptions) -> None:
     """The epochs left, under one progress bar over every step of the run; Stopped on a signal, or
     after every options.stop_after_epochs epochs."""
@@ -211,41 +127,6 @@ def train_epochs(run: Run, state: TrainState, snapshots: set[int], options: RunO
                     "continue with --resume",
                     0,
                 )
-
-
-def monitored_after(config: PretrainConfig, epoch: int) -> bool:
-    """Whether the k-NN monitor runs after `epoch` (every --knn-every epochs, and after the last)."""
-    return epoch == config.epochs or bool(config.knn_every and epoch % config.knn_every == 0)
-
-
-def plan_line(run: Run, state: TrainState, speed: Speed) -> str:
-    """What the run is about to do, and how long it will take at the measured speed."""
-    config = run.config
-    steps_left = run.total_steps - state.step
-    epochs_left = config.epochs - state.epoch
-    monitored = sum(monitored_after(config, epoch) for epoch in range(state.epoch + 1, config.epochs + 1))
-    seconds = steps_left * run.global_batch / speed.images_per_s + monitored * speed.monitor_seconds
-    done = f"; {state.step} of {run.total_steps} steps already done" if state.step else ""
-    return (
-        f"plan: {len(run.train_indices)} images, {run.steps_per_epoch} steps/epoch x {config.epochs} epochs "
-        f"= {run.total_steps} steps of {run.global_batch} images, {run.precision} on {run.device}{done}. "
-        f"Measured here: {speed.images_per_s:.1f} images/s and {speed.monitor_seconds:.0f} s per k-NN "
-        f"monitor; {epochs_left} epoch(s) left: about {format_duration(seconds)}, finishing about "
-        f"{finish_time(seconds)}"
-    )
-
-
-@dataclass
-class TrainState:
-    """Where a run stands. With the model's, optimiser's and loss scaler's states it is the checkpoint."""
-
-    epoch: int = 0  # epochs finished
-    batch_in_epoch: int = 0  # the next batch of epoch `epoch`
-    step: int = 0  # optimiser steps taken
-    metrics: list[dict] = field(default_factory=list)  # byol_metrics.csv's rows so far
-    loss_sum: float = 0.0  # over the batches of the current epoch so far
-    generator_state: torch.Tensor | None = None  # the augmentations' generator mid-epoch; None at its start
-    epoch_seconds: float = 0.0  # seconds the current epoch took before the last resume
 
 
 @dataclass
@@ -293,17 +174,6 @@ class Run:
     @property
     def trainer(self) -> Trainer:
         return Trainer(self.train_model, self.model, self.optimizer, self.scaler, self.runtime)
-
-
-def read_checkpoint(path: Path, ranks: Ranks) -> dict:
-    if not path.is_file():
-        raise UserError(f"--resume: no checkpoint {path}; run without --resume to start")
-    checkpoint = load_torch(path, "start over with --overwrite")
-    if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys():
-        raise UserError(f"{path} is not a train_byol.py checkpoint; start over with --overwrite")
-    remedy = "resume with the same number, or start over with --overwrite"
-    check_resumable(path, {"world_size": checkpoint["world_size"]}, {"world_size": ranks.world_size}, remedy)
-    return checkpoint
 
 
 def build_run(
@@ -355,32 +225,6 @@ def build_run(
         train_model=wrap(model, ranks, device),
         optimizer=optimizer,
         scaler=grad_scaler(device, precision),
-    )
-
-
-def restore(run: Run, checkpoint: dict) -> TrainState:
-    run.model.load_state_dict(checkpoint["model"])
-    run.optimizer.load_state_dict(checkpoint["optimizer"])
-    if run.scaler.is_enabled():  # its state is empty unless the run trains in fp16
-        run.scaler.load_state_dict(checkpoint["grad_scaler"])
-    state = TrainState(**checkpoint["state"])
-    log.info(f"resuming at epoch {state.epoch + 1}, batch {state.batch_in_epoch} of {run.steps_per_epoch}")
-    return state
-
-
-def save_checkpoint(run: Run, state: TrainState) -> None:
-    if not run.ranks.is_main:  # every rank holds the same state; one copy is enough
-        return
-    save_torch(
-        run.checkpoint_path,
-        {
-            "model": run.model.state_dict(),
-            "optimizer": run.optimizer.state_dict(),
-            "grad_scaler": run.scaler.state_dict(),
-            "config": asdict(run.config),
-            "world_size": run.ranks.world_size,
-            "state": asdict(state),
-        },
     )
 
 
@@ -547,54 +391,6 @@ def save_weights(run: Run, state: TrainState, path: Path) -> Path:
         },
     )
     return path
-
-
-SNAPSHOT_DIR = "snapshots"
-
-
-def snapshot_path(out_dir: Path, epoch: int) -> Path:
-    return Path(out_dir) / SNAPSHOT_DIR / f"byol_epoch{epoch:04d}.pt"
-
-
-def parse_snapshot_epochs(spec: str, epochs: int) -> set[int]:
-    """--snapshots: "" (none), "log2" (epochs 1, 2, 4, 8, ... and the last) or a comma list of epochs."""
-    spec = spec.strip()
-    if not spec:
-        return set()
-    if spec == "log2":
-        return {2**i for i in range(epochs.bit_length()) if 2**i <= epochs} | {epochs}
-    try:
-        chosen = {int(part) for part in spec.split(",") if part.strip()}
-    except ValueError:
-        chosen = set()
-    if not chosen or not all(1 <= epoch <= epochs for epoch in chosen):
-        raise UserError(
-            f"--snapshots {spec!r}: use log2 (epochs 1, 2, 4, ... and the last) or a comma list of "
-            f"epochs from 1 to --epochs {epochs}"
-        )
-    return chosen
-
-
-COMPILE_MODES = ("auto", "on", "off")
-
-
-# Steps left from which --compile auto compiles on CUDA: where its one-off cost is paid back. On an
-# H200 (benchmarks/README.md, "On a GPU"), at 64 px and batch 64, the compiled step ran 1.15x the
-# eager one after about 44 s of compiling in a new process: break-even at about 7,700 steps.
-COMPILE_PAYS_AFTER_STEPS = 8000
-
-
-def use_compile(mode: str, device: torch.device, steps_left: int) -> bool:
-    """--compile: torch.compile the training step's forward and backward; auto: on CUDA, for a run
-    (or what a --resume has left of it) long enough for the compile to pay, COMPILE_PAYS_AFTER_STEPS.
-
-    On this project's 2-core bf16 CPU, benchmarks/bench_byol.py --compile-only measured 95 s of
-    compiling for a step 1.01x as fast (77.4 vs 76.6 images/s, interleaved): inside the noise, and
-    paid again after every --resume, so a CPU trains uncompiled unless asked.
-    """
-    if mode == "auto":
-        return device.type == "cuda" and steps_left >= COMPILE_PAYS_AFTER_STEPS
-    return mode == "on"
 
 
 def summarize_pretraining(metrics: list[dict]) -> dict:

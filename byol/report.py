@@ -377,3 +377,23 @@ def curve_markdown(table: pd.DataFrame) -> str:
         ]
         lines += [f"- {trend}" for trend in trends if trend]
     return "\n".join(lines) + "\n"
+
+
+def format_summary(summary: pd.DataFrame, paired: pd.DataFrame | None = None) -> str:
+    """One line per condition: init, mode, labels, test accuracy mean +- std over seeds; then BYOL −
+    random per mode and label count, paired over seeds, with the wider of its two 95 % intervals and
+    what to call it."""
+    lines = []
+    for row in summary.itertuples():
+        accuracy = mean_and_std(row.test_acc_mean, row.test_acc_std)
+        lines.append(
+            f"{row.init:>6} {row.mode:>8}  n={row.n_labels:<4} test_acc {accuracy}  "
+            f"({row.seeds} seed{'s' * (row.seeds > 1)}, {row.epochs} epochs)"
+        )
+    for row in [] if paired is None else paired.itertuples():
+        difference = paired_text(row.diff_mean, row.low, row.high)
+        lines.append(
+            f"BYOL - random {row.mode:>8}  n={row.n_labels:<4} {difference}  {row.verdict} "
+            f"({row.seeds} paired seed{'s' * (row.seeds > 1)})"
+        )
+    return "\n".join(lines)

@@ -38,22 +38,14 @@ from byol.cli import (
     positive_int,
     run_stage,
 )
-from byol.comparison import GridWork, grid_seconds, measure_grid_speed
+from byol.cross_validation import widened_grid
 from byol.data import SPLIT_CONFIG_FILE, labelled_rows, read_split
 from byol.device import resolve_precision
 from byol.distributed import Runtime, process_group
 from byol.errors import UserError
 from byol.files import read_csv, read_json, write_csv, write_json
-from byol.finetune import (
-    ClassifierConfig,
-    Examples,
-    Job,
-    Task,
-    choose_finetune_lr,
-    fine_tune,
-    make_backbone,
-    widened_grid,
-)
+from byol.finetune import ClassifierConfig, Examples, Job, Task, choose_finetune_lr, fine_tune, make_backbone
+from byol.grid_plan import GridWork, grid_seconds, measure_grid_speed
 from byol.outputs import BYOL_CONFIG_FILE, CEILING_COLUMNS, CEILING_CONFIG_FILE, CEILING_METRICS_FILE
 from byol.resume import check_fresh_start, check_resumable
 from byol.timing import finish_time, format_duration

@@ -41,8 +41,9 @@ from byol.outputs import (
     monitor_split,
     read_monitor_table,
 )
-from byol.plots import plot_compute_curve
-from byol.pretrain import SNAPSHOT_DIR, WEIGHTS_FILE
+from byol.plots_curve import plot_compute_curve
+from byol.pretrain import WEIGHTS_FILE
+from byol.pretrain_config import SNAPSHOT_DIR
 from byol.report import training_hours
 from byol.stats import final_rows, paired_interval, verdict
 

@@ -137,8 +137,8 @@ def test_a_bad_time_budget_is_one_line(split_dir):
 
 
 def test_stage_3_estimates_its_runs_choices_and_feature_passes_from_the_measured_speed():
-    from byol.comparison import GridSpeed, GridWork, grid_seconds
     from byol.finetune import ClassifierConfig
+    from byol.grid_plan import GridSpeed, GridWork, grid_seconds
 
     config = ClassifierConfig(
         epochs=2, batch_size=4, eval_every=1, finetune_lrs=[1e-4, 1e-3], finetune_folds=3
@@ -157,7 +157,7 @@ def test_stage_3_estimates_its_runs_choices_and_feature_passes_from_the_measured
 @pytest.mark.slow
 def test_stage_3_prints_its_plan_before_the_first_run_and_what_is_done_on_a_rerun(split_dir, monkeypatch):
     from byol import comparison
-    from byol.comparison import GridSpeed
+    from byol.grid_plan import GridSpeed
 
     monkeypatch.setattr(comparison, "measure_grid_speed", lambda *args: GridSpeed(0.5, 100.0))
     out = split_dir(n_labelled=8)

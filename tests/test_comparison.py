@@ -19,7 +19,8 @@ from torch import nn
 
 from byol import comparison, finetune
 from byol.cache import load_cache
-from byol.comparison import check_labelled, format_summary, load_grid, run_classifiers
+from byol.comparison import check_labelled, load_grid, run_classifiers
+from byol.cross_validation import widened_grid
 from byol.data import Split, read_split, splits_fingerprint
 from byol.demo_images import make_demo_images
 from byol.distributed import Runtime
@@ -30,21 +31,20 @@ from byol.finetune import (
     Examples,
     Job,
     Task,
-    balanced_subset,
     cross_validate,
     fine_tune,
-    labelled_set_id,
     load_byol_backbone,
     make_backbone,
     probe_head,
     standardize,
     train_probe,
-    widened_grid,
 )
+from byol.grid_plan import GridSpeed
+from byol.labelled_sets import balanced_subset, labelled_set_id
 from byol.model import resnet18_backbone
 from byol.outputs import CLASSIFIER_METRIC_COLUMNS, prediction_column
 from byol.plots import plot_accuracy, plot_label_efficiency, plot_loss_curves
-from byol.report import pretraining_markdown, summary_markdown
+from byol.report import format_summary, pretraining_markdown, summary_markdown
 from byol.stats import final_rows, paired_summary, rate_grid_limits, rate_limits, summarize
 
 CPU = Runtime(torch.device("cpu"))
@@ -175,7 +175,7 @@ def test_every_init_and_mode_of_a_seed_trains_on_the_same_images_head_and_batche
     monkeypatch.setattr(F, "cross_entropy", recording_cross_entropy)
     monkeypatch.setattr(comparison, "make_backbone", recording_make_backbone)
     monkeypatch.setattr(comparison, "balanced_subset", recording_subset)
-    monkeypatch.setattr(comparison, "measure_grid_speed", lambda *args: comparison.GridSpeed(1.0, 1.0))
+    monkeypatch.setattr(comparison, "measure_grid_speed", lambda *args: GridSpeed(1.0, 1.0))
     # One rate each, so that no cross-validation run is mixed in: the grid's runs only.
     config = ClassifierConfig(
         seeds=2, n_labels=[6], epochs=2, batch_size=4, probe_lrs=[1e-2], finetune_lrs=[1e-3]

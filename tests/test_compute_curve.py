@@ -12,7 +12,8 @@ import pytest
 from conftest import assert_one_error_line, run_script
 from matplotlib.figure import Figure
 
-from byol.plots import label_snapshots, short_count, short_hours
+from byol.plots import short_count
+from byol.plots_curve import label_snapshots, short_hours
 from byol.pretrain import PretrainConfig, RunOptions, pretrain
 from byol.report import curve_markdown, trend_line
 

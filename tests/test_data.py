@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from conftest import REAL_DATA, ROOT, add_faults, assert_one_error_line, run_script
 
-from byol import data
-from byol.data import SplitSizes, decode_plan, make_split, read_split
+from byol import data, decode
+from byol.data import SplitSizes, make_split, read_split
+from byol.decode import decode_plan
 from byol.errors import UserError
 from byol.timing import format_duration
 
@@ -106,7 +107,7 @@ def test_split_ignores_listing_order(image_folder, monkeypatch, workers):
             names.reverse()
             yield root, dirs, names
 
-    monkeypatch.setattr(data.os, "walk", shuffled_walk)
+    monkeypatch.setattr(decode.os, "walk", shuffled_walk)
     second = make_split(
         folder, SplitSizes(6, 0, 10), seed=3, workers=workers, min_size=8, max_pixels=10**8
     ).splits
@@ -322,12 +323,12 @@ def test_decoding_states_its_plan_from_the_speed_of_its_first_chunks(image_folde
     # 3 chunks of 64 files, 1 process: the rate of the second chunk, stated before the third.
     folder = image_folder(per_class=96)
     events = []
-    real_chunk, real_plan = data._decode_chunk, data.decode_plan
-    monkeypatch.setattr(data, "_decode_chunk", lambda job: events.append("chunk") or real_chunk(job))
-    monkeypatch.setattr(data, "decode_plan", lambda *args: events.append("plan") or real_plan(*args))
+    real_chunk, real_plan = decode._decode_chunk, decode.decode_plan
+    monkeypatch.setattr(decode, "_decode_chunk", lambda job: events.append("chunk") or real_chunk(job))
+    monkeypatch.setattr(decode, "decode_plan", lambda *args: events.append("plan") or real_plan(*args))
     # The clock read when each round is done: chunk 2's 64 images in 0.5 s, 128 images/s.
     clock = iter([10.0, 10.5])
-    monkeypatch.setattr(data.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(decode.time, "perf_counter", lambda: next(clock))
     make_split(folder, SplitSizes(4, 0, 4), seed=0, workers=1, min_size=8, max_pixels=10**8)
     assert events == ["chunk", "chunk", "plan", "chunk"]
     out = capsys.readouterr().out
@@ -383,7 +384,7 @@ def test_an_unlabelled_folder_joins_the_unlabelled_split_without_labels(image_fo
     assert len(split.indices("unlabelled")) == 12 + 12
     # Images without a label are never drawn as labelled ones, nor as the diagnostic k-NN's voters.
     from byol.evaluate import diagnostic_voters
-    from byol.finetune import balanced_subset
+    from byol.labelled_sets import balanced_subset
 
     for seed in range(1, 4):
         drawn = balanced_subset(split, 4, seed, "per-seed")

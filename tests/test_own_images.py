@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import TINY_BYOL, assert_one_error_line, run_script
 
-from byol.comparison import pool_folds, stratified_folds
+from byol.cv_folds import pool_folds, stratified_folds
 from byol.data import UNLABELLED_LABEL, read_split
 from byol.demo_images import make_demo_images
 from byol.outputs import prediction_column

@@ -16,7 +16,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from byol import cache as cache_module
-from byol import capacity
+from byol import capacity, pretrain_config
 from byol import pretrain as pretrain_module
 from byol.cache import build_cache, cache_paths, load_cache
 from byol.capacity import byol_step_bytes, readable_size
@@ -464,7 +464,7 @@ def test_compile_auto_is_on_for_long_cuda_runs_only():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not pretrain_module.use_compile("auto", cpu, 10**6)
     # On CUDA, only where the compile is paid back: a long run, or a long run's long remainder.
-    pays = pretrain_module.COMPILE_PAYS_AFTER_STEPS
+    pays = pretrain_config.COMPILE_PAYS_AFTER_STEPS
     assert pretrain_module.use_compile("auto", cuda, pays) and pretrain_module.use_compile(
         "auto", cuda, 30_186
     )

@@ -1,0 +1,77 @@
+"""The pretraining checkpoint's format: the training state beside the model, optimiser and scaler, written
+by the first process, read back and checked on --resume, and restored exactly."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from byol.distributed import Ranks
+from byol.errors import UserError
+from byol.files import load_torch, save_torch
+from byol.resume import check_resumable
+
+if TYPE_CHECKING:
+    from byol.pretrain import Run
+
+log = logging.getLogger(__name__)
+
+
+CHECKPOINT_FILE = "byol_checkpoint.pt"
+
+
+CHECKPOINT_KEYS = {"model", "optimizer", "grad_scaler", "config", "world_size", "state"}  # TrainState
+
+
+@dataclass
+class TrainState:
+    """Where a run stands. With the model's, optimiser's and loss scaler's states it is the checkpoint."""
+
+    epoch: int = 0  # epochs finished
+    batch_in_epoch: int = 0  # the next batch of epoch `epoch`
+    step: int = 0  # optimiser steps taken
+    metrics: list[dict] = field(default_factory=list)  # byol_metrics.csv's rows so far
+    loss_sum: float = 0.0  # over the batches of the current epoch so far
+    generator_state: torch.Tensor | None = None  # the augmentations' generator mid-epoch; None at its start
+    epoch_seconds: float = 0.0  # seconds the current epoch took before the last resume
+
+
+def read_checkpoint(path: Path, ranks: Ranks) -> dict:
+    if not path.is_file():
+        raise UserError(f"--resume: no checkpoint {path}; run without --resume to start")
+    checkpoint = load_torch(path, "start over with --overwrite")
+    if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys():
+        raise UserError(f"{path} is not a train_byol.py checkpoint; start over with --overwrite")
+    remedy = "resume with the same number, or start over with --overwrite"
+    check_resumable(path, {"world_size": checkpoint["world_size"]}, {"world_size": ranks.world_size}, remedy)
+    return checkpoint
+
+
+def restore(run: Run, checkpoint: dict) -> TrainState:
+    run.model.load_state_dict(checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    if run.scaler.is_enabled():  # its state is empty unless the run trains in fp16
+        run.scaler.load_state_dict(checkpoint["grad_scaler"])
+    state = TrainState(**checkpoint["state"])
+    log.info(f"resuming at epoch {state.epoch + 1}, batch {state.batch_in_epoch} of {run.steps_per_epoch}")
+    return state
+
+
+def save_checkpoint(run: Run, state: TrainState) -> None:
+    if not run.ranks.is_main:  # every rank holds the same state; one copy is enough
+        return
+    save_torch(
+        run.checkpoint_path,
+        {
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "grad_scaler": run.scaler.state_dict(),
+            "config": asdict(run.config),
+            "world_size": run.ranks.world_size,
+            "state": asdict(state),
+        },
+    )

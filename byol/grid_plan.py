@@ -1,0 +1,132 @@
+"""Whether stage 3's grid can run and what it costs: the labelled images every run needs, checked
+before anything trains; a fine-tuning step and a scoring pass measured on this machine; and the seconds
+the grid's remaining work will take at that speed."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from byol.cross_validation import cv_training_size
+from byol.data import Split
+from byol.distributed import Runtime
+from byol.errors import UserError
+from byol.evaluate import extract_features
+from byol.finetune import (
+    ClassifierConfig,
+    Examples,
+    Job,
+    Task,
+    fine_tune,
+    images_per_step,
+)
+from byol.labelled_sets import balanced_subset
+from byol.model import MIN_BATCH_SIZE, resnet18_backbone
+
+
+@dataclass(frozen=True)
+class GridSpeed:
+    """What stage 3's work costs on this machine: a fine-tuning step of one global batch, and scoring
+    (a backbone's forward pass) per image."""
+
+    step_seconds: float
+    score_images_per_s: float
+
+
+def measure_grid_speed(
+    labelled: Examples, n_classes: int, config: ClassifierConfig, runtime: Runtime
+) -> GridSpeed:
+    """Time a few fine-tuning steps and a scoring pass of a fresh random backbone on the run's own
+    labelled images, batch, size and precision (the global random number generators are left as they were)."""
+    n = min(len(labelled), config.batch_size * runtime.ranks.world_size)
+    job = Job(0, replace(config, epochs=1, eval_every=1, finetune_lrs=[1e-4], lp_ft=False), runtime)
+    with torch.random.fork_rng(devices=[runtime.device] if runtime.device.type == "cuda" else []):
+        backbone = resnet18_backbone()
+        for repeats in (1, 3):  # a warm-up step, then 3 timed steps
+            started = time.perf_counter()
+            rows = torch.arange(repeats * n) % len(labelled)
+            fine_tune(backbone, Task(labelled[rows], labelled[:n], n_classes), job)
+            seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        extract_features(backbone, labelled.inputs, range(n), config.image_size, runtime)
+        score_rate = n / (time.perf_counter() - started)
+    return GridSpeed(max(seconds - n / score_rate, 1e-6) / 3, score_rate)
+
+
+@dataclass
+class GridWork:
+    """What is left of stage 3, in image counts: fine-tuning runs (labelled images each; scored on
+    `n_test` images every eval_every epochs), backbone feature passes (frozen mode: images each, once
+    per random seed and once for BYOL), and fine-tuning rate choices (labelled images each: rates x
+    folds fine-tunings on the folds' rest). The linear probes themselves take seconds: not counted."""
+
+    n_test: int
+    finetune_runs: list[int] = field(default_factory=list)
+    feature_passes: dict[tuple, int] = field(default_factory=dict)
+    choices: dict[tuple, int] = field(default_factory=dict)
+
+
+def grid_seconds(speed: GridSpeed, config: ClassifierConfig, global_batch: int, work: GridWork) -> float:
+    """Estimated seconds of `work` at the measured speed."""
+
+    def finetune_seconds(n_train: int, n_scored: int, evals: int) -> float:
+        steps = config.epochs * math.ceil(n_train / global_batch)
+        return steps * speed.step_seconds + evals * n_scored / speed.score_images_per_s
+
+    epochs = range(1, config.epochs + 1)
+    evals = sum(1 for epoch in epochs if epoch % config.eval_every == 0 or epoch == config.epochs)
+    total = sum(finetune_seconds(n, work.n_test, evals) for n in work.finetune_runs)
+    if config.lp_ft:  # the probe's features first
+        total += sum(work.finetune_runs) / speed.score_images_per_s
+    total += sum(work.feature_passes.values()) / speed.score_images_per_s
+    for n in work.choices.values():
+        held_out = math.ceil(n / config.finetune_folds)
+        folds = config.finetune_folds * len(config.finetune_lrs)
+        total += folds * finetune_seconds(n - held_out, held_out, 1)
+    return total
+
+
+def check_labelled(split: Split, config: ClassifierConfig, world_size: int) -> None:
+    """Before the first run trains, so that no count fails hours into the grid: every class has a
+    labelled image, and every --n-labels gives each fine-tuning process the two images BatchNorm needs."""
+    present = set(split.table.loc[split.indices("labelled"), "label"])
+    missing = [name for label, name in enumerate(split.classes) if label not in present]
+    if missing:
+        raise UserError(
+            f"the split has no labelled image of {', '.join(missing)}; re-run data_split.py with "
+            f"--n-labelled {len(split.classes)} or more"
+        )
+    finetune = "finetune" in config.modes
+    least = images_per_step(world_size, finetune)
+    choosing = finetune and len(config.finetune_lrs) > 1
+    for n_labels in config.n_labels:
+        n_images = len(balanced_subset(split, n_labels, 0, config.labelled_sets))  # raises if impossible
+        if n_images < least:
+            raise UserError(
+                f"--n-labels {n_images}: fine-tuning in {world_size} process(es) needs {least} labelled "
+                f"images or more ({MIN_BATCH_SIZE} per process, for BatchNorm)"
+            )
+        if config.evaluation == "cv":
+            check_folds(split, n_images, balanced_subset(split, n_labels, 0, config.labelled_sets), config)
+            n_images = cv_training_size(n_images, config.eval_folds)  # what each fold trains on
+        if choosing and cv_training_size(n_images, config.finetune_folds) < least:
+            raise UserError(
+                f"--n-labels {n_images}: too few to choose the fine-tuning rate by {config.finetune_folds}-"
+                f"fold cross-validation (each fold fine-tunes on {least} images or more); lower "
+                "--finetune-folds or pass one --finetune-lrs value"
+            )
+
+
+def check_folds(split: Split, n_images: int, rows: list[int], config: ClassifierConfig) -> None:
+    """--evaluation cv: every class of a run's labelled images has an image for each fold to hold out."""
+    counts = split.table.loc[rows, "label"].value_counts()
+    short = [split.classes[label] for label, count in counts.items() if count < config.eval_folds]
+    if short:
+        raise UserError(
+            f"--n-labels {n_images}: class {', '.join(short)} has fewer labelled images "
+            f"({int(counts.min())}) than the {config.eval_folds} cross-validation folds; lower --eval-folds "
+            "or label more images"
+        )
