@@ -240,7 +240,7 @@ def get_args_parser() -> StageArgumentParser:
     parser.add_argument("--head-lr", type=positive_float, default=ClassifierConfig.head_lr)
     parser.add_argument(
         "--image-size",
-        type=positive_int,
+        type=non_negative_int,  # 0, its default, is a value it must accept
         default=0,
         help="0: RUN_DIR's byol_config.json's, else stage 2's default",
     )
