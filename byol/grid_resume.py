@@ -27,6 +27,19 @@ def frozen_only_settings(config: ClassifierConfig) -> tuple[str, ...]:
     return () if config.lp_ft else ("probe_lrs", "bn_images")
 
 
+# What a grid did before each of these settings existed, for classifier_config.json files that lack
+# them: no widened rate grids, no BatchNorm recalibration, one labelled set at the split's count, scored
+# on the test split. A resume with today's defaults trains differently, so it is refused (naming the
+# flag) unless these values are given; any other missing setting had its default's behaviour.
+BEFORE_THE_SETTING = {
+    "widen_rates": 0,
+    "bn_images": 0,
+    "labelled_sets": "split",
+    "score_split": "test",
+    "evaluation": "test",
+}
+
+
 def finished_rows(
     config: ClassifierConfig, out_dir: Path, byol_config: dict, world_size: int, splits_sha256: str
 ) -> list[dict]:
@@ -59,7 +72,8 @@ def finished_rows(
             "start over with --overwrite"
         )
     remedy = "resume with the same settings, or start over with --overwrite"
-    changed = check_resumable(metrics_path, previous, settings, remedy, frozen_only_settings(config))
+    before = {**asdict(ClassifierConfig()), **BEFORE_THE_SETTING}
+    changed = check_resumable(metrics_path, previous, settings, remedy, frozen_only_settings(config), before)
     rows = read_csv(metrics_path, CLASSIFIER_METRIC_COLUMNS, "start over with --overwrite").to_dict("records")
     if changed:  # only the linear probes' settings: keep the fine-tuning runs, retrain the probes
         rows = [row for row in rows if row["mode"] != "frozen"]

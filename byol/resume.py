@@ -32,11 +32,18 @@ class StopRequest:
 
 
 def check_resumable(
-    trained: Path, saved: dict, given: dict, remedy: str, may_change: tuple[str, ...] = ()
+    trained: Path,
+    saved: dict,
+    given: dict,
+    remedy: str,
+    may_change: tuple[str, ...] = (),
+    defaults: dict | None = None,
 ) -> list[str]:
     """Both stages' --resume check: the settings `given` that differ from those `trained` was made
     with (`saved`). One that is not in `may_change` is refused in one line naming it, both values,
-    and `remedy`; those that may change are returned."""
+    and `remedy`; those that may change are returned. A setting `saved` lacks (a file written before
+    the setting existed) counts as its value in `defaults`, the behaviour it had then."""
+    saved = {**(defaults or {}), **saved}
     changed = [name for name, value in given.items() if saved.get(name) != value]
     for name in changed:
         if name not in may_change:

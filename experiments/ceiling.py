@@ -140,7 +140,9 @@ def kept_rows(metrics_path: Path, settings: dict, config: ClassifierConfig, resu
             "start over with --overwrite"
         )
     remedy = "resume with the same settings, or start over with --overwrite"
-    check_resumable(metrics_path, read_json(config_path, remedy), settings, remedy)
+    # A setting added since the file was written counts as its default (none changes a ceiling's runs).
+    defaults = {**asdict(ClassifierConfig()), "world_size": settings["world_size"]}
+    check_resumable(metrics_path, read_json(config_path, remedy), settings, remedy, defaults=defaults)
     rows = read_csv(metrics_path, CEILING_COLUMNS, "start over with --overwrite")
     done = rows.loc[rows["epoch"] == config.epochs, "seed"]
     return rows[rows["seed"].isin(done)].to_dict("records")
