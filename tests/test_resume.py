@@ -33,3 +33,20 @@ def test_pretraining_resume_keeps_the_saved_config_and_checks_only_the_flags_giv
     assert resumed == PretrainConfig(epochs=7, tau_base=0.97)
     with pytest.raises(UserError, match="trained with --tau-base 0.97, this run has 0.9; drop the flag"):
         check_resume_config(Path("ckpt.pt"), saved, PretrainConfig(tau_base=0.9))
+
+
+def test_a_setting_an_older_file_lacks_counts_as_what_it_stood_for(tmp_path):
+    from byol.resume import check_resumable
+
+    trained = tmp_path / "classifier_metrics.csv"
+    saved = {"epochs": 30}  # written before bn_images existed
+    assert (
+        check_resumable(trained, saved, {"epochs": 30, "bn_images": 0}, "fix it", defaults={"bn_images": 0})
+        == []
+    )
+    with pytest.raises(UserError, match="--bn-images None, this run has 2048"):
+        check_resumable(trained, saved, {"epochs": 30, "bn_images": 2048}, "fix it")
+    with pytest.raises(UserError, match="--bn-images 0, this run has 2048"):
+        check_resumable(
+            trained, saved, {"epochs": 30, "bn_images": 2048}, "fix it", defaults={"bn_images": 0}
+        )
