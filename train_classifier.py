@@ -21,6 +21,8 @@ from byol.cli import (
     add_batch_and_device_arguments,
     add_out_dir_argument,
     add_resume_arguments,
+    comma_list,
+    comma_numbers,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -32,25 +34,6 @@ from byol.files import read_csv
 from byol.finetune import PROBE_FOLDS, ClassifierConfig
 from byol.outputs import PAIRED_FILE
 from byol.report import format_summary
-
-
-def comma_list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def comma_numbers(parse_one):
-    """An argparse type: a comma list of one or more numbers, each checked by `parse_one`."""
-
-    def parse(text: str) -> list:
-        try:
-            values = [parse_one(item) for item in comma_list(text)]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of numbers") from None
-        if not values:
-            raise argparse.ArgumentTypeError("give at least one number")
-        return values
-
-    return parse
 
 
 def get_args_parser() -> argparse.ArgumentParser:

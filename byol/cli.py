@@ -143,3 +143,22 @@ def add_resume_arguments(parser: argparse.ArgumentParser, resume_help: str) -> N
         action="store_true",
         help="start over although --out-dir holds an earlier run (replacing its files as this run writes)",
     )
+
+
+def comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def comma_numbers(parse_one):
+    """An argparse type: a comma list of one or more numbers, each checked by `parse_one`."""
+
+    def parse(text: str) -> list:
+        try:
+            values = [parse_one(item) for item in comma_list(text)]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of numbers") from None
+        if not values:
+            raise argparse.ArgumentTypeError("give at least one number")
+        return values
+
+    return parse

@@ -33,6 +33,7 @@ from byol.cli import (
     StageArgumentParser,
     add_batch_and_device_arguments,
     add_resume_arguments,
+    comma_numbers,
     non_negative_int,
     positive_float,
     positive_int,
@@ -225,7 +226,7 @@ def get_args_parser() -> StageArgumentParser:
     parser.add_argument("--eval-every", type=positive_int, default=2, help="test accuracy every N epochs")
     parser.add_argument(
         "--finetune-lrs",
-        type=lambda text: [positive_float(part) for part in text.split(",")],
+        type=comma_numbers(positive_float),  # parsed as stage 3's --finetune-lrs
         default=[1e-3],
         help="the backbone's AdamW rate; a comma list is chosen on the validation split (or by "
         "cross-validation on the training images, for a split without validation images)",
