@@ -6,6 +6,7 @@ mean and std over seeds per condition) and classifier_config.json; resumes by sk
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -171,9 +172,9 @@ class Grid:
         if seed not in self.recalibrated:
             order = torch.randperm(len(unlabelled), generator=torch.Generator().manual_seed(seed))
             rows = [unlabelled[i] for i in order[: config.bn_images].tolist()]
-            copy = make_backbone("random", seed, None).to(runtime.device, memory_format=runtime.memory_format)
+            twin = copy.deepcopy(backbone).to(runtime.device, memory_format=runtime.memory_format)
             self.recalibrated[seed] = recalibrate_batchnorm(
-                copy, self.images, rows, config.image_size, runtime
+                twin, self.images, rows, config.image_size, runtime
             )
         recalibrated = (("random", seed, "bn"), self.recalibrated[seed])
         scores = []
@@ -220,7 +221,8 @@ class Grid:
         fold_runs, sizes, predictions, recalibrated = [], [], {}, False
         for held in stratified_folds(self.labels[train_rows], config.eval_folds, seed):
             scored = [train_rows[i] for i in held]
-            kept = [row for row in train_rows if row not in set(scored)]
+            held_rows = set(scored)
+            kept = [row for row in train_rows if row not in held_rows]
             lr = None
             if mode == "finetune":
                 job = Job(seed, config, self.runtime, progress)

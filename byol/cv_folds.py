@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import torch
 
-from byol.finetune import (
-    PREDICTIONS_KEY,
-)
-
 
 def stratified_folds(labels: torch.Tensor, folds: int, seed: int) -> list[list[int]]:
     """Positions 0..len(labels)-1 dealt into `folds` held-out parts, every class spread evenly: each
@@ -40,6 +36,5 @@ def pool_folds(fold_runs: list[list[dict]], sizes: list[int]) -> list[dict]:
         row["seconds"] = sum(r["seconds"] for r in epoch_rows)
         for name in ("head_lr", "backbone_lr"):
             row[name] = float(torch.tensor([r[name] for r in epoch_rows], dtype=torch.float64).median())
-        row.pop(PREDICTIONS_KEY, None)
         pooled.append(row)
     return pooled

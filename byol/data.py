@@ -16,11 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from byol.decode import (
-    decode_all,
-    decoded_table,
-    list_files,
-)
+from byol.decode import decode_all, decoded_table, files_under, list_files
 from byol.errors import UserError
 from byol.files import read_json, write_csv, write_json
 
@@ -214,11 +210,7 @@ def add_unlabelled_folder(
     are those of a labelled-folder image (any split: test included, which must never be pretrained on)
     or of an earlier one in the folder is kept once, and the copy listed in rejected.csv."""
     root = unlabelled_dir.resolve()
-    paths = list_files(
-        root, [p.name for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
-    )
-    paths += [p.name for p in sorted(root.iterdir()) if p.is_file() and not p.name.startswith(".")]
-    decoded = decode_all(root, sorted(paths), min_size, max_pixels, workers)
+    decoded = decode_all(root, sorted(files_under(root, root)), min_size, max_pixels, workers)
     table = decoded_table(decoded, [UNLABELLED_CLASS] * len(decoded))
     table["path"] = [(root / path).as_posix() for path in table["path"]]
     seen = {file_digest(data_dir / path): path for path in result.splits["path"]}

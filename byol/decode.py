@@ -34,15 +34,19 @@ def list_files(data_dir: Path, classes: list[str]) -> list[str]:
 
     Broken links are listed too, so that rejected.csv says why they were left out.
     """
+    return sorted(path for class_name in classes for path in files_under(data_dir / class_name, data_dir))
+
+
+def files_under(folder: Path, data_dir: Path) -> list[str]:
+    """Every file under `folder` (recursively, hidden files and folders left out), relative to `data_dir`."""
     files = []
-    for class_name in classes:
-        for root, dirs, names in os.walk(data_dir / class_name):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            for name in names:
-                full = Path(root) / name
-                if not full.is_dir() and not name.startswith("."):
-                    files.append(full.relative_to(data_dir).as_posix())
-    return sorted(files)
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            full = Path(root) / name
+            if not full.is_dir() and not name.startswith("."):
+                files.append(full.relative_to(data_dir).as_posix())
+    return files
 
 
 def decode_image(data_dir: Path, rel_path: str, min_size: int, max_pixels: int) -> Decoded:

@@ -49,15 +49,22 @@ def extract_features(
     runtime's device, precision and memory format."""
     was_training = backbone.training
     backbone.eval()
-    features = []
+    features = [output.float() for output in forward_batches(backbone, images, indices, image_size, runtime)]
+    backbone.train(was_training)
+    return torch.cat(features)
+
+
+def forward_batches(
+    backbone: nn.Module, images: torch.Tensor, indices: Sequence[int], image_size: int, runtime: Runtime
+):
+    """`backbone`'s outputs on the eval views of cache rows `indices`, FEATURE_BATCH at a time, in
+    whatever mode the backbone is in, on runtime's device, precision and memory format."""
     indices = list(indices)
     for start in range(0, len(indices), FEATURE_BATCH):
         batch = images[indices[start : start + FEATURE_BATCH]].to(runtime.device, non_blocking=True)
         batch = eval_view(batch, image_size).contiguous(memory_format=runtime.memory_format)
         with autocast(runtime.device, runtime.precision):
-            features.append(backbone(batch).float())
-    backbone.train(was_training)
-    return torch.cat(features)
+            yield backbone(batch)
 
 
 @torch.no_grad()
@@ -76,12 +83,8 @@ def recalibrate_batchnorm(
         norm.reset_running_stats()
         norm.momentum = None  # a cumulative average over the batches
     backbone.train()
-    indices = list(indices)
-    for start in range(0, len(indices), FEATURE_BATCH):
-        batch = images[indices[start : start + FEATURE_BATCH]].to(runtime.device, non_blocking=True)
-        batch = eval_view(batch, image_size).contiguous(memory_format=runtime.memory_format)
-        with autocast(runtime.device, runtime.precision):
-            backbone(batch)
+    for _ in forward_batches(backbone, images, indices, image_size, runtime):
+        pass  # each batch updates the running statistics
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
     return backbone.eval()

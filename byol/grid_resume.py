@@ -6,11 +6,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+from byol.classifier_config import ClassifierConfig
 from byol.errors import UserError
 from byol.files import read_csv, read_json
-from byol.finetune import (
-    ClassifierConfig,
-)
 from byol.outputs import (
     CLASSIFIER_CONFIG_FILE,
     CLASSIFIER_METRIC_COLUMNS,

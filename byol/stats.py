@@ -118,9 +118,7 @@ def bootstrap_bounds(
         return math.nan, math.nan
     predictions = predictions[scored.all(axis=1)]
     labels = predictions["label"].to_numpy()
-    correct = {
-        init: (predictions[names].to_numpy(dtype=float).T == labels) for init, names in columns.items()
-    }
+    correct = {init: (predictions[runs].to_numpy(dtype=float).T == labels) for init, runs in columns.items()}
     return paired_bootstrap(correct["byol"], correct["random"])
 
 

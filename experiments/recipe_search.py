@@ -40,17 +40,16 @@ RECIPE_FIELDS = [name for name in PretrainConfig.__dataclass_fields__ if name no
 PROBE = ClassifierConfig(modes=["frozen"], seeds=3, epochs=30, score_split="validation")
 
 
-def linear_probe(run_dir: Path, device_name: str) -> pd.DataFrame:
+def linear_probe(run_dir: Path, device_name: str) -> tuple[pd.DataFrame, str]:
     """Frozen-backbone accuracy per init (mean, std over seeds) and the split it was scored on
     (PROBE's validation; test for the trials probed before the validation split existed), trained
     once and then reused."""
     metrics_path = run_dir / CLASSIFIER_METRICS_FILE
     if metrics_path.is_file():
-        metrics = read_csv(metrics_path, ["init", "mode"], "delete it to train the probe again")
-        scored_on = read_json(run_dir / CLASSIFIER_CONFIG_FILE, "delete it to train the probe again").get(
-            "score_split", "test"
-        )
+        remedy = "delete it to train the probe again"
+        metrics = read_csv(metrics_path, ["init", "mode"], remedy)
         if {"random", "byol"} <= set(metrics[metrics["mode"] == "frozen"]["init"]):
+            scored_on = read_json(run_dir / CLASSIFIER_CONFIG_FILE, remedy).get("score_split", "test")
             return summarize(metrics[metrics["mode"] == "frozen"]), scored_on
     if not (run_dir / WEIGHTS_FILE).is_file():
         raise UserError(f"{run_dir / WEIGHTS_FILE} not found: the linear probe needs the run's weights")
