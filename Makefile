@@ -98,17 +98,17 @@ TRIALS := adamw lars_cache80 lars_paper lars_eta002 rank_eta002 rank_eta0001 ran
 	long_eta002 long_eta0005 \
 	steps1400_base steps1400_tau097 steps1400_tau098 steps1400_sgd steps1400_larc steps1400_pred10 steps1400_96px \
 	steps1400_pred10_seed1 steps1400_sgd_seed1
-# One trial: its own folder sharing the study's split and image cache; skipped once it has byol.pt.
+# One trial: its own folder, reading the study's split and image cache (--split, --cache-dir); skipped
+# once it has byol.pt.
 trial_dir = $(OUT_DIR)/recipe_search/$(1)
-run_trial = (mkdir -p "$(trial_dir)" && cp "$(OUT_DIR)/splits.csv" "$(OUT_DIR)/split_config.json" "$(trial_dir)/" \
-	&& ln -sfn ../../cache "$(trial_dir)/cache" && ([ -f "$(trial_dir)/byol.pt" ] || $(BIN)/python train_byol.py \
-	--out-dir "$(trial_dir)" @configs/trials/$(1).args $(call resume_flag,$(trial_dir)/byol_checkpoint.pt)))
+shared_inputs = --split "$(OUT_DIR)/splits.csv" --cache-dir "$(OUT_DIR)/cache"
+run_trial = ([ -f "$(trial_dir)/byol.pt" ] || $(BIN)/python train_byol.py --out-dir "$(trial_dir)" $(shared_inputs) \
+	@configs/trials/$(1).args $(call resume_flag,$(trial_dir)/byol_checkpoint.pt))
 recipe-search: setup
 	$(split_if_missing)
-	mkdir -p "$(OUT_DIR)/cache"
 	$(foreach trial,$(TRIALS),$(call run_trial,$(trial)) && ) true
 	$(BIN)/python experiments/recipe_search.py $(foreach trial,$(TRIALS),$(call trial_dir,$(trial))) \
-		--out "$(OUT_DIR)/recipe_search.csv"
+		$(shared_inputs) --out "$(OUT_DIR)/recipe_search.csv"
 
 # Issue 21's long pretraining and everything it feeds, in one resumable command (docs/experiments.md):
 # the study's split in LONG_DIR, configs/long_byol.args (30,186 steps; continued with --resume after an

@@ -28,7 +28,8 @@ from byol.cli import (
 )
 from byol.device import resolve_device
 from byol.optim import BASE_LR_PER_256, OPTIMIZERS
-from byol.pretrain import COMPILE_MODES, PretrainConfig, RunOptions, pretrain
+from byol.pretrain import COMPILE_MODES, PretrainConfig, pretrain
+from byol.run_options import RunOptions, add_input_arguments, input_options
 
 # A setting is a file of flags, the defaults of every flag not given (reference: the library's own).
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -38,7 +39,8 @@ SETTING_FILES = {"cpu": CONFIGS / "cpu.args", "gpu": CONFIGS / "gpu.args"}
 def get_args_parser() -> argparse.ArgumentParser:
     defaults = PretrainConfig()
     parser = StageArgumentParser(description=__doc__)
-    add_out_dir_argument(parser, "reads splits.csv, writes byol.pt")
+    add_out_dir_argument(parser, "writes byol.pt; reads the split and the image cache here unless told")
+    add_input_arguments(parser.add_argument_group("inputs (default: the files in --out-dir)"))
     add_length_flags(parser.add_argument_group("how long"), defaults)
     add_view_flags(parser.add_argument_group("images and views"), defaults)
     add_optimiser_flags(parser.add_argument_group("optimisation"), defaults)
@@ -261,6 +263,7 @@ def main() -> None:
         compile_mode=args.compile,
         time_budget_s=args.time_budget,
         setting=setting,
+        **input_options(args),
     )
     pretrain(config, args.out_dir, options)
 

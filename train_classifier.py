@@ -34,12 +34,16 @@ from byol.files import read_csv
 from byol.finetune import PROBE_FOLDS, ClassifierConfig
 from byol.outputs import PAIRED_FILE
 from byol.report import format_summary
+from byol.run_options import RunOptions, add_input_arguments, input_options
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     defaults = ClassifierConfig()
     parser = StageArgumentParser(description=__doc__)
-    add_out_dir_argument(parser, "reads the split and byol.pt here")
+    add_out_dir_argument(
+        parser, "writes the classifiers' CSVs; reads the split, image cache and byol.pt here unless told"
+    )
+    add_input_arguments(parser.add_argument_group("inputs (default: the files in --out-dir)"), weights=True)
     add_grid_flags(parser.add_argument_group("the grid"), defaults)
     add_training_flags(parser.add_argument_group("training"), defaults)
     add_rate_flags(parser.add_argument_group("learning rates and their choice"), defaults)
@@ -198,9 +202,14 @@ def add_running_flags(group, defaults: ClassifierConfig) -> None:
 def main() -> None:
     args = get_args_parser().parse_args()
     config = ClassifierConfig(**{name: getattr(args, name) for name in ClassifierConfig.__dataclass_fields__})
-    summary = run_classifiers(
-        config, args.out_dir, args.device, args.precision, resume=args.resume, overwrite=args.overwrite
+    options = RunOptions(
+        device_name=args.device,
+        precision_name=args.precision,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        **input_options(args),
     )
+    summary = run_classifiers(config, args.out_dir, options)
     if int(os.environ.get("RANK", "0")) == 0:
         print(format_summary(summary, read_csv(args.out_dir / PAIRED_FILE, ["verdict"], "run again")))
 

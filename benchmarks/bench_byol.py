@@ -53,6 +53,8 @@ from byol.device import (
 from byol.distributed import Runtime
 from byol.model import BYOL, RESNET18_FEATURES, resnet18_backbone
 from byol.optim import default_lr, make_optimizer
+from byol.pretrain_config import PretrainConfig
+from byol.run_options import CACHE_DIR
 from byol.step import Trainer, seeded_generator, step_views, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,7 +123,8 @@ def make_trainer(runtime: Runtime, batch_size: int, compile_model: bool = False)
     model = BYOL(resnet18_backbone(), RESNET18_FEATURES).to(
         runtime.device, memory_format=runtime.memory_format
     )
-    optimizer = make_optimizer("lars", model, default_lr("lars", batch_size), 1.5e-6)
+    config = PretrainConfig(optimizer="lars", lr=default_lr("lars", batch_size), weight_decay=1.5e-6)
+    optimizer = make_optimizer(config, model)
     train_model = torch.compile(model) if compile_model else model
     return Trainer(train_model, model, optimizer, grad_scaler(runtime.device, runtime.precision), runtime)
 
@@ -484,8 +487,9 @@ def main() -> None:
         work_dir = args.work_dir or Path(temporary)
         work_dir.mkdir(parents=True, exist_ok=True)
         split = read_split(prepare_split(args.data_dir, work_dir, 80))
-        bench = Bench(args, runtime, split, load_cache(split, work_dir, cache_size, device))
-        cache_mib = cache_paths(work_dir, cache_size)[0].stat().st_size / 2**20
+        cache_dir = work_dir / CACHE_DIR
+        bench = Bench(args, runtime, split, load_cache(split, cache_dir, cache_size, device))
+        cache_mib = cache_paths(cache_dir, cache_size)[0].stat().st_size / 2**20
         print(
             f"device {device}, precision {runtime.precision}, {torch.get_num_threads()} threads, image "
             f"{args.image_size}px (cache {cache_size}px, {bench.n_images} images, {cache_mib:.0f} MiB on "

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,25 +29,18 @@ from byol.device import PRECISIONS
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def prepare_run(split_dir: Path, run_dir: Path, shared_cache: Path) -> None:
-    """run_dir holds a copy of the split and a link to the one cache both runs read."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("splits.csv", "split_config.json"):
-        if (split_dir / name).is_file():
-            shutil.copy2(split_dir / name, run_dir / name)
-    shared_cache.mkdir(parents=True, exist_ok=True)
-    link = run_dir / "cache"
-    if not link.exists():
-        link.symlink_to(shared_cache.resolve(), target_is_directory=True)
-
-
 def train(run_dir: Path, precision: str, args: argparse.Namespace) -> pd.DataFrame:
+    """One precision's run in run_dir, on --split-dir's split and one image cache every run reads."""
     if not (run_dir / "byol.pt").is_file():
         command = [
             sys.executable,
             str(ROOT / "train_byol.py"),
             "--out-dir",
             str(run_dir),
+            "--split",
+            str(args.split_dir),
+            "--cache-dir",
+            str(args.work_dir / "cache"),
             "--precision",
             precision,
             "--epochs",
@@ -88,9 +80,7 @@ def main() -> None:
         parser.error(f"--precisions {args.precisions}: two or more of {', '.join(named)}")
     curves = {}
     for precision in precisions:
-        run_dir = args.work_dir / precision
-        prepare_run(args.split_dir, run_dir, args.work_dir / "cache")
-        curves[precision] = train(run_dir, precision, args).set_index("epoch")
+        curves[precision] = train(args.work_dir / precision, precision, args).set_index("epoch")
 
     table = pd.concat(
         {p: curves[p][["loss", "val_knn_labelled", "images_per_s"]] for p in precisions}, axis=1

@@ -87,9 +87,7 @@ def measure_speed(run, steps: int = 4, warmup: int = 2, monitor_sample: int = 51
     config, device = run.config, run.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         model = BYOL(resnet18_backbone(), RESNET18_FEATURES).to(device, memory_format=MEMORY_FORMAT)
-        optimizer = make_optimizer(
-            config.optimizer, model, config.lr, config.weight_decay, lars_trust=config.lars_trust
-        )
+        optimizer = make_optimizer(config, model)
         scaler = grad_scaler(device, run.precision)
         generator = seeded_generator(config.seed + 1, 0, device)  # not the run's own
         order = torch.Generator().manual_seed(config.seed + 1)

@@ -22,7 +22,6 @@ from byol.distributed import SINGLE_PROCESS, Ranks
 from byol.errors import UserError
 from byol.files import atomic_path, write_json
 
-CACHE_DIR = "cache"
 CACHE_VERSION = 1  # bump when the decoding below changes, so old caches are rebuilt
 
 
@@ -47,9 +46,9 @@ def _load_chunk(args: tuple[Path, list[str], int]) -> np.ndarray:
     return np.stack([load_square(data_dir / path, size) for path in paths])
 
 
-def cache_paths(out_dir: Path, size: int) -> tuple[Path, Path]:
-    folder = out_dir / CACHE_DIR
-    return folder / f"images_{size}.npy", folder / f"images_{size}.json"
+def cache_paths(cache_dir: Path, size: int) -> tuple[Path, Path]:
+    """The cache's array and its record of what it was built from, in `cache_dir` (RunOptions.cache_path)."""
+    return Path(cache_dir) / f"images_{size}.npy", Path(cache_dir) / f"images_{size}.json"
 
 
 def check_view_size(image_size: int, cache_size: int) -> None:
@@ -71,9 +70,9 @@ def recorded_meta(meta_path: Path) -> dict | None:
         return None
 
 
-def build_cache(split: Split, out_dir: Path, size: int, workers: int | None = None) -> Path:
-    """Decode every image of the split at `size` into the cache unless an up-to-date one exists."""
-    array_path, meta_path = cache_paths(out_dir, size)
+def build_cache(split: Split, cache_dir: Path, size: int, workers: int | None = None) -> Path:
+    """Decode every image of the split at `size` into `cache_dir` unless an up-to-date cache is there."""
+    array_path, meta_path = cache_paths(cache_dir, size)
     meta = {
         "splits_sha256": split.fingerprint,
         "size": size,
@@ -103,16 +102,16 @@ def build_cache(split: Split, out_dir: Path, size: int, workers: int | None = No
 
 
 def load_cache(
-    split: Split, out_dir: Path, size: int, device: torch.device, ranks: Ranks = SINGLE_PROCESS
+    split: Split, cache_dir: Path, size: int, device: torch.device, ranks: Ranks = SINGLE_PROCESS
 ) -> torch.Tensor:
     """The cache as a (N, 3, S, S) uint8 tensor: memory-mapped on CPU, moved whole onto a GPU that fits it.
 
     Built first when missing or stale; under torchrun by rank 0 alone, while the others wait.
     """
     if ranks.is_main:
-        build_cache(split, out_dir, size)
+        build_cache(split, cache_dir, size)
     ranks.barrier()
-    array_path, _ = cache_paths(out_dir, size)
+    array_path, _ = cache_paths(cache_dir, size)
     # "c": copy-on-write, so the tensor is writable for torch but the file is never modified.
     images = torch.from_numpy(np.load(array_path, mmap_mode="c"))
     if device.type == "cuda":

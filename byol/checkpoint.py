@@ -72,6 +72,20 @@ def save_checkpoint(run: Run, state: TrainState) -> None:
             "grad_scaler": run.scaler.state_dict(),
             "config": asdict(run.config),
             "world_size": run.ranks.world_size,
+            "splits_sha256": run.splits_sha256,  # not in CHECKPOINT_KEYS: older checkpoints lack it
             "state": asdict(state),
         },
     )
+
+
+def check_same_split(run: Run, checkpoint: dict) -> None:
+    """--resume trains on the split the checkpoint was trained on (by its fingerprint; a checkpoint
+    written before the fingerprint was saved is not checked): a split made again from other files, or
+    another --split, would change the images under a half-trained run."""
+    saved = checkpoint.get("splits_sha256")
+    if saved is not None and saved != run.splits_sha256:
+        raise UserError(
+            f"--resume: {run.checkpoint_path} was trained on another split (splits.csv fingerprint "
+            f"{saved[:12]}, this one is {run.splits_sha256[:12]}); resume with the split it was trained "
+            "on (--split), or start over with --overwrite"
+        )

@@ -51,6 +51,7 @@ from byol.outputs import (
     prediction_column,
 )
 from byol.resume import check_fresh_start
+from byol.run_options import RunOptions
 from byol.stats import paired_summary, predictions_table, rate_limits, summarize
 from byol.timing import finish_time, format_duration
 
@@ -65,24 +66,21 @@ def finetune_choice_key(config: ClassifierConfig, init: str, n_labels: int, seed
 
 
 def run_classifiers(
-    config: ClassifierConfig,
-    out_dir: Path,
-    device_name: str = "auto",
-    precision_name: str = "auto",
-    resume: bool = False,
-    overwrite: bool = False,
+    config: ClassifierConfig, out_dir: Path, options: RunOptions | None = None
 ) -> pd.DataFrame:
     """Train every condition, write classifier_metrics.csv and classifier_summary.csv, return the summary.
 
-    With `resume`, conditions already complete in classifier_metrics.csv (same settings) are kept; an
-    earlier classifier_metrics.csv needs `resume` or `overwrite` (start over).
+    With `options.resume`, conditions already complete in classifier_metrics.csv (same settings) are
+    kept; an earlier classifier_metrics.csv needs `resume` or `overwrite` (start over). The split, image
+    cache and byol.pt are read where `options` says (by default in `out_dir`).
     Under torchrun every process calls this; fine-tuning is data-parallel, rank 0 writes the files.
     """
+    options = options or RunOptions()
     config.check()
-    check_fresh_start(Path(out_dir), (CLASSIFIER_METRICS_FILE,), resume, overwrite)
-    with process_group(device_name) as (ranks, device):
-        runtime = Runtime(device, resolve_precision(precision_name, device), ranks)
-        return _run_classifiers(config, Path(out_dir), runtime, resume)
+    check_fresh_start(Path(out_dir), (CLASSIFIER_METRICS_FILE,), options.resume, options.overwrite)
+    with process_group(options.device_name) as (ranks, device):
+        runtime = Runtime(device, resolve_precision(options.precision_name, device), ranks)
+        return _run_classifiers(config, Path(out_dir), runtime, options)
 
 
 RunKey = tuple  # (init, mode, seed, number of labelled images): one run of the grid
@@ -323,14 +321,16 @@ def plan_line(grid: Grid, epochs_done: dict[RunKey, int]) -> str:
 
 
 def load_grid(
-    config: ClassifierConfig, out_dir: Path, runtime: Runtime, resume: bool
+    config: ClassifierConfig, out_dir: Path, runtime: Runtime, options: RunOptions
 ) -> tuple[Grid, dict, list[dict]]:
-    """The grid's shared inputs, byol.pt's config ({} without one) and, with `resume`, the earlier
-    run's rows to keep: all checked before the image cache is read or built, and anything trains."""
-    split = read_split(out_dir)
+    """The grid's shared inputs, byol.pt's config ({} without one) and, with `options.resume`, the
+    earlier run's rows to keep: all checked before the image cache is read or built, and anything trains."""
+    split = read_split(options.split_path(out_dir))
     byol_state, byol_config = None, {}
     if "byol" in config.inits:
-        byol_backbone, byol_config = load_byol_backbone(out_dir)
+        weights = options.weights_path(out_dir)
+        byol_backbone, byol_config, pretrained_on = load_byol_backbone(weights)
+        check_pretrained_on(weights, pretrained_on, split)
         byol_state = byol_backbone.state_dict()
     config = config.resolved(byol_config)
     if config.evaluation == "auto":
@@ -343,14 +343,31 @@ def load_grid(
         )
     world_size = runtime.ranks.world_size
     check_labelled(split, config, world_size)
-    rows = finished_rows(config, out_dir, byol_config, world_size, split.fingerprint) if resume else []
-    images = load_cache(split, out_dir, config.cache_size, torch.device("cpu"), runtime.ranks)
+    rows = (
+        finished_rows(config, out_dir, byol_config, world_size, split.fingerprint) if options.resume else []
+    )
+    images = load_cache(
+        split, options.cache_path(out_dir), config.cache_size, torch.device("cpu"), runtime.ranks
+    )
     labels = torch.tensor(split.table["label"].to_numpy())
     return Grid(config, split, images, labels, byol_state, runtime), byol_config, rows
 
 
-def _run_classifiers(config: ClassifierConfig, out_dir: Path, runtime: Runtime, resume: bool) -> pd.DataFrame:
-    grid, byol_config, rows = load_grid(config, out_dir, runtime, resume)
+def check_pretrained_on(weights: Path, pretrained_on: str | None, split: Split) -> None:
+    """byol.pt must come from a pretraining on this split (by its fingerprint, where the file records
+    one): another split's pretraining pool may hold this split's validation or test images."""
+    if pretrained_on is not None and pretrained_on != split.fingerprint:
+        raise UserError(
+            f"{weights} was pretrained on another split (splits.csv fingerprint {pretrained_on[:12]}, this "
+            f"one is {split.fingerprint[:12]}), whose pretraining images may include this split's test "
+            "images; pass the split it was pretrained on (--split), or pretrain on this one"
+        )
+
+
+def _run_classifiers(
+    config: ClassifierConfig, out_dir: Path, runtime: Runtime, options: RunOptions
+) -> pd.DataFrame:
+    grid, byol_config, rows = load_grid(config, out_dir, runtime, options)
     config, ranks = grid.config, runtime.ranks
     metrics_path = out_dir / CLASSIFIER_METRICS_FILE
     if ranks.is_main:

@@ -304,14 +304,23 @@ def labelled_rows(split: Split, *splits: str) -> list[int]:
     return [row for row, label in zip(rows, split.table.loc[rows, "label"]) if label != UNLABELLED_LABEL]
 
 
-def read_split(out_dir: Path) -> Split:
-    """Read `splits.csv` and its config from `out_dir`, checking they belong together and exist."""
-    splits_csv = out_dir / SPLITS_FILE
-    config_json = out_dir / SPLIT_CONFIG_FILE
+def split_files(where: Path) -> tuple[Path, Path]:
+    """splits.csv and its split_config.json: `where` is either the CSV (the config beside it, whatever
+    the CSV is called) or the folder holding both (RunOptions.split_path)."""
+    where = Path(where)
+    if where.suffix == ".csv" or where.is_file():
+        return where, where.parent / SPLIT_CONFIG_FILE
+    return where / SPLITS_FILE, where / SPLIT_CONFIG_FILE
+
+
+def read_split(where: Path) -> Split:
+    """Read `splits.csv` and its config (see split_files), checking they belong together and exist."""
+    splits_csv, config_json = split_files(where)
     if not splits_csv.is_file() or not config_json.is_file():
+        missing = splits_csv if not splits_csv.is_file() else config_json
         raise UserError(
-            f"no split in {out_dir} ({SPLITS_FILE} or {SPLIT_CONFIG_FILE} missing); "
-            f"run: python data_split.py --data-dir PATH --out-dir {out_dir}"
+            f"no split at {where} ({missing} missing); "
+            f"run: python data_split.py --data-dir PATH --out-dir {splits_csv.parent}"
         )
     config = read_json(config_json, "re-run data_split.py to make a fresh split")
     fingerprint = splits_fingerprint(splits_csv)

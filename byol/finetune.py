@@ -27,7 +27,6 @@ from byol.errors import UserError, first_line
 from byol.evaluate import eval_view, extract_features, standardize, standardizer
 from byol.files import load_torch
 from byol.model import MIN_BATCH_SIZE, RESNET18_FEATURES, resnet18_backbone
-from byol.pretrain import WEIGHTS_FILE
 from byol.schedules import lr_at
 from byol.step import backward_step
 
@@ -46,9 +45,11 @@ def images_per_step(world_size: int, finetune: bool) -> int:
     return world_size * MIN_BATCH_SIZE if finetune else 1
 
 
-def load_byol_backbone(out_dir: Path) -> tuple[nn.Module, dict]:
-    """The backbone of byol.pt in a fresh resnet18; a clear error when it is missing or foreign."""
-    path = out_dir / WEIGHTS_FILE
+def load_byol_backbone(path: Path) -> tuple[nn.Module, dict, str | None]:
+    """The backbone of byol.pt (`path`, RunOptions.weights_path) in a fresh resnet18, its pretraining
+    config, and the fingerprint of the split it was pretrained on (None in files from before
+    2026-12-06); a clear error when it is missing or foreign."""
+    path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found: run train_byol.py first, or pass --inits random")
     try:
@@ -59,7 +60,7 @@ def load_byol_backbone(out_dir: Path) -> tuple[nn.Module, dict]:
         raise UserError(
             f"{path} does not hold resnet18 backbone weights ({first_line(error)}); re-run train_byol.py"
         ) from None
-    return backbone, weights.get("config", {})
+    return backbone, weights.get("config", {}), weights.get("splits_sha256")
 
 
 def make_backbone(init: str, seed: int, byol_state: dict | None) -> nn.Module:

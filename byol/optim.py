@@ -6,10 +6,15 @@ as in the paper (appendix C).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from byol.errors import UserError
+
+if TYPE_CHECKING:
+    from byol.pretrain_config import PretrainConfig
 
 OPTIMIZERS = ("lars", "sgd", "adamw")
 # Learning rate for a batch of 256; scaled linearly with the batch size (the paper's rule).
@@ -109,21 +114,14 @@ def default_lr(optimizer: str, batch_size: int) -> float:
     return BASE_LR_PER_256[optimizer] * batch_size / 256
 
 
-# Seven parameters: the optimiser's name and rates, then one keyword per train_byol.py flag that
-# tunes it (--lars-trust, --lars-clip, --predictor-lr-scale), each with its default, named by callers.
-def make_optimizer(
-    name: str,
-    model: nn.Module,
-    lr: float,
-    weight_decay: float,
-    *,
-    lars_trust: float = 1e-3,
-    lars_clip: bool = False,
-    predictor_lr_scale: float = 1.0,
-) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, weight_decay, predictor_lr_scale)
+def make_optimizer(config: PretrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimiser a resolved PretrainConfig names (--optimizer, --lr, --weight-decay, --lars-trust,
+    --lars-clip, --predictor-lr-scale) over the model's parameter groups: the run's, and the speed probe's
+    (byol.budget), from the one config."""
+    name, lr = config.optimizer, config.lr
+    groups = parameter_groups(model, config.weight_decay, config.predictor_lr_scale)
     if name == "lars":
-        return LARS(groups, lr=lr, trust_coefficient=lars_trust, clip=lars_clip)
+        return LARS(groups, lr=lr, trust_coefficient=config.lars_trust, clip=config.lars_clip)
     for group in groups:  # LARS's own key; SGD and AdamW would keep it in their state for nothing
         del group["lars"]
     if name == "sgd":

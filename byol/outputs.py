@@ -112,6 +112,8 @@ CEILING_COLUMNS = ["seed", "n_train", *EPOCH_COLUMNS]
 
 # python experiments/compute_curve.py: each snapshot of a long pretraining, scored
 CURVE_FILE = "compute_curve.csv"
+CURVE_SEEDS_FILE = "compute_curve_seeds.csv"  # its probe accuracies per seed (experiments/compute_curve.py)
+CURVE_SEED_COLUMNS = ["epoch", "seed", "probe_byol", "probe_random"]
 CURVE_FIGURE = "compute_curve.png"
 CURVE_COLUMNS = [  # what plot_compute_curve and curve_markdown read
     "epoch",

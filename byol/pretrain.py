@@ -27,6 +27,7 @@ from byol.capacity import check_cpu_memory
 from byol.checkpoint import (
     CHECKPOINT_FILE,
     TrainState,
+    check_same_split,
     read_checkpoint,
     restore,
     save_checkpoint,
@@ -44,18 +45,17 @@ from byol.plots import plot_views
 from byol.pretrain_config import (
     COMPILE_MODES,
     PretrainConfig,
-    RunOptions,
     parse_snapshot_epochs,
     snapshot_path,
     use_compile,
 )
 from byol.resume import StopRequest, check_fresh_start, check_resume_config
+from byol.run_options import WEIGHTS_FILE, RunOptions
 from byol.schedules import lr_at, tau_at
 from byol.step import Trainer, seeded_generator, step_views, train_step
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "byol.pt"
 VIEWS_FIGURE = "byol_views.png"
 # What an earlier pretraining left in a folder: a new run there needs --resume or --overwrite.
 EARLIER_RUN_FILES = (CHECKPOINT_FILE, WEIGHTS_FILE, BYOL_METRICS_FILE, BYOL_CONFIG_FILE)
@@ -89,7 +89,9 @@ def pretrain(config: PretrainConfig, out_dir: Path, options: RunOptions | None =
         config = config.resolved(ranks.world_size)
         # fail before the cache is built
         parse_snapshot_epochs(options.snapshot_epochs, 10**9 if budgeted else config.epochs)
-        run = build_run(config, out_dir, ranks, device, options.precision_name)
+        run = build_run(config, out_dir, ranks, device, options)
+        if checkpoint is not None:
+            check_same_split(run, checkpoint)
         state = restore(run, checkpoint) if checkpoint is not None else TrainState()
         speed = measure_speed(run)
         fix_epochs(run, speed, options.time_budget_s, resumed=checkpoint is not None)
@@ -135,6 +137,7 @@ class Run:
 
     config: PretrainConfig
     out_dir: Path
+    splits_sha256: str  # the split's fingerprint: recorded with the weights, checked on --resume
     ranks: Ranks
     device: torch.device
     precision: str
@@ -177,13 +180,13 @@ class Run:
 
 
 def build_run(
-    config: PretrainConfig, out_dir: Path, ranks: Ranks, device: torch.device, precision_name: str
+    config: PretrainConfig, out_dir: Path, ranks: Ranks, device: torch.device, options: RunOptions
 ) -> Run:
     """Check that the run fits, then load the split and its cache and build the model and optimiser."""
-    precision = resolve_precision(precision_name, device)
+    precision = resolve_precision(options.precision_name, device)
     if device.type == "cpu":  # a CUDA allocation that fails raises, and run_stage reports it
         check_cpu_memory(config.batch_size, config.image_size, precision)
-    split = read_split(out_dir)
+    split = read_split(options.split_path(out_dir))
     train_indices = pretraining_indices(split, config.max_images, config.seed)
     if config.batch_size * ranks.world_size > len(train_indices):
         processes = f" x {ranks.world_size} processes" if ranks.distributed else ""
@@ -191,7 +194,7 @@ def build_run(
             f"--batch-size {config.batch_size}{processes} is larger than the {len(train_indices)} "
             "pretraining images; lower --batch-size"
         )
-    images = load_cache(split, out_dir, config.cache_size, device, ranks)
+    images = load_cache(split, options.cache_path(out_dir), config.cache_size, device, ranks)
     views = BYOLViews(
         config.image_size,
         crop_scale=(config.crop_min_scale, 1.0),
@@ -202,18 +205,11 @@ def build_run(
     if config.sync_bn and ranks.distributed:
         model = sync_batchnorm(model, device)
     model = model.to(device, memory_format=MEMORY_FORMAT)
-    optimizer = make_optimizer(
-        config.optimizer,
-        model,
-        config.lr,
-        config.weight_decay,
-        lars_trust=config.lars_trust,
-        lars_clip=config.lars_clip,
-        predictor_lr_scale=config.predictor_lr_scale,
-    )
+    optimizer = make_optimizer(config, model)
     return Run(
         config=config,
         out_dir=out_dir,
+        splits_sha256=split.fingerprint,
         ranks=ranks,
         device=device,
         precision=precision,
@@ -241,6 +237,7 @@ def start_run(run: Run, state: TrainState, show_views: bool, recorded: dict | No
                 "world_size": ranks.world_size,
                 "global_batch_size": run.global_batch,
                 "pretraining_images": len(run.train_indices),
+                "splits_sha256": run.splits_sha256,
                 **(recorded or {}),
             },
         )
@@ -385,6 +382,7 @@ def save_weights(run: Run, state: TrainState, path: Path) -> Path:
             "arch": "resnet18",
             "feature_dim": RESNET18_FEATURES,
             "config": asdict(run.config),
+            "splits_sha256": run.splits_sha256,  # Stage 3 refuses another split: its test may be in the pool
             "metrics": summarize_pretraining(state.metrics),
             "epoch": state.epoch,
             "step": state.step,

@@ -1,5 +1,5 @@
 """What a pretraining run is asked to do: PretrainConfig (everything that determines its result, with
-its checks), RunOptions (how and where it runs), and the snapshot and compile choices they imply."""
+its checks), and the snapshot and compile choices of its RunOptions (byol.run_options)."""
 
 from __future__ import annotations
 
@@ -73,29 +73,6 @@ class PretrainConfig:
         check_view_size(self.image_size, cache_size)
         lr = self.lr or default_lr(self.optimizer, self.batch_size * world_size)
         return PretrainConfig(**{**asdict(self), "cache_size": cache_size, "lr": lr})
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How a pretraining run goes, beside what it learns (PretrainConfig): train_byol.py's other flags.
-
-    An earlier run in the output folder needs `resume` (continue it) or `overwrite` (start over).
-    `snapshot_epochs` and `compile_mode` change how the run goes, not its result, so a resumed run
-    may change them: see `parse_snapshot_epochs` and `use_compile`. With `time_budget_s` a new run
-    measures this machine's speed and trains as many epochs as fit (config.epochs is then replaced,
-    and saved); a resumed run keeps the epochs it started with. `stop_after_epochs` pauses the run
-    (resumable) every that many epochs; `setting` is recorded in byol_config.json (--setting).
-    """
-
-    device_name: str = "auto"
-    precision_name: str = "auto"
-    resume: bool = False
-    overwrite: bool = False
-    stop_after_epochs: int = 0
-    snapshot_epochs: str = ""
-    compile_mode: str = "off"
-    time_budget_s: float = 0.0
-    setting: str = ""
 
 
 SNAPSHOT_DIR = "snapshots"

@@ -49,6 +49,7 @@ from byol.finetune import ClassifierConfig, Examples, Job, Task, choose_finetune
 from byol.grid_plan import GridWork, grid_seconds, measure_grid_speed
 from byol.outputs import BYOL_CONFIG_FILE, CEILING_COLUMNS, CEILING_CONFIG_FILE, CEILING_METRICS_FILE
 from byol.resume import check_fresh_start, check_resumable
+from byol.run_options import CACHE_DIR
 from byol.timing import finish_time, format_duration
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def load_run(config: ClassifierConfig, run_dir: Path, runtime: Runtime) -> Ceili
     train_rows, test_rows = labelled_rows(split, *TRAIN_SPLITS), split.indices("test")
     if not test_rows or not train_rows:
         raise UserError(f"{run_dir}: the split needs test and non-test images; re-run data_split.py")
-    images = load_cache(split, run_dir, config.cache_size, torch.device("cpu"), runtime.ranks)
+    images = load_cache(split, run_dir / CACHE_DIR, config.cache_size, torch.device("cpu"), runtime.ranks)
     labels = torch.tensor(split.table["label"].to_numpy())
     examples = Examples(images, labels)
     validation_rows = split.indices("validation")

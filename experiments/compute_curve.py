@@ -19,13 +19,14 @@ curve_markdown, so that plot_results.py redraws both from compute_curve.csv with
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from byol.cli import StageArgumentParser, positive_int, run_stage
 from byol.comparison import run_classifiers
-from byol.data import SPLIT_CONFIG_FILE, SPLITS_FILE
+from byol.data import SPLITS_FILE
 from byol.errors import UserError
 from byol.files import read_csv, read_json, write_csv
 from byol.finetune import ClassifierConfig
@@ -37,14 +38,16 @@ from byol.outputs import (
     CLASSIFIER_SUMMARY_FILE,
     CURVE_FIGURE,
     CURVE_FILE,
+    CURVE_SEED_COLUMNS,
+    CURVE_SEEDS_FILE,
     MONITOR_KNNS,
     monitor_split,
     read_monitor_table,
 )
 from byol.plots_curve import plot_compute_curve
-from byol.pretrain import WEIGHTS_FILE
-from byol.pretrain_config import SNAPSHOT_DIR
+from byol.pretrain_config import SNAPSHOT_DIR, snapshot_path
 from byol.report import training_hours
+from byol.run_options import CACHE_DIR, RunOptions
 from byol.stats import final_rows, paired_interval, verdict
 
 WORK_DIR = "compute_curve"
@@ -61,28 +64,20 @@ def snapshot_epochs(run_dir: Path) -> list[int]:
     return epochs
 
 
-def probe_folder(run_dir: Path, name: str, weights: Path | None) -> Path:
-    """A classifier folder that shares RUN_DIR's split and cache, with `weights` as its byol.pt."""
+def probe(
+    run_dir: Path, name: str, weights: Path | None, config: ClassifierConfig, device: str
+) -> pd.DataFrame:
+    """The linear probe's final rows (init, seed, test_acc) of `weights` (None: the random init), on
+    RUN_DIR's split and image cache, trained once in RUN_DIR/compute_curve/NAME and then read back."""
     folder = run_dir / WORK_DIR / name
-    folder.mkdir(parents=True, exist_ok=True)
-    links = {SPLITS_FILE: run_dir / SPLITS_FILE, SPLIT_CONFIG_FILE: run_dir / SPLIT_CONFIG_FILE}
-    links["cache"] = run_dir / "cache"
-    links[BYOL_CONFIG_FILE] = run_dir / BYOL_CONFIG_FILE
-    if weights is not None:
-        links[WEIGHTS_FILE] = weights
-    for link_name, target in links.items():
-        link = folder / link_name
-        if not link.is_symlink() and target.exists():
-            link.symlink_to(target.resolve())
-    return folder
-
-
-def probe(folder: Path, inits: list[str], config: ClassifierConfig, device: str) -> pd.DataFrame:
-    """The linear probe's final rows (init, seed, test_acc), trained once and then read back."""
     if not (folder / CLASSIFIER_SUMMARY_FILE).is_file():
         resume = (folder / CLASSIFIER_METRICS_FILE).is_file()
-        probe_config = ClassifierConfig(**{**vars(config), "inits": inits})
-        run_classifiers(probe_config, folder, device_name=device, resume=resume)
+        probe_config = replace(config, inits=["random" if weights is None else "byol"])
+        cache = run_dir / CACHE_DIR
+        options = RunOptions(
+            device_name=device, resume=resume, split=run_dir, cache_dir=cache, weights=weights
+        )
+        run_classifiers(probe_config, folder, options)
     metrics = read_csv(folder / CLASSIFIER_METRICS_FILE, ["init", "seed", "test_acc"], "delete its folder")
     return final_rows(metrics)[["init", "seed", "test_acc"]]
 
@@ -94,13 +89,11 @@ def curve_rows(run_dir: Path, byol_config: dict, config: ClassifierConfig, devic
     monitor_columns = [*(f"{split}_{name}" for name in MONITOR_KNNS), "feature_rank"]
     epochs = snapshot_epochs(run_dir)  # before any training: a run without snapshots fails at once
     hours = training_hours(monitor)
-    random = probe(probe_folder(run_dir, "random", None), ["random"], config, device).set_index("seed")
+    random = probe(run_dir, "random", None, config, device).set_index("seed")
     rows = [{"epoch": 0, "step": 0, "byol": random["test_acc"]}]
     for epoch in epochs:
-        folder = probe_folder(
-            run_dir, f"epoch{epoch:04d}", run_dir / SNAPSHOT_DIR / f"byol_epoch{epoch:04d}.pt"
-        )
-        scored = probe(folder, ["byol"], config, device).set_index("seed")
+        weights = snapshot_path(run_dir, epoch)
+        scored = probe(run_dir, f"epoch{epoch:04d}", weights, config, device).set_index("seed")
         rows.append({"epoch": epoch, "step": int(monitor.loc[epoch, "step"]), "byol": scored["test_acc"]})
     table = []
     for row in rows:
@@ -126,7 +119,19 @@ def curve_rows(run_dir: Path, byol_config: dict, config: ClassifierConfig, devic
                 "probe_verdict": verdict(low, high) if epoch else "random init",
             }
         )
-    return pd.DataFrame(table)
+    return pd.DataFrame(table), per_seed_rows(rows, random["test_acc"])
+
+
+def per_seed_rows(rows: list[dict], random: pd.Series) -> pd.DataFrame:
+    """compute_curve_seeds.csv: each snapshot's probe accuracy per seed beside the random init's on
+    that seed, so that every interval of compute_curve.csv recomputes from committed rows."""
+    table = [
+        {"epoch": row["epoch"], "seed": seed, "probe_byol": accuracy, "probe_random": random[seed]}
+        for row in rows[1:]
+        for seed, accuracy in row["byol"].items()
+        if seed in random.index
+    ]
+    return pd.DataFrame(table, columns=CURVE_SEED_COLUMNS)
 
 
 def main() -> None:
@@ -152,13 +157,14 @@ def main() -> None:
         image_size=byol_config["image_size"],
         cache_size=byol_config["cache_size"],
     )
-    table = curve_rows(args.run_dir, byol_config, config, args.device)
+    table, per_seed = curve_rows(args.run_dir, byol_config, config, args.device)
     write_csv(args.out_dir / CURVE_FILE, table)
+    write_csv(args.out_dir / CURVE_SEEDS_FILE, per_seed)
     plot_compute_curve(table, args.out_dir / CURVE_FIGURE)
     knn = f"{monitor_split(table.columns)}_knn_k20"
     columns = ["epoch", "images_seen", "hours", knn, "probe_byol", "probe_diff", "probe_verdict"]
     print(table[columns].to_string(index=False))
-    print(f"wrote {args.out_dir / CURVE_FILE} and {args.out_dir / CURVE_FIGURE}")
+    print(f"wrote {args.out_dir / CURVE_FILE}, {CURVE_SEEDS_FILE} and {CURVE_FIGURE}")
 
 
 if __name__ == "__main__":

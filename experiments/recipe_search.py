@@ -32,7 +32,8 @@ from byol.outputs import (
     monitor_split,
     read_monitor_table,
 )
-from byol.pretrain import WEIGHTS_FILE, PretrainConfig
+from byol.pretrain_config import PretrainConfig
+from byol.run_options import WEIGHTS_FILE, RunOptions, add_input_arguments, input_options
 from byol.stats import summarize
 
 RECIPE_FIELDS = [name for name in PretrainConfig.__dataclass_fields__ if name not in ("knn_every", "sync_bn")]
@@ -40,10 +41,10 @@ RECIPE_FIELDS = [name for name in PretrainConfig.__dataclass_fields__ if name no
 PROBE = ClassifierConfig(modes=["frozen"], seeds=3, epochs=30, score_split="validation")
 
 
-def linear_probe(run_dir: Path, device_name: str) -> tuple[pd.DataFrame, str]:
+def linear_probe(run_dir: Path, device_name: str, inputs: dict) -> tuple[pd.DataFrame, str]:
     """Frozen-backbone accuracy per init (mean, std over seeds) and the split it was scored on
     (PROBE's validation; test for the trials probed before the validation split existed), trained
-    once and then reused."""
+    once and then reused. `inputs`: the split and cache the trials share (RunOptions' fields)."""
     metrics_path = run_dir / CLASSIFIER_METRICS_FILE
     if metrics_path.is_file():
         remedy = "delete it to train the probe again"
@@ -54,7 +55,8 @@ def linear_probe(run_dir: Path, device_name: str) -> tuple[pd.DataFrame, str]:
     if not (run_dir / WEIGHTS_FILE).is_file():
         raise UserError(f"{run_dir / WEIGHTS_FILE} not found: the linear probe needs the run's weights")
     # A probe cut short (classifier_metrics.csv without both inits) starts over.
-    return run_classifiers(PROBE, run_dir, device_name=device_name, overwrite=True), PROBE.score_split
+    options = RunOptions(device_name=device_name, overwrite=True, **inputs)
+    return run_classifiers(PROBE, run_dir, options), PROBE.score_split
 
 
 def rank_columns(curve: pd.DataFrame) -> dict:
@@ -86,7 +88,7 @@ def monitor_columns(curve: pd.DataFrame) -> dict:
     return columns
 
 
-def trial_row(run_dir: Path, device_name: str) -> dict:
+def trial_row(run_dir: Path, device_name: str, inputs: dict) -> dict:
     for needed in (BYOL_CONFIG_FILE, BYOL_METRICS_FILE):
         if not (run_dir / needed).is_file():
             raise UserError(
@@ -95,7 +97,7 @@ def trial_row(run_dir: Path, device_name: str) -> dict:
     remedy = "finish that train_byol.py run again, or leave it out"
     config = read_json(run_dir / BYOL_CONFIG_FILE, remedy)
     curve = read_monitor_table(run_dir / BYOL_METRICS_FILE, BYOL_METRIC_COLUMNS, remedy)
-    probe, scored_on = linear_probe(run_dir, device_name)
+    probe, scored_on = linear_probe(run_dir, device_name, inputs)
     probe = probe.set_index("init")
     defaults = PretrainConfig()
     return {
@@ -123,8 +125,10 @@ def main() -> None:
     parser.add_argument("run_dirs", type=Path, nargs="+", help="train_byol.py output folders")
     parser.add_argument("--out", type=Path, default=Path("results/recipe_search.csv"))
     parser.add_argument("--device", default="auto", help="for the linear probes: auto, cpu, cuda")
+    add_input_arguments(parser)
     args = parser.parse_args()
-    table = pd.DataFrame([trial_row(run_dir, args.device) for run_dir in args.run_dirs])
+    inputs = input_options(args)
+    table = pd.DataFrame([trial_row(run_dir, args.device, inputs) for run_dir in args.run_dirs])
     write_csv(args.out, table)
     split = monitor_split(table.columns.str.replace("_knn_k20_last", "_knn_k20"))
     knns = [f"{split}_{name}_last" for name in MONITOR_KNNS]

@@ -183,7 +183,8 @@ def test_the_speed_is_measured_on_the_runs_own_pipeline_without_touching_its_sta
 
     out = split_dir()
     config = PretrainConfig(**TINY).resolved()
-    run = build_run(config, out, SINGLE_PROCESS, pretrain_module.torch.device("cpu"), "fp32")
+    options = RunOptions(precision_name="fp32")
+    run = build_run(config, out, SINGLE_PROCESS, pretrain_module.torch.device("cpu"), options)
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
     rng = pretrain_module.torch.get_rng_state()
     speed = measure_speed(run)

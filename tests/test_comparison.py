@@ -45,6 +45,7 @@ from byol.model import resnet18_backbone
 from byol.outputs import CLASSIFIER_METRIC_COLUMNS, prediction_column
 from byol.plots import plot_accuracy, plot_label_efficiency, plot_loss_curves
 from byol.report import format_summary, pretraining_markdown, summary_markdown
+from byol.run_options import CACHE_DIR, WEIGHTS_FILE, RunOptions
 from byol.stats import final_rows, paired_summary, rate_grid_limits, rate_limits, summarize
 
 CPU = Runtime(torch.device("cpu"))
@@ -180,7 +181,7 @@ def test_every_init_and_mode_of_a_seed_trains_on_the_same_images_head_and_batche
     config = ClassifierConfig(
         seeds=2, n_labels=[6], epochs=2, batch_size=4, probe_lrs=[1e-2], finetune_lrs=[1e-3]
     )
-    run_classifiers(config, pretrained, device_name="cpu", precision_name="fp32", overwrite=True)
+    run_classifiers(config, pretrained, RunOptions(device_name="cpu", precision_name="fp32", overwrite=True))
     order = [
         (seed, init, mode)
         for seed in (0, 1)
@@ -239,7 +240,7 @@ def test_frozen_mode_keeps_the_backbone_fixed(pretrained, monkeypatch):
     real_make_backbone = comparison.make_backbone
     monkeypatch.setattr(comparison, "make_backbone", recording)
     config = ClassifierConfig(modes=["frozen"], seeds=2, epochs=2, batch_size=4, probe_lrs=[1e-2])
-    run_classifiers(config, pretrained, device_name="cpu", overwrite=True)
+    run_classifiers(config, pretrained, RunOptions(device_name="cpu", overwrite=True))
     assert sorted(init for init, _, _ in made) == ["byol", "byol", "random", "random"]
     for init, before, backbone in made:  # weights, BatchNorm statistics and counters alike
         after = backbone.state_dict()
@@ -660,7 +661,7 @@ def test_finetune_lr_is_chosen_on_the_labelled_images_only(pretrained):
 def test_lp_ft_starts_fine_tuning_from_the_probe_on_the_raw_features(tmp_path):
     images = make_demo_images(tmp_path / "images", per_class=16, size=36)
     split = read_split(write_split(images, tmp_path / "out", 32, 0))
-    cache = load_cache(split, tmp_path / "out", 36, torch.device("cpu"))
+    cache = load_cache(split, tmp_path / "out" / CACHE_DIR, 36, torch.device("cpu"))
     labels = torch.tensor(split.table["label"].to_numpy())
     backbone = resnet18_backbone()
     config = ClassifierConfig(epochs=20, batch_size=8, image_size=32, probe_lrs=[1e-2])
@@ -672,7 +673,7 @@ def test_lp_ft_starts_fine_tuning_from_the_probe_on_the_raw_features(tmp_path):
 
 def test_the_byol_init_is_byol_pt_and_the_image_size_follows_it(pretrained):
     weights = torch.load(pretrained / "byol.pt", weights_only=True)
-    backbone, byol_config = load_byol_backbone(pretrained)
+    backbone, byol_config, _ = load_byol_backbone(pretrained / WEIGHTS_FILE)
     state = backbone.state_dict()
     byol = make_backbone("byol", 3, state).state_dict()
     random = make_backbone("random", 3, None).state_dict()
@@ -714,7 +715,7 @@ def test_frozen_random_recalibrates_batchnorm_only_when_the_validation_split_pre
     config = ClassifierConfig(
         inits=["random"], modes=["frozen"], epochs=3, batch_size=8, image_size=32, cache_size=36, bn_images=16
     )
-    grid, _, _ = load_grid(config, out, CPU, resume=False)
+    grid, _, _ = load_grid(config, out, CPU, RunOptions())
     train_rows = balanced_subset(grid.split, 12, 0, "split")
     rows_of = Split.indices
 
@@ -770,7 +771,7 @@ def test_scored_on_validation_a_grid_never_reads_a_test_row(tmp_path, monkeypatc
         score_split="validation",
         bn_images=16,
     )
-    run_classifiers(config, out, device_name="cpu")
+    run_classifiers(config, out, RunOptions(device_name="cpu"))
     monkeypatch.undo()
     predictions = pd.read_csv(out / "classifier_predictions.csv")
     assert predictions["row"].tolist() == read_split(out).indices("validation")

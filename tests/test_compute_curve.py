@@ -52,6 +52,11 @@ def test_each_snapshot_is_probed_against_one_random_init_and_read_back_on_a_reru
     expected = (last(byol) - last(random)).mean()
     assert table.set_index("epoch").loc[3, "probe_diff"] == pytest.approx(expected)
     assert table.set_index("epoch").loc[3, "probe_byol"] == pytest.approx(last(byol).mean())
+    per_seed = pd.read_csv(tmp_path / "compute_curve_seeds.csv")  # every interval recomputes from these
+    assert per_seed["epoch"].tolist() == [1, 1, 3, 3] and per_seed["seed"].tolist() == [0, 1, 0, 1]
+    at3 = per_seed[per_seed["epoch"] == 3].set_index("seed")
+    assert (at3["probe_byol"] - at3["probe_random"]).mean() == pytest.approx(expected)
+    assert not [path for path in work.rglob("*") if path.is_symlink()]  # inputs are passed, not linked
     assert (tmp_path / "compute_curve.png").stat().st_size > 10_000
 
     trained = {path: path.stat().st_mtime_ns for path in work.glob("*/classifier_metrics.csv")}

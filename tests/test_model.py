@@ -10,6 +10,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from byol import BYOL, BYOLViews, byol_loss, lr_at, resnet18_backbone, tau_at, update_momentum
+from byol.pretrain_config import PretrainConfig
 
 
 def small_cnn() -> nn.Module:
@@ -125,7 +126,8 @@ def test_lars_matches_the_papers_update_rule(trust, clip):
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
-    optimizer = make_optimizer("lars", model, lr=0.1, weight_decay=0.01, lars_trust=trust, lars_clip=clip)
+    config = PretrainConfig(optimizer="lars", lr=0.1, weight_decay=0.01, lars_trust=trust, lars_clip=clip)
+    optimizer = make_optimizer(config, model)
     capped = []
     expected = {name: param.detach().clone() for name, param in model.named_parameters()}
     momentum = {name: torch.zeros_like(param) for name, param in expected.items()}
@@ -156,12 +158,13 @@ def test_the_predictor_gets_its_own_rate_and_every_parameter_one_group():
 
     model = BYOL(nn.Sequential(nn.Flatten(), nn.Linear(12, 8)), 8, projection_dim=4, hidden_dim=16)
     for name in ("lars", "sgd", "adamw"):
-        optimizer = make_optimizer(name, model, lr=0.5, weight_decay=1e-4, predictor_lr_scale=10.0)
+        config = PretrainConfig(optimizer=name, lr=0.5, weight_decay=1e-4, predictor_lr_scale=10.0)
+        optimizer = make_optimizer(config, model)
         set_learning_rates(optimizer, 0.25)
         rate = {id(param): group["lr"] for group in optimizer.param_groups for param in group["params"]}
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         assert len(rate) == sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
         for param_name, param in trainable:
             assert rate[id(param)] == (2.5 if param_name.startswith("predictor.") else 0.25), param_name
-    plain = make_optimizer("lars", model, lr=0.5, weight_decay=1e-4)
+    plain = make_optimizer(PretrainConfig(optimizer="lars", lr=0.5, weight_decay=1e-4), model)
     assert len(plain.param_groups) == 2  # without a scale, the paper's two groups

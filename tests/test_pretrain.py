@@ -25,6 +25,7 @@ from byol.errors import Stopped, UserError
 from byol.files import load_torch
 from byol.model import BYOL, RESNET18_FEATURES, resnet18_backbone
 from byol.pretrain import PretrainConfig, RunOptions, pretrain, pretraining_indices
+from byol.run_options import CACHE_DIR
 
 
 def tiny_config(**overrides) -> PretrainConfig:
@@ -264,8 +265,8 @@ def test_cache_row_i_is_the_image_of_splits_row_i_across_chunks_and_workers(tmp_
     out = write_split(folder, tmp_path / "out", 8, 10)
     split = read_split(out)
     monkeypatch.setattr(cache_module, "CHUNK_IMAGES", 5)  # 10 chunks
-    build_cache(split, out, 12, workers=workers)
-    cache = load_cache(split, out, 12, torch.device("cpu"))
+    build_cache(split, out / CACHE_DIR, 12, workers=workers)
+    cache = load_cache(split, out / CACHE_DIR, 12, torch.device("cpu"))
     assert len(cache) == len(split.table) == 46
     for row, path in enumerate(split.table["path"]):
         assert torch.equal(
@@ -276,19 +277,19 @@ def test_cache_row_i_is_the_image_of_splits_row_i_across_chunks_and_workers(tmp_
 def test_cache_is_built_once_and_rebuilt_when_the_split_changes(split_dir):
     out = split_dir()
     split = read_split(out)
-    path = build_cache(split, out, 20)
+    path = build_cache(split, out / CACHE_DIR, 20)
     images = torch.from_numpy(__import__("numpy").load(path))
     assert images.shape == (len(split.table), 3, 20, 20) and images.dtype == torch.uint8
     modified = path.stat().st_mtime_ns
-    build_cache(split, out, 20)
+    build_cache(split, out / CACHE_DIR, 20)
     assert path.stat().st_mtime_ns == modified
-    array_path, meta_path = cache_paths(out, 20)
+    array_path, meta_path = cache_paths(out / CACHE_DIR, 20)
     meta_path.write_text(meta_path.read_text().replace(split.fingerprint, "0" * 64))
-    build_cache(split, out, 20)
+    build_cache(split, out / CACHE_DIR, 20)
     assert path.stat().st_mtime_ns != modified
     modified = path.stat().st_mtime_ns
     meta_path.write_text("{damaged")  # an unreadable record means: build it again
-    build_cache(split, out, 20)
+    build_cache(split, out / CACHE_DIR, 20)
     assert path.stat().st_mtime_ns != modified
 
 
@@ -332,10 +333,10 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_a_byte_is_written(split_
     with pytest.raises(
         UserError, match=rf"image cache .*images_20.npy needs {readable_size(needed)} and its disk has"
     ):
-        build_cache(split, out, 20)
+        build_cache(split, out / CACHE_DIR, 20)
     assert not any((out / "cache").iterdir())
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2**30, 2**30, needed))
-    assert build_cache(split, out, 20).is_file()
+    assert build_cache(split, out / CACHE_DIR, 20).is_file()
 
 
 @pytest.mark.parametrize(

@@ -10,15 +10,23 @@ pytestmark = pytest.mark.slow  # every test here pretrains and trains probes
 
 
 def test_one_row_per_run_with_settings_knn_and_probe(split_dir, tmp_path):
+    shared = split_dir()  # one split and one image cache for every trial: passed to each, not copied
+    inputs = ["--split", shared / "splits.csv", "--cache-dir", shared / "cache"]
     runs = []
     for name, extra in [("paper", []), ("strong", ["--lars-trust", "0.02", "--blur-sigma-max", "0.5"])]:
-        run_dir = split_dir().rename(tmp_path / name)
-        result = run_script("train_byol.py", "--out-dir", run_dir, "--epochs", "1", *TINY_BYOL, *extra)
+        run_dir = tmp_path / name
+        result = run_script(
+            "train_byol.py", "--out-dir", run_dir, *inputs, "--epochs", "1", *TINY_BYOL, *extra
+        )
         assert result.returncode == 0, result.stderr
         runs.append(run_dir)
     table_path = tmp_path / "recipe_search.csv"
-    result = run_script("experiments/recipe_search.py", *runs, "--out", table_path, "--device", "cpu")
+    result = run_script(
+        "experiments/recipe_search.py", *runs, *inputs, "--out", table_path, "--device", "cpu"
+    )
     assert result.returncode == 0, result.stderr
+    assert not [path for run in runs for path in run.iterdir() if path.name in ("splits.csv", "cache")]
+    assert [path.name for path in (shared / "cache").glob("*.npy")] == ["images_36.npy"]  # built once
     table = pd.read_csv(table_path)
     assert table["run"].tolist() == ["paper", "strong"]
     assert table["lars_trust"].tolist() == [1e-3, 0.02] and table["blur_sigma_max"].tolist() == [2.0, 0.5]
