@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= data/PetImages
-OUT_DIR ?= results
+# Committed studies: the current answer at the top level of RESULTS, earlier ones in RESULTS/archive.
+RESULTS ?= results
+# `make study`: the earlier 12-epoch study (archived), trained when missing, else redrawn.
+OUT_DIR ?= $(RESULTS)/archive/study_12_epochs
 DEMO_DIR ?= demo
 
 .PHONY: setup test test-fast pipeline demo clean-demo study recipe-search long-run long-run-report
@@ -64,12 +67,13 @@ demo: setup
 # 12-epoch pretraining) and configs/study_classifier.args (today's protocol: cross-validated rates; the
 # committed comparison ran its fine-tuning at the old fixed rate, --finetune-lrs 1e-3).
 # A stage whose outputs are complete is skipped: on a fresh clone `make study` only redraws every figure
-# and table from the committed results/*.csv. To train again, delete $(OUT_DIR)/classifier_summary.csv and
+# and table from the committed CSVs. To train again, delete $(OUT_DIR)/classifier_summary.csv and
 # classifier_metrics.csv (the comparison), $(OUT_DIR)/byol.pt and byol_checkpoint.pt (the pretraining),
 # ceiling_metrics.csv (the ceiling: all labels, configs/ceiling.args). The ceiling runs after the
 # pretraining (it trains at byol_config.json's view size): trained with the study, continued when
 # unfinished, a finished one checked without reading an image, skipped for a finished study without one.
-# $(OUT_DIR)/long_run (issue 21's long pretraining, its CSVs copied there as it goes) is redrawn too.
+# The long runs' folders (LONG_OUT, issue 21's first long pretraining, and RESULTS/long_run_2) are
+# redrawn too.
 STUDY_DATA_DIR ?= ../shared/data/PetImages
 STUDY_BYOL_ARGS ?= @configs/study_byol.args
 STUDY_CLASSIFIER_ARGS ?= @configs/study_classifier.args
@@ -88,11 +92,12 @@ study: setup
 		$(BIN)/python train_classifier.py --out-dir "$(OUT_DIR)" $(STUDY_CLASSIFIER_ARGS) \
 		$(call resume_flag,$(OUT_DIR)/classifier_metrics.csv)
 	$(BIN)/python plot_results.py --out-dir "$(OUT_DIR)"
-	[ ! -f "$(OUT_DIR)/long_run/byol_metrics.csv" ] || $(BIN)/python plot_results.py --out-dir "$(OUT_DIR)/long_run"
+	for run in "$(LONG_OUT)" "$(RESULTS)/long_run_2"; do \
+		[ ! -f "$$run/byol_metrics.csv" ] || $(BIN)/python plot_results.py --out-dir "$$run" || exit 1; done
 
 # Short pretraining trials, one file each in configs/trials/: those that chose the study's recipe (5
 # epochs of 6,400 images at 64 px), then steps1400_* (1,404 steps on all images, ranked by the 5,000-voter
-# diagnostic k-NN). Each runs in $(OUT_DIR)/recipe_search/NAME, then one table with the monitors and a
+# diagnostic k-NN). Each runs in $(RECIPE_DIR)/NAME, then one table with the monitors and a
 # linear probe per trial. The order is the table's.
 TRIALS := adamw lars_cache80 lars_paper lars_eta002 rank_eta002 rank_eta0001 rank_eta0005 rank_eta002_wd1e4 \
 	long_eta002 long_eta0005 \
@@ -100,7 +105,8 @@ TRIALS := adamw lars_cache80 lars_paper lars_eta002 rank_eta002 rank_eta0001 ran
 	steps1400_pred10_seed1 steps1400_sgd_seed1
 # One trial: its own folder, reading the study's split and image cache (--split, --cache-dir); skipped
 # once it has byol.pt.
-trial_dir = $(OUT_DIR)/recipe_search/$(1)
+RECIPE_DIR ?= $(RESULTS)/archive/recipe_search
+trial_dir = $(RECIPE_DIR)/$(1)
 shared_inputs = --split "$(OUT_DIR)/splits.csv" --cache-dir "$(OUT_DIR)/cache"
 run_trial = ([ -f "$(trial_dir)/byol.pt" ] || $(BIN)/python train_byol.py --out-dir "$(trial_dir)" $(shared_inputs) \
 	@configs/trials/$(1).args $(call resume_flag,$(trial_dir)/byol_checkpoint.pt))
@@ -108,7 +114,7 @@ recipe-search: setup
 	$(split_if_missing)
 	$(foreach trial,$(TRIALS),$(call run_trial,$(trial)) && ) true
 	$(BIN)/python experiments/recipe_search.py $(foreach trial,$(TRIALS),$(call trial_dir,$(trial))) \
-		$(shared_inputs) --out "$(OUT_DIR)/recipe_search.csv"
+		$(shared_inputs) --out "$(RECIPE_DIR).csv"
 
 # Issue 21's long pretraining and everything it feeds, in one resumable command (docs/experiments.md):
 # the study's split in LONG_DIR, configs/long_byol.args (30,186 steps; continued with --resume after an
@@ -122,13 +128,15 @@ recipe-search: setup
 # sizes (results/long_run/random_half/README.md) and kept in LONG_RANDOM_HALF, it seeds the study,
 # which then trains only the BYOL half (train_classifier.py --resume checks the split and settings).
 LONG_DIR ?= runs/long
-LONG_OUT ?= $(OUT_DIR)/long_run
+LONG_OUT ?= $(RESULTS)/long_run
 LONG_RANDOM_HALF ?= $(LONG_OUT)/random_half
 LONG_BYOL_ARGS ?= @configs/long_byol.args
 LONG_CURVE_ARGS ?=
 LONG_CLASSIFIER_ARGS ?= $(STUDY_CLASSIFIER_ARGS)
 LONG_COPIED := byol_config.json byol_metrics.csv
-LONG_STUDY_COPIED := classifier_config.json classifier_metrics.csv classifier_summary.csv
+# the study's rows, and its per-image predictions (the paired bootstrap recomputes from them)
+LONG_STUDY_COPIED := classifier_config.json classifier_metrics.csv classifier_summary.csv classifier_paired.csv \
+	classifier_predictions.csv
 copy_present = for name in $(3); do [ ! -f "$(1)/$$name" ] || cp "$(1)/$$name" "$(2)/"; done
 # (A canned recipe, not a sub-make: a sub-make would not inherit `make -o`.)
 define long_run_curve

@@ -6,7 +6,7 @@ already holds one (then byol.pt is not needed, so the committed trials redraw th
 and writes one row per run to a CSV, so the pretraining default can be chosen from evidence rather
 than from a single noisy k-NN number.
 
-    python experiments/recipe_search.py RUN_DIR [RUN_DIR ...] [--out results/recipe_search.csv]
+    python experiments/recipe_search.py RUN_DIR [RUN_DIR ...] [--out runs/recipe_search.csv]
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("run_dirs", type=Path, nargs="+", help="train_byol.py output folders")
-    parser.add_argument("--out", type=Path, default=Path("results/recipe_search.csv"))
+    parser.add_argument("--out", type=Path, default=Path("runs/recipe_search.csv"))
     parser.add_argument("--device", default="auto", help="for the linear probes: auto, cpu, cuda")
     add_input_arguments(parser)
     args = parser.parse_args()

@@ -102,11 +102,11 @@ def recipe_config(path: Path) -> dict:
 
 @pytest.mark.parametrize(
     "recipe, run",
-    [("configs/study_byol.args", "results")]
+    [("configs/study_byol.args", "results/archive/study_12_epochs")]
     + [
-        (f"configs/trials/{p.stem}.args", f"results/recipe_search/{p.stem}")
+        (f"configs/trials/{p.stem}.args", f"results/archive/recipe_search/{p.stem}")
         for p in TRIALS
-        if (ROOT / "results" / "recipe_search" / p.stem).is_dir()
+        if (ROOT / "results" / "archive" / "recipe_search" / p.stem).is_dir()
     ],
 )
 def test_recipe_files_give_the_settings_of_the_committed_runs(recipe, run):
@@ -153,7 +153,7 @@ def test_the_report_and_the_split_never_import_torch(image_folder, tmp_path):
     report.mkdir()
     for stage in ("byol", "classifier", "ceiling"):
         for name in (f"{stage}_config.json", f"{stage}_metrics.csv"):
-            shutil.copy(ROOT / "results" / name, report)
+            shutil.copy(ROOT / "results" / "archive" / "study_12_epochs" / name, report)
     shutil.copy(ROOT / "results" / "long_run" / "compute_curve.csv", report)
     runs = {
         "plot_results.py": ["--out-dir", report],

@@ -58,7 +58,17 @@ def test_four_stages_end_to_end(tmp_path):
         shutil.copy(out / name, clone / "long_run")
     bin_dir = Path(sys.executable).parent
     result = subprocess.run(
-        ["make", "-C", ROOT, "-o", f"{bin_dir}/python", "study", f"BIN={bin_dir}", f"OUT_DIR={clone}"],
+        [
+            "make",
+            "-C",
+            ROOT,
+            "-o",
+            f"{bin_dir}/python",
+            "study",
+            f"BIN={bin_dir}",
+            f"OUT_DIR={clone}",
+            f"RESULTS={clone}",
+        ],
         capture_output=True,
         text=True,
     )

@@ -22,6 +22,7 @@ def make_long_run(run_dir: Path, results: Path) -> subprocess.CompletedProcess:
     bin_dir = Path(sys.executable).parent
     variables = {
         "BIN": bin_dir,
+        "RESULTS": results,
         "OUT_DIR": results,
         "LONG_DIR": run_dir,
         "LONG_BYOL_ARGS": f"--epochs 2 --batch-size 8 --max-images 16 --snapshots 2 {SIZE}",
@@ -40,7 +41,7 @@ def test_long_run_pretrains_scores_snapshots_and_compares_then_a_rerun_trains_no
     results = tmp_path / "repo_results"
     results.mkdir()
     for name in ("ceiling_metrics.csv", "ceiling_config.json"):  # the committed ceiling, shown for scale
-        shutil.copy(ROOT / "results" / name, results)
+        shutil.copy(ROOT / "results" / "archive" / "study_12_epochs" / name, results)
     splits = (run_dir / "splits.csv").read_bytes()
     # The study's random half, trained before the pretraining (no byol.pt) and kept in the repository:
     # the study resumes it and trains only the BYOL runs.
@@ -66,11 +67,14 @@ def test_long_run_pretrains_scores_snapshots_and_compares_then_a_rerun_trains_no
             "byol_config.json",
             "byol_metrics.csv",
             "compute_curve.csv",
+            "compute_curve_seeds.csv",
             "ceiling_config.json",
             "ceiling_metrics.csv",
             "classifier_config.json",
             "classifier_metrics.csv",
             "classifier_summary.csv",
+            "classifier_paired.csv",
+            "classifier_predictions.csv",
             "summary.md",
             "byol_pretraining.png",
             "compute_curve.png",
