@@ -30,6 +30,13 @@ from byol.resume import check_fresh_start
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = StageArgumentParser(description=__doc__)
+    add_folder_flags(parser.add_argument_group("where the images come from and the split goes"))
+    add_size_flags(parser.add_argument_group("the split's sizes"))
+    add_decoding_flags(parser.add_argument_group("decoding and checking the images"))
+    return parser
+
+
+def add_folder_flags(parser) -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -51,6 +58,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="replace the split already in --out-dir (without it, an earlier split there is refused)",
     )
     parser.add_argument(
+        "--download",
+        action="store_true",
+        help="download and extract the public archive into --data-dir first",
+    )
+    parser.add_argument("--url", default=PETIMAGES_URL, help="archive to download with --download")
+
+
+def add_size_flags(parser) -> None:
+    parser.add_argument(
         "--n-labelled", type=non_negative_int, default=250, help="labelled images, balanced across classes"
     )
     parser.add_argument(
@@ -67,6 +83,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="held-out test images, balanced across classes (0 allowed)",
     )
     parser.add_argument("--seed", type=int, default=0, help="the split depends only on this and the files")
+
+
+def add_decoding_flags(parser) -> None:
     parser.add_argument(
         "--workers",
         type=positive_int,
@@ -85,13 +104,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=Image.MAX_IMAGE_PIXELS,
         help="reject images with more pixels than this (Pillow's decompression-bomb limit)",
     )
-    parser.add_argument(
-        "--download",
-        action="store_true",
-        help="download and extract the public archive into --data-dir first",
-    )
-    parser.add_argument("--url", default=PETIMAGES_URL, help="archive to download with --download")
-    return parser
 
 
 def main() -> None:

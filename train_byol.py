@@ -20,6 +20,7 @@ from byol.cli import (
     add_batch_and_device_arguments,
     add_out_dir_argument,
     add_resume_arguments,
+    comma_numbers,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -94,6 +95,16 @@ def add_view_flags(group, defaults: PretrainConfig) -> None:
         type=non_negative_int,
         default=defaults.cache_size,
         help="side of the decoded image cache, px (default: 1.15 x --image-size)",
+    )
+    group.add_argument(
+        "--progressive-sizes",
+        type=comma_numbers(positive_int),
+        default=defaults.progressive_sizes,
+        metavar="PX[,PX...]",
+        help="progressive resizing: views of these sizes (rising, below --image-size) first, then "
+        "--image-size, each for an equal share of the steps (e.g. 32,48 at 64 px: a third each; smaller "
+        "views make cheaper steps, so a --time-budget fits more of them); the blur range scales with "
+        "the size",
     )
     for end in ("min", "max"):
         group.add_argument(

@@ -82,32 +82,48 @@ def epochs_for_budget(budget_s: float, speed: Speed, steps_per_epoch: int, globa
 
 def measure_speed(run, steps: int = 4, warmup: int = 2, monitor_sample: int = 512) -> Speed:
     """Time `steps` whole training steps (views and step, after `warmup`) of a fresh model like the
-    run's, on its images, views, batch, precision and device; and the monitor's feature pass on a
-    sample of its images. The run's model, optimiser and random number generators are not touched."""
+    run's, on its images, views, batch, precision and device, at each of its view sizes (a run with
+    --progressive-sizes spends an equal share of its steps at each: its speed is their mean step's);
+    and the monitor's feature pass on a sample of its images. The run's model, optimiser and random
+    number generators are not touched."""
     config, device = run.config, run.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         model = BYOL(resnet18_backbone(), RESNET18_FEATURES).to(device, memory_format=MEMORY_FORMAT)
-        optimizer = make_optimizer(config, model)
-        scaler = grad_scaler(device, run.precision)
+        trainer = Trainer(
+            model, model, make_optimizer(config, model), grad_scaler(device, run.precision), run.runtime
+        )
         generator = seeded_generator(config.seed + 1, 0, device)  # not the run's own
         order = torch.Generator().manual_seed(config.seed + 1)
-        rows = torch.tensor(run.train_indices)
-        seconds = 0.0
-        for step in range(warmup + steps):
-            batch = rows[torch.randint(0, len(rows), (run.global_batch,), generator=order)]
-            started = time.perf_counter()
-            views = step_views(run.images, batch, run.views, generator, run.runtime)
-            loss = train_step(Trainer(model, model, optimizer, scaler, run.runtime), *views, 1e-4, 0.99)
-            loss.item()  # waits for the device, as the training loop does once per step
-            if step >= warmup:
-                seconds += time.perf_counter() - started
+        step_seconds = [
+            seconds_per_step(run, trainer, views, (generator, order), (steps, warmup))
+            for views in run.views.values()
+        ]
         watched = list(dict.fromkeys(run.watched.labelled + run.watched.validation + run.watched.voters))
         sample = watched[:monitor_sample]
         started = time.perf_counter()
         if sample:
             extract_features(model.backbone, run.images, sample, config.image_size, run.runtime)
         monitor_seconds = (time.perf_counter() - started) * len(watched) / max(1, len(sample))
-    return Speed(images_per_s=steps * run.global_batch / seconds, monitor_seconds=monitor_seconds)
+    mean_step = sum(step_seconds) / len(step_seconds)
+    return Speed(images_per_s=run.global_batch / mean_step, monitor_seconds=monitor_seconds)
+
+
+def seconds_per_step(run, trainer: Trainer, views, generators: tuple, counts: tuple[int, int]) -> float:
+    """One view size's mean step: `counts` = (steps timed, warm-up steps before them) on random batches
+    of the run's images drawn with `generators` = (the views', the rows')."""
+    generator, order = generators
+    steps, warmup = counts
+    rows = torch.tensor(run.train_indices)
+    seconds = 0.0
+    for step in range(warmup + steps):
+        batch = rows[torch.randint(0, len(rows), (run.global_batch,), generator=order)]
+        started = time.perf_counter()
+        view_1, view_2 = step_views(run.images, batch, views, generator, run.runtime)
+        loss = train_step(trainer, view_1, view_2, 1e-4, 0.99)
+        loss.item()  # waits for the device, as the training loop does once per step
+        if step >= warmup:
+            seconds += time.perf_counter() - started
+    return seconds / steps
 
 
 def fix_epochs(run: Run, speed: Speed, budget_s: float, resumed: bool) -> None:

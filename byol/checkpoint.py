@@ -1,9 +1,11 @@
-"""The pretraining checkpoint's format: the training state beside the model, optimiser and scaler, written
-by the first process, read back and checked on --resume, and restored exactly."""
+"""The files a pretraining leaves: the checkpoint (the training state beside the model, optimiser and
+scaler, written by the first process, read back and checked on --resume, and restored exactly) and
+byol.pt (the backbone, loadable into a stock resnet18, with a summary of the run)."""
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +15,7 @@ import torch
 from byol.distributed import Ranks
 from byol.errors import UserError
 from byol.files import load_torch, save_torch
+from byol.model import RESNET18_FEATURES
 from byol.resume import check_resumable
 
 if TYPE_CHECKING:
@@ -89,3 +92,36 @@ def check_same_split(run: Run, checkpoint: dict) -> None:
             f"{saved[:12]}, this one is {run.splits_sha256[:12]}); resume with the split it was trained "
             "on (--split), or start over with --overwrite"
         )
+
+
+def save_weights(run: Run, state: TrainState, path: Path) -> Path:
+    """The backbone in byol.pt's format: it loads into a stock resnet18 with fc = nn.Identity()."""
+    save_torch(
+        path,
+        {
+            "backbone": run.model.backbone.state_dict(),
+            "arch": "resnet18",
+            "feature_dim": RESNET18_FEATURES,
+            "config": asdict(run.config),
+            # Stage 3 refuses a split that holds other images out: its test images may be in this pool
+            "held_out_sha256": run.held_out_sha256,
+            "metrics": summarize_pretraining(state.metrics),
+            "epoch": state.epoch,
+            "step": state.step,
+        },
+    )
+    return path
+
+
+def summarize_pretraining(metrics: list[dict]) -> dict:
+    knn = [row["val_knn_labelled"] for row in metrics if not math.isnan(row["val_knn_labelled"])]
+    trained = [row for row in metrics if row["epoch"] > 0]
+    return {
+        "epochs": trained[-1]["epoch"] if trained else 0,
+        "final_loss": trained[-1]["loss"] if trained else math.nan,
+        "val_knn_labelled_initial": knn[0] if knn else math.nan,
+        "val_knn_labelled_best": max(knn) if knn else math.nan,
+        "val_knn_labelled_final": knn[-1] if knn else math.nan,
+        "images_per_s": sum(r["images_per_s"] for r in trained) / len(trained) if trained else math.nan,
+        "seconds": sum(r["seconds"] for r in trained),
+    }

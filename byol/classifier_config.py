@@ -10,7 +10,7 @@ from byol.cache import check_view_size, default_cache_size
 from byol.errors import UserError
 from byol.model import MIN_BATCH_SIZE, MIN_BATCH_SIZE_REASON
 from byol.outputs import INITS, MODES
-from byol.pretrain import PretrainConfig
+from byol.pretrain_config import PretrainConfig
 
 
 @dataclass

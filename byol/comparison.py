@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from torch import nn
 from tqdm import tqdm
 
 from byol.cache import load_cache
-from byol.cross_validation import cv_training_size
 from byol.cv_folds import pool_folds, stratified_folds
 from byol.data import Split, read_split
 from byol.device import resolve_precision
@@ -38,7 +36,7 @@ from byol.finetune import (
     make_backbone,
     train_probe,
 )
-from byol.grid_plan import GridWork, check_labelled, grid_seconds, measure_grid_speed
+from byol.grid_plan import RunKey, check_labelled, finetune_choice_key, plan_line
 from byol.grid_resume import finished_rows, kept_predictions
 from byol.labelled_sets import balanced_subset, labelled_set_id
 from byol.outputs import (
@@ -53,16 +51,8 @@ from byol.outputs import (
 from byol.resume import check_fresh_start
 from byol.run_options import RunOptions
 from byol.stats import paired_summary, predictions_table, rate_limits, summarize
-from byol.timing import finish_time, format_duration
 
 log = logging.getLogger(__name__)
-
-
-def finetune_choice_key(config: ClassifierConfig, init: str, n_labels: int, seed: int) -> tuple:
-    """Which fine-tuning runs share one cross-validated rate: every seed of an (init, label count), on
-    seed 0's folds (3 rates x 3 folds on two thirds of the images: about 5 runs' time per choice,
-    measured at 250 labels), unless --cv-every-seed."""
-    return (init, int(n_labels), int(seed)) if config.cv_every_seed else (init, int(n_labels))
 
 
 def run_classifiers(
@@ -81,9 +71,6 @@ def run_classifiers(
     with process_group(options.device_name) as (ranks, device):
         runtime = Runtime(device, resolve_precision(options.precision_name, device), ranks)
         return _run_classifiers(config, Path(out_dir), runtime, options)
-
-
-RunKey = tuple  # (init, mode, seed, number of labelled images): one run of the grid
 
 
 @dataclass
@@ -262,64 +249,6 @@ class Grid:
         return [{**labels, **row} for row in rows]
 
 
-def plan_line(grid: Grid, epochs_done: dict[RunKey, int]) -> str:
-    """What stage 3 is about to train, and how long that will take at the speed measured here."""
-    config, split, runtime = grid.config, grid.split, grid.runtime
-    folds = config.eval_folds if config.evaluation == "cv" else 1
-    held_out = max(math.ceil(n / folds) for n in config.n_labels) if folds > 1 else 0
-    pending, work = 0, GridWork(n_test=held_out or len(split.indices(config.score_split)))
-    n_features = len(split.indices("labelled")) + (0 if folds > 1 else work.n_test)
-    for n_labels, seed, init, mode in grid.runs:
-        n = len(balanced_subset(split, n_labels, seed, config.labelled_sets))
-        if epochs_done.get((init, mode, seed, n)) == config.epochs:
-            continue
-        pending += 1
-        if mode == "frozen":
-            key = (init,) if init == "byol" else (init, seed)
-            own_set = n if config.labelled_sets == "per-seed" and seed else 0  # beside the split's labelled
-            if init == "random" and config.bn_images and key not in work.feature_passes:
-                # recalibrating, then both backbones' features of the validation split and the labelled
-                own_set += (
-                    config.bn_images + len(split.indices("labelled")) + 2 * len(split.indices("validation"))
-                )
-            work.feature_passes[key] = work.feature_passes.get(key, n_features) + own_set
-            continue
-        if folds > 1:  # each fold trains on the rest, its rate chosen on them
-            n_train = cv_training_size(n, folds)
-            work.finetune_runs += [n_train] * folds
-            if len(config.finetune_lrs) > 1:
-                work.choices.update({(init, n, seed, fold): n_train for fold in range(folds)})
-            continue
-        work.finetune_runs.append(n)
-        key = finetune_choice_key(config, init, n, seed)
-        if len(config.finetune_lrs) > 1 and key not in grid.finetune_lrs:
-            work.choices[key] = n
-    done = len(grid.runs) - pending
-    counts = (
-        f"{len(grid.runs)} runs ({len(config.inits)} inits x {len(config.modes)} modes x "
-        f"{config.seeds} seeds x {len(config.n_labels)} label counts)"
-        + (f", {done} already done" if done else "")
-    )
-    if not pending:
-        return f"plan: {counts}: nothing left to train"
-    speed = measure_grid_speed(grid.examples(split.indices("labelled")), grid.n_classes, config, runtime)
-    global_batch = config.batch_size * runtime.ranks.world_size
-    seconds = grid_seconds(speed, config, global_batch, work)
-    rates = len(config.finetune_lrs)
-    cv = f", {len(work.choices)} fine-tuning rate choices ({rates} rates x {config.finetune_folds} folds)"
-    scoring = (
-        f", each scored by {folds}-fold cross-validation on its labelled images"
-        if folds > 1
-        else f", scored on the {config.score_split} split"
-    )
-    return (
-        f"plan: {counts}{scoring}{cv if work.choices else ''}; {runtime.precision} on {runtime.device}. "
-        f"Measured here: {speed.step_seconds:.2f} s per fine-tuning step of {global_batch} and "
-        f"{speed.score_images_per_s:.0f} images/s scoring; about {format_duration(seconds)}, finishing "
-        f"about {finish_time(seconds)}"
-    )
-
-
 def load_grid(
     config: ClassifierConfig, out_dir: Path, runtime: Runtime, options: RunOptions
 ) -> tuple[Grid, dict, list[dict]]:
@@ -353,14 +282,15 @@ def load_grid(
     return Grid(config, split, images, labels, byol_state, runtime), byol_config, rows
 
 
-def check_pretrained_on(weights: Path, pretrained_on: str | None, split: Split) -> None:
-    """byol.pt must come from a pretraining on this split (by its fingerprint, where the file records
-    one): another split's pretraining pool may hold this split's validation or test images."""
-    if pretrained_on is not None and pretrained_on != split.fingerprint:
+def check_pretrained_on(weights: Path, held_out: str | None, split: Split) -> None:
+    """byol.pt must come from a pretraining that held out the same validation and test images as this
+    split (Split.held_out_fingerprint, where the file records one): another split's pretraining pool
+    may hold this split's validation or test images."""
+    if held_out is not None and held_out != split.held_out_fingerprint():
         raise UserError(
-            f"{weights} was pretrained on another split (splits.csv fingerprint {pretrained_on[:12]}, this "
-            f"one is {split.fingerprint[:12]}), whose pretraining images may include this split's test "
-            "images; pass the split it was pretrained on (--split), or pretrain on this one"
+            f"{weights} was pretrained on a split that held out other validation/test images than this "
+            "one, so its pretraining images may include this split's test images; pass the split it was "
+            "pretrained on (--split), or pretrain on this one"
         )
 
 

@@ -297,6 +297,13 @@ class Split:
         """Row numbers (also cache rows) of the images in the given splits."""
         return self.table.index[self.table["split"].isin(splits)].tolist()
 
+    def held_out_fingerprint(self) -> str:
+        """A hash of which images are held out of pretraining (validation and test, by path): what a
+        byol.pt must share with the split it is scored on, so that it never pretrained on an image
+        that scores or chooses. Labels and the pretraining images may differ."""
+        held_out = self.table.loc[self.table["split"].isin(HELD_OUT), "path"]
+        return hashlib.sha256("\n".join(sorted(map(str, held_out))).encode()).hexdigest()
+
 
 def labelled_rows(split: Split, *splits: str) -> list[int]:
     """Split.indices of the images that have a label: all but those from --unlabelled-dir."""

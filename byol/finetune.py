@@ -47,8 +47,8 @@ def images_per_step(world_size: int, finetune: bool) -> int:
 
 def load_byol_backbone(path: Path) -> tuple[nn.Module, dict, str | None]:
     """The backbone of byol.pt (`path`, RunOptions.weights_path) in a fresh resnet18, its pretraining
-    config, and the fingerprint of the split it was pretrained on (None in files from before
-    2026-12-06); a clear error when it is missing or foreign."""
+    config, and the Split.held_out_fingerprint of the split it was pretrained on (None in files from
+    before 2026-12-06); a clear error when it is missing or foreign."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found: run train_byol.py first, or pass --inits random")
@@ -60,7 +60,7 @@ def load_byol_backbone(path: Path) -> tuple[nn.Module, dict, str | None]:
         raise UserError(
             f"{path} does not hold resnet18 backbone weights ({first_line(error)}); re-run train_byol.py"
         ) from None
-    return backbone, weights.get("config", {}), weights.get("splits_sha256")
+    return backbone, weights.get("config", {}), weights.get("held_out_sha256")
 
 
 def make_backbone(init: str, seed: int, byol_state: dict | None) -> nn.Module:

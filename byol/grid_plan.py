@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +26,10 @@ from byol.finetune import (
 )
 from byol.labelled_sets import balanced_subset
 from byol.model import MIN_BATCH_SIZE, resnet18_backbone
+from byol.timing import finish_time, format_duration
+
+if TYPE_CHECKING:
+    from byol.comparison import Grid
 
 
 @dataclass(frozen=True)
@@ -130,3 +135,71 @@ def check_folds(split: Split, n_images: int, rows: list[int], config: Classifier
             f"({int(counts.min())}) than the {config.eval_folds} cross-validation folds; lower --eval-folds "
             "or label more images"
         )
+
+
+RunKey = tuple  # (init, mode, seed, number of labelled images): one run of the grid
+
+
+def finetune_choice_key(config: ClassifierConfig, init: str, n_labels: int, seed: int) -> tuple:
+    """Which fine-tuning runs share one cross-validated rate: every seed of an (init, label count), on
+    seed 0's folds (3 rates x 3 folds on two thirds of the images: about 5 runs' time per choice,
+    measured at 250 labels), unless --cv-every-seed."""
+    return (init, int(n_labels), int(seed)) if config.cv_every_seed else (init, int(n_labels))
+
+
+def plan_line(grid: Grid, epochs_done: dict[RunKey, int]) -> str:
+    """What stage 3 is about to train, and how long that will take at the speed measured here."""
+    config, split, runtime = grid.config, grid.split, grid.runtime
+    folds = config.eval_folds if config.evaluation == "cv" else 1
+    held_out = max(math.ceil(n / folds) for n in config.n_labels) if folds > 1 else 0
+    pending, work = 0, GridWork(n_test=held_out or len(split.indices(config.score_split)))
+    n_features = len(split.indices("labelled")) + (0 if folds > 1 else work.n_test)
+    for n_labels, seed, init, mode in grid.runs:
+        n = len(balanced_subset(split, n_labels, seed, config.labelled_sets))
+        if epochs_done.get((init, mode, seed, n)) == config.epochs:
+            continue
+        pending += 1
+        if mode == "frozen":
+            key = (init,) if init == "byol" else (init, seed)
+            own_set = n if config.labelled_sets == "per-seed" and seed else 0  # beside the split's labelled
+            if init == "random" and config.bn_images and key not in work.feature_passes:
+                # recalibrating, then both backbones' features of the validation split and the labelled
+                own_set += (
+                    config.bn_images + len(split.indices("labelled")) + 2 * len(split.indices("validation"))
+                )
+            work.feature_passes[key] = work.feature_passes.get(key, n_features) + own_set
+            continue
+        if folds > 1:  # each fold trains on the rest, its rate chosen on them
+            n_train = cv_training_size(n, folds)
+            work.finetune_runs += [n_train] * folds
+            if len(config.finetune_lrs) > 1:
+                work.choices.update({(init, n, seed, fold): n_train for fold in range(folds)})
+            continue
+        work.finetune_runs.append(n)
+        key = finetune_choice_key(config, init, n, seed)
+        if len(config.finetune_lrs) > 1 and key not in grid.finetune_lrs:
+            work.choices[key] = n
+    done = len(grid.runs) - pending
+    counts = (
+        f"{len(grid.runs)} runs ({len(config.inits)} inits x {len(config.modes)} modes x "
+        f"{config.seeds} seeds x {len(config.n_labels)} label counts)"
+        + (f", {done} already done" if done else "")
+    )
+    if not pending:
+        return f"plan: {counts}: nothing left to train"
+    speed = measure_grid_speed(grid.examples(split.indices("labelled")), grid.n_classes, config, runtime)
+    global_batch = config.batch_size * runtime.ranks.world_size
+    seconds = grid_seconds(speed, config, global_batch, work)
+    rates = len(config.finetune_lrs)
+    cv = f", {len(work.choices)} fine-tuning rate choices ({rates} rates x {config.finetune_folds} folds)"
+    scoring = (
+        f", each scored by {folds}-fold cross-validation on its labelled images"
+        if folds > 1
+        else f", scored on the {config.score_split} split"
+    )
+    return (
+        f"plan: {counts}{scoring}{cv if work.choices else ''}; {runtime.precision} on {runtime.device}. "
+        f"Measured here: {speed.step_seconds:.2f} s per fine-tuning step of {global_batch} and "
+        f"{speed.score_images_per_s:.0f} images/s scoring; about {format_duration(seconds)}, finishing "
+        f"about {finish_time(seconds)}"
+    )

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+import pandas as pd
+
 from byol.classifier_config import ClassifierConfig
 from byol.errors import UserError
 from byol.files import read_csv, read_json
@@ -38,6 +40,27 @@ BEFORE_THE_SETTING = {
 }
 
 
+SAME_SETTINGS = "resume with the same settings, or start over with --overwrite"
+
+
+def earlier_ledger(
+    metrics_path: Path, config_path: Path, columns: list[str]
+) -> tuple[pd.DataFrame, dict] | None:
+    """The one resume ledger of the grids (Stage 3's runs, the ceiling's seeds): an earlier run's rows
+    (`metrics_path`, written after every run) and the settings they were trained with (`config_path`),
+    which the caller checks with check_resumable; None when there is no earlier run. Rows whose settings
+    are lost are refused: nothing says what they were trained with."""
+    if not metrics_path.is_file():
+        return None
+    if not config_path.is_file():
+        raise UserError(
+            f"--resume: {config_path} is missing, so the settings of {metrics_path} are unknown; "
+            "start over with --overwrite"
+        )
+    previous = read_json(config_path, "start over with --overwrite")
+    return read_csv(metrics_path, columns, "start over with --overwrite"), previous
+
+
 def finished_rows(
     config: ClassifierConfig, out_dir: Path, byol_config: dict, world_size: int, splits_sha256: str
 ) -> list[dict]:
@@ -50,15 +73,16 @@ def finished_rows(
     while the pretraining still runs.
     """
     metrics_path, config_path = out_dir / CLASSIFIER_METRICS_FILE, out_dir / CLASSIFIER_CONFIG_FILE
-    if not (metrics_path.is_file() and config_path.is_file()):
+    ledger = earlier_ledger(metrics_path, config_path, CLASSIFIER_METRIC_COLUMNS)
+    if ledger is None:
         return []
+    frame, previous = ledger
     settings = {
         key: value
         for key, value in asdict(config).items()
         if key not in ("inits", "modes", "seeds", "n_labels")
     }
     settings["world_size"] = world_size  # with batch_size, fixes the global batch
-    previous = read_json(config_path, "start over with --overwrite")
     if previous.get("splits_sha256", splits_sha256) != splits_sha256:  # files before 2026-12-05 lack it
         raise UserError(
             f"--resume: {metrics_path} was trained on another split (splits.csv's sha256 differs); "
@@ -69,10 +93,11 @@ def finished_rows(
             f"--resume: {metrics_path} was trained on another pretraining (byol.pt's settings differ); "
             "start over with --overwrite"
         )
-    remedy = "resume with the same settings, or start over with --overwrite"
     before = {**asdict(ClassifierConfig()), **BEFORE_THE_SETTING}
-    changed = check_resumable(metrics_path, previous, settings, remedy, frozen_only_settings(config), before)
-    rows = read_csv(metrics_path, CLASSIFIER_METRIC_COLUMNS, "start over with --overwrite").to_dict("records")
+    changed = check_resumable(
+        metrics_path, previous, settings, SAME_SETTINGS, frozen_only_settings(config), before
+    )
+    rows = frame.to_dict("records")
     if changed:  # only the linear probes' settings: keep the fine-tuning runs, retrain the probes
         rows = [row for row in rows if row["mode"] != "frozen"]
     return rows

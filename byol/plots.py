@@ -171,6 +171,17 @@ def plot_pretraining(byol_metrics: pd.DataFrame, path: Path) -> None:
             )
     knn_axis.set_title("Representation quality during pretraining")
     knn_axis.set_ylabel(f"k-NN accuracy on {monitor_label(split)}", fontsize=8)
+    add_rank_axis(knn_axis, byol_metrics)
+    for axis in (loss_axis, knn_axis):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("pretraining epoch")
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def add_rank_axis(knn_axis: Axes, byol_metrics: pd.DataFrame) -> None:
+    """The features' effective rank on a right-hand axis of the k-NN panel, and the panel's legend."""
     handles, labels = knn_axis.get_legend_handles_labels()
     ranks = byol_metrics.dropna(subset=["feature_rank"])  # empty for runs that did not record it
     if not ranks.empty:
@@ -189,12 +200,6 @@ def plot_pretraining(byol_metrics: pd.DataFrame, path: Path) -> None:
         labels += ["feature rank (right axis)"]
     # Below the panel: inside it, the legend hid the curves of the twin (rank) axis.
     knn_axis.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
-    for axis in (loss_axis, knn_axis):
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.set_xlabel("pretraining epoch")
-        axis.grid(alpha=0.3)
-    figure.tight_layout()
-    save_figure(figure, path)
 
 
 def accuracy_panel(axis: Axes, summary: pd.DataFrame, ceiling: Ceiling | None) -> None:

@@ -31,16 +31,18 @@ from byol.checkpoint import (
     read_checkpoint,
     restore,
     save_checkpoint,
+    save_weights,
+    summarize_pretraining,
 )
 from byol.data import Split, read_split
 from byol.device import MEMORY_FORMAT, grad_scaler, resolve_precision
 from byol.distributed import Ranks, Runtime, average_buffers, process_group, sync_batchnorm, wrap
 from byol.errors import Stopped, UserError
 from byol.evaluate import NOT_MONITORED, MonitorRows, describe_monitor, knn_monitor, monitor_rows
-from byol.files import save_torch, write_csv, write_json
+from byol.files import write_csv, write_json
 from byol.model import BYOL, RESNET18_FEATURES, resnet18_backbone
 from byol.optim import make_optimizer
-from byol.outputs import BYOL_CONFIG_FILE, BYOL_METRICS_FILE
+from byol.outputs import BYOL_CONFIG_FILE, BYOL_METRIC_COLUMNS, BYOL_METRICS_FILE
 from byol.plots import plot_views
 from byol.pretrain_config import (
     COMPILE_MODES,
@@ -48,6 +50,8 @@ from byol.pretrain_config import (
     parse_snapshot_epochs,
     snapshot_path,
     use_compile,
+    view_size_at,
+    view_sizes,
 )
 from byol.resume import StopRequest, check_fresh_start, check_resume_config
 from byol.run_options import WEIGHTS_FILE, RunOptions
@@ -138,13 +142,14 @@ class Run:
     config: PretrainConfig
     out_dir: Path
     splits_sha256: str  # the split's fingerprint: recorded with the weights, checked on --resume
+    held_out_sha256: str  # Split.held_out_fingerprint: recorded with the weights, checked by Stage 3
     ranks: Ranks
     device: torch.device
     precision: str
     train_indices: list[int]  # cache rows BYOL trains on (never validation or test)
     watched: MonitorRows
     images: torch.Tensor  # (N, 3, S, S) uint8, every cache row
-    views: BYOLViews
+    views: dict[int, BYOLViews]  # by view size: image_size's, and those of --progressive-sizes
     model: BYOL
     train_model: nn.Module  # `model`, or its DDP (and/or torch.compile) wrapper
     optimizer: torch.optim.Optimizer
@@ -166,6 +171,9 @@ class Run:
     def warmup_steps(self) -> int:
         return int(self.config.warmup_fraction * self.total_steps)
 
+    def views_at(self, step: int) -> BYOLViews:
+        return self.views[view_size_at(self.config, step, self.total_steps)]
+
     @property
     def checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT_FILE
@@ -177,6 +185,17 @@ class Run:
     @property
     def trainer(self) -> Trainer:
         return Trainer(self.train_model, self.model, self.optimizer, self.scaler, self.runtime)
+
+
+def views_of_size(config: PretrainConfig, size: int) -> BYOLViews:
+    """The run's two views at `size` px: the blur range, given in pixels of image_size's views, scaled
+    to the size (image_size's own views are exactly the configured ones)."""
+    scale = size / config.image_size
+    return BYOLViews(
+        size,
+        crop_scale=(config.crop_min_scale, 1.0),
+        blur_sigma=(config.blur_sigma_min * scale, config.blur_sigma_max * scale),
+    )
 
 
 def build_run(
@@ -195,11 +214,7 @@ def build_run(
             "pretraining images; lower --batch-size"
         )
     images = load_cache(split, options.cache_path(out_dir), config.cache_size, device, ranks)
-    views = BYOLViews(
-        config.image_size,
-        crop_scale=(config.crop_min_scale, 1.0),
-        blur_sigma=(config.blur_sigma_min, config.blur_sigma_max),
-    )
+    views = {size: views_of_size(config, size) for size in view_sizes(config)}
     torch.manual_seed(config.seed)
     model = BYOL(resnet18_backbone(), RESNET18_FEATURES)
     if config.sync_bn and ranks.distributed:
@@ -210,6 +225,7 @@ def build_run(
         config=config,
         out_dir=out_dir,
         splits_sha256=split.fingerprint,
+        held_out_sha256=split.held_out_fingerprint(),
         ranks=ranks,
         device=device,
         precision=precision,
@@ -238,6 +254,7 @@ def start_run(run: Run, state: TrainState, show_views: bool, recorded: dict | No
                 "global_batch_size": run.global_batch,
                 "pretraining_images": len(run.train_indices),
                 "splits_sha256": run.splits_sha256,
+                "held_out_sha256": run.held_out_sha256,
                 **(recorded or {}),
             },
         )
@@ -253,21 +270,10 @@ def start_run(run: Run, state: TrainState, show_views: bool, recorded: dict | No
         rows = run.train_indices
         shown = [rows[i] for i in torch.linspace(0, len(rows) - 1, 6).long().tolist()]
         generator = torch.Generator().manual_seed(config.seed)
-        plot_views(run.images[shown], run.views, generator, run.out_dir / VIEWS_FIGURE)
+        plot_views(run.images[shown], run.views[config.image_size], generator, run.out_dir / VIEWS_FIGURE)
     if not state.metrics:  # epoch 0: the random-init baseline of the k-NN monitor
         monitored = monitor(run)
-        state.metrics.append(
-            {
-                "epoch": 0,
-                "step": 0,
-                "loss": math.nan,
-                "tau": config.tau_base,
-                "lr": 0.0,
-                **monitored,
-                "images_per_s": math.nan,
-                "seconds": 0.0,
-            }
-        )
+        state.metrics.append(metrics_row(run, state, monitored, math.nan, math.nan, 0.0))
         log.info(f"epoch 0: {describe_monitor(monitored)}")
 
 
@@ -303,7 +309,8 @@ def train_one_epoch(run: Run, state: TrainState, stop: StopRequest, bar: tqdm) -
     bar.set_description(f"BYOL epoch {state.epoch + 1}/{config.epochs}")
     for batch in range(first_batch, run.steps_per_epoch):
         global_rows = epoch_rows[batch * run.global_batch : (batch + 1) * run.global_batch]
-        view_1, view_2 = step_views(run.images, global_rows, run.views, generator, run.runtime)
+        views = run.views_at(state.step)
+        view_1, view_2 = step_views(run.images, global_rows, views, generator, run.runtime)
         lr = lr_at(state.step, run.total_steps, run.warmup_steps, config.lr)
         loss = train_step(
             run.trainer, view_1, view_2, lr, tau_at(state.step, run.total_steps, config.tau_base)
@@ -340,6 +347,26 @@ def train_one_epoch(run: Run, state: TrainState, stop: StopRequest, bar: tqdm) -
     return time.perf_counter() - started
 
 
+# Six parameters: where the run stands, then the row's measured values, which no other object holds.
+def metrics_row(
+    run: Run, state: TrainState, monitored: dict, loss: float, images_per_s: float, seconds: float
+) -> dict:
+    """byol_metrics.csv's row (BYOL_METRIC_COLUMNS, in order) after `state.epoch` epochs (0: the
+    random init, before any step): the schedules' values at the step reached, and the monitor's."""
+    config, step = run.config, state.step
+    values = {
+        "epoch": state.epoch,
+        "step": step,
+        "loss": loss,
+        "tau": tau_at(step, run.total_steps, config.tau_base) if step else config.tau_base,
+        "lr": lr_at(step - 1, run.total_steps, run.warmup_steps, config.lr) if step else 0.0,
+        **monitored,
+        "images_per_s": images_per_s,
+        "seconds": seconds,
+    }
+    return {column: values[column] for column in BYOL_METRIC_COLUMNS}
+
+
 def end_epoch(run: Run, state: TrainState, first_batch: int, seconds: float, snapshots: set[int]) -> None:
     """After an epoch's last step: BatchNorm buffers, monitor, metrics row, snapshot, checkpoint, CSV."""
     config = run.config
@@ -348,19 +375,11 @@ def end_epoch(run: Run, state: TrainState, first_batch: int, seconds: float, sna
     monitored = NOT_MONITORED
     if monitored_after(config, state.epoch):
         monitored = monitor(run)
-    state.metrics.append(
-        {
-            "epoch": state.epoch,
-            "step": state.step,
-            "loss": state.loss_sum / run.steps_per_epoch,
-            "tau": tau_at(state.step, run.total_steps, config.tau_base),
-            "lr": lr_at(state.step - 1, run.total_steps, run.warmup_steps, config.lr),
-            **monitored,
-            "images_per_s": (run.steps_per_epoch - first_batch) * run.global_batch / seconds,
-            "seconds": state.epoch_seconds + seconds,  # with the part before a resume
-        }
-    )
-    row = state.metrics[-1]
+    images_per_s = (run.steps_per_epoch - first_batch) * run.global_batch / seconds
+    loss = state.loss_sum / run.steps_per_epoch
+    # the seconds with the part before a resume
+    row = metrics_row(run, state, monitored, loss, images_per_s, state.epoch_seconds + seconds)
+    state.metrics.append(row)
     log.info(
         f"epoch {state.epoch}: loss {row['loss']:.4f} {describe_monitor(monitored)} "
         f"{row['images_per_s']:.1f} images/s"
@@ -371,35 +390,3 @@ def end_epoch(run: Run, state: TrainState, first_batch: int, seconds: float, sna
     save_checkpoint(run, state)
     if run.ranks.is_main:
         write_csv(run.out_dir / BYOL_METRICS_FILE, pd.DataFrame(state.metrics))
-
-
-def save_weights(run: Run, state: TrainState, path: Path) -> Path:
-    """The backbone in byol.pt's format: it loads into a stock resnet18 with fc = nn.Identity()."""
-    save_torch(
-        path,
-        {
-            "backbone": run.model.backbone.state_dict(),
-            "arch": "resnet18",
-            "feature_dim": RESNET18_FEATURES,
-            "config": asdict(run.config),
-            "splits_sha256": run.splits_sha256,  # Stage 3 refuses another split: its test may be in the pool
-            "metrics": summarize_pretraining(state.metrics),
-            "epoch": state.epoch,
-            "step": state.step,
-        },
-    )
-    return path
-
-
-def summarize_pretraining(metrics: list[dict]) -> dict:
-    knn = [row["val_knn_labelled"] for row in metrics if not math.isnan(row["val_knn_labelled"])]
-    trained = [row for row in metrics if row["epoch"] > 0]
-    return {
-        "epochs": trained[-1]["epoch"] if trained else 0,
-        "final_loss": trained[-1]["loss"] if trained else math.nan,
-        "val_knn_labelled_initial": knn[0] if knn else math.nan,
-        "val_knn_labelled_best": max(knn) if knn else math.nan,
-        "val_knn_labelled_final": knn[-1] if knn else math.nan,
-        "images_per_s": sum(r["images_per_s"] for r in trained) / len(trained) if trained else math.nan,
-        "seconds": sum(r["seconds"] for r in trained),
-    }

@@ -4,11 +4,12 @@ its checks), and the snapshot and compile choices of its RunOptions (byol.run_op
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from byol.augment import MIN_IMAGE_SIZE
 from byol.cache import check_view_size, default_cache_size
 from byol.errors import UserError
 from byol.model import MIN_BATCH_SIZE, MIN_BATCH_SIZE_REASON
@@ -41,6 +42,9 @@ class PretrainConfig:
     diag_voters: int = 5000
     max_images: int = 0  # 0: all pretraining images (labelled and unlabelled)
     sync_bn: bool = False  # BatchNorm statistics over the global batch when several processes train
+    # Progressive resizing: the views grow through these sizes (px, rising, each below image_size) to
+    # image_size, in equal shares of the steps; [] : image_size throughout (see view_size_at).
+    progressive_sizes: list[int] = field(default_factory=list)
 
     def resolved(self, world_size: int = 1) -> PretrainConfig:
         """Fill in the sizes and rates left at 0 (the rate from the global batch) and check the rest."""
@@ -71,8 +75,31 @@ class PretrainConfig:
             raise UserError(f"--predictor-lr-scale {self.predictor_lr_scale}: must be a finite number > 0")
         cache_size = self.cache_size or default_cache_size(self.image_size)
         check_view_size(self.image_size, cache_size)
+        check_progressive_sizes(self.progressive_sizes, self.image_size)
         lr = self.lr or default_lr(self.optimizer, self.batch_size * world_size)
         return PretrainConfig(**{**asdict(self), "cache_size": cache_size, "lr": lr})
+
+
+def check_progressive_sizes(sizes: list[int], image_size: int) -> None:
+    rising = all(small < large for small, large in zip(sizes, [*sizes[1:], image_size]))
+    if not rising or any(size < MIN_IMAGE_SIZE for size in sizes):
+        raise UserError(
+            f"--progressive-sizes {','.join(map(str, sizes))}: give rising sizes of {MIN_IMAGE_SIZE} px or "
+            f"more, each below --image-size {image_size}"
+        )
+
+
+def view_sizes(config: PretrainConfig) -> list[int]:
+    """The views' sizes in the order the run trains at them: the progressive sizes, then image_size."""
+    return [*config.progressive_sizes, config.image_size]
+
+
+def view_size_at(config: PretrainConfig, step: int, total_steps: int) -> int:
+    """The views' size at `step` of `total_steps`: each of view_sizes in turn for an equal share of the
+    steps (32,48 at 64 px: a third each), as progressive resizing grows images over a run (FFCV;
+    Koçyiğit et al., arXiv 2212.05611). The step alone decides, so a resumed run sizes as a straight one."""
+    sizes = view_sizes(config)
+    return sizes[min(len(sizes) - 1, step * len(sizes) // max(1, total_steps))]
 
 
 SNAPSHOT_DIR = "snapshots"

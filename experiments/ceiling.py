@@ -29,14 +29,11 @@ import torch
 from tqdm import tqdm
 
 from byol.cache import load_cache
+from byol.classifier_flags import add_classifier_flags, config_from_args
 from byol.cli import (
     StageArgumentParser,
     add_batch_and_device_arguments,
     add_resume_arguments,
-    comma_numbers,
-    non_negative_int,
-    positive_float,
-    positive_int,
     run_stage,
 )
 from byol.cross_validation import widened_grid
@@ -44,9 +41,10 @@ from byol.data import SPLIT_CONFIG_FILE, labelled_rows, read_split
 from byol.device import resolve_precision
 from byol.distributed import Runtime, process_group
 from byol.errors import UserError
-from byol.files import read_csv, read_json, write_csv, write_json
+from byol.files import read_json, write_csv, write_json
 from byol.finetune import ClassifierConfig, Examples, Job, Task, choose_finetune_lr, fine_tune, make_backbone
 from byol.grid_plan import GridWork, grid_seconds, measure_grid_speed
+from byol.grid_resume import SAME_SETTINGS, earlier_ledger
 from byol.outputs import BYOL_CONFIG_FILE, CEILING_COLUMNS, CEILING_CONFIG_FILE, CEILING_METRICS_FILE
 from byol.resume import check_fresh_start, check_resumable
 from byol.run_options import CACHE_DIR
@@ -133,19 +131,15 @@ def choose_rate(run: CeilingRun, progress: tqdm) -> float:
 
 def kept_rows(metrics_path: Path, settings: dict, config: ClassifierConfig, resume: bool) -> list[dict]:
     """--resume: the rows of the seeds an earlier run with the same settings finished."""
-    config_path = metrics_path.with_name(CEILING_CONFIG_FILE)
-    if not (resume and metrics_path.is_file()):
+    if not resume:
         return []
-    if not config_path.is_file():
-        raise UserError(
-            f"--resume: {config_path} is missing, so the settings of {metrics_path} are unknown; "
-            "start over with --overwrite"
-        )
-    remedy = "resume with the same settings, or start over with --overwrite"
+    ledger = earlier_ledger(metrics_path, metrics_path.with_name(CEILING_CONFIG_FILE), CEILING_COLUMNS)
+    if ledger is None:
+        return []
+    rows, previous = ledger
     # A setting added since the file was written counts as its default (none changes a ceiling's runs).
     defaults = {**asdict(ClassifierConfig()), "world_size": settings["world_size"]}
-    check_resumable(metrics_path, read_json(config_path, remedy), settings, remedy, defaults=defaults)
-    rows = read_csv(metrics_path, CEILING_COLUMNS, "start over with --overwrite")
+    check_resumable(metrics_path, previous, settings, SAME_SETTINGS, defaults=defaults)
     done = rows.loc[rows["epoch"] == config.epochs, "seed"]
     return rows[rows["seed"].isin(done)].to_dict("records")
 
@@ -216,58 +210,34 @@ def train_seed(run: CeilingRun, seed: int, progress: tqdm) -> list[dict]:
     return [{"seed": seed, "n_train": len(run.train), **row} for row in rows]
 
 
+# The ceiling's own defaults; every other setting is ClassifierConfig's (Stage 3's fine-tuning).
+CEILING = ClassifierConfig(
+    inits=["random"], modes=["finetune"], seeds=2, epochs=20, eval_every=2, finetune_lrs=[1e-3], batch_size=64
+)
+CEILING_FLAGS = ("seeds", "epochs", "eval_every", "finetune_lrs", "finetune_folds", "widen_rates", "head_lr")
+CEILING_FLAGS += ("image_size",)
+CEILING_HELP = {
+    "finetune_lrs": "the backbone's AdamW rate (default {default}); a comma list is chosen on the "
+    "validation split (or by cross-validation on the training images, for a split without validation images)",
+    "image_size": "px; default: RUN_DIR's byol_config.json's, else Stage 2's default",
+}
+
+
 def get_args_parser() -> StageArgumentParser:
     parser = StageArgumentParser(description=__doc__)
     parser.add_argument("run_dir", type=Path, help="a data_split.py --out-dir (the study's split)")
     parser.add_argument(
         "--out-dir", type=Path, default=Path("results"), help="writes ceiling_metrics.csv here"
     )
-    parser.add_argument("--seeds", type=positive_int, default=2)
-    parser.add_argument("--epochs", type=positive_int, default=20)
-    parser.add_argument("--eval-every", type=positive_int, default=2, help="test accuracy every N epochs")
-    parser.add_argument(
-        "--finetune-lrs",
-        type=comma_numbers(positive_float),  # parsed as stage 3's --finetune-lrs
-        default=[1e-3],
-        help="the backbone's AdamW rate; a comma list is chosen on the validation split (or by "
-        "cross-validation on the training images, for a split without validation images)",
-    )
-    parser.add_argument(
-        "--finetune-folds", type=positive_int, default=3, help="cross-validation folds for several rates"
-    )
-    parser.add_argument(
-        "--widen-rates",
-        type=non_negative_int,
-        default=ClassifierConfig.widen_rates,
-        help="a rate chosen on the grid's edge: try up to N more past it (0: the grid as given)",
-    )
-    parser.add_argument("--head-lr", type=positive_float, default=ClassifierConfig.head_lr)
-    parser.add_argument(
-        "--image-size",
-        type=non_negative_int,  # 0, its default, is a value it must accept
-        default=0,
-        help="0: RUN_DIR's byol_config.json's, else stage 2's default",
-    )
-    add_batch_and_device_arguments(parser, 64)
+    add_classifier_flags(parser, CEILING, CEILING_FLAGS, CEILING_HELP)
+    add_batch_and_device_arguments(parser, CEILING.batch_size)
     add_resume_arguments(parser, "keep the seeds already complete in ceiling_metrics.csv and train the rest")
     return parser
 
 
 def main() -> None:
     args = get_args_parser().parse_args()
-    config = ClassifierConfig(
-        inits=["random"],
-        modes=["finetune"],
-        seeds=args.seeds,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        finetune_lrs=args.finetune_lrs,
-        finetune_folds=args.finetune_folds,
-        widen_rates=args.widen_rates,
-        head_lr=args.head_lr,
-        image_size=args.image_size,
-        eval_every=args.eval_every,
-    )
+    config = config_from_args(args, CEILING, CEILING_FLAGS)
     metrics = train_ceiling(config, args.run_dir, args.out_dir, args)
     final = metrics[metrics["epoch"] == config.epochs]
     print(final[["seed", "n_train", "test_acc", "backbone_lr"]].to_string(index=False))

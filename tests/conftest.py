@@ -186,12 +186,12 @@ def known_speed(request, monkeypatch):
     real; tests/ddp_worker.py fixes the speed in its torchrun processes as this does here."""
     if request.node.get_closest_marker("measured_speed"):
         return
-    from byol import comparison, grid_plan, pretrain
+    from byol import grid_plan, pretrain
     from byol.grid_plan import GridSpeed
 
     monkeypatch.setattr(pretrain, "measure_speed", lambda run: PLANNING_SPEED)
-    for module in (comparison, grid_plan):  # stage 3 and the experiments that import it
-        monkeypatch.setattr(module, "measure_grid_speed", lambda *args: GridSpeed(0.1, 1000.0))
+    # Stage 3's plan and the ceiling's (run as a script, it imports the name afresh) read it from here.
+    monkeypatch.setattr(grid_plan, "measure_grid_speed", lambda *args: GridSpeed(0.1, 1000.0))
 
 
 @pytest.fixture

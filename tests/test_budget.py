@@ -156,10 +156,10 @@ def test_stage_3_estimates_its_runs_choices_and_feature_passes_from_the_measured
 
 @pytest.mark.slow
 def test_stage_3_prints_its_plan_before_the_first_run_and_what_is_done_on_a_rerun(split_dir, monkeypatch):
-    from byol import comparison
+    from byol import grid_plan
     from byol.grid_plan import GridSpeed
 
-    monkeypatch.setattr(comparison, "measure_grid_speed", lambda *args: GridSpeed(0.5, 100.0))
+    monkeypatch.setattr(grid_plan, "measure_grid_speed", lambda *args: GridSpeed(0.5, 100.0))
     out = split_dir(n_labelled=8)
     args = ["--out-dir", out, "--inits", "random", "--seeds", "2", "--epochs", "2", "--batch-size", "4"]
     args += ["--image-size", "32", "--device", "cpu"]
@@ -197,9 +197,9 @@ def test_the_speed_is_measured_on_the_runs_own_pipeline_without_touching_its_sta
 def test_stage_3_measures_its_speed_on_the_labelled_images(split_dir):
     import torch
 
-    from byol.comparison import measure_grid_speed
     from byol.distributed import Runtime
     from byol.finetune import ClassifierConfig, Examples
+    from byol.grid_plan import measure_grid_speed
 
     images = torch.randint(0, 256, (12, 3, 36, 36), dtype=torch.uint8)
     rng = torch.get_rng_state()

@@ -164,3 +164,35 @@ def test_a_ceiling_still_training_is_left_out_of_the_report(tmp_path):
     result = run_script("plot_results.py", "--out-dir", tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ceiling" not in (tmp_path / "summary.md").read_text()
+
+
+def test_the_ceiling_parses_the_classifier_flags_as_stage_3_does(monkeypatch):
+    import importlib.util
+    import sys
+
+    from conftest import ROOT
+
+    from train_classifier import get_args_parser as stage_3_parser
+
+    spec = importlib.util.spec_from_file_location(
+        "ceiling_flags_under_test", ROOT / "experiments" / "ceiling.py"
+    )
+    ceiling = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, ceiling)  # its dataclasses look their module up there
+    spec.loader.exec_module(ceiling)
+    flags = ["--finetune-lrs", "3e-4,1e-3", "--image-size", "0", "--widen-rates", "1", "--head-lr", "0.02"]
+    flags += ["--epochs", "7", "--seeds", "3", "--finetune-folds", "2", "--eval-every", "1"]
+    stage_3 = stage_3_parser().parse_args(flags)
+    theirs = ceiling.get_args_parser().parse_args(["run", *flags])
+    for name in ceiling.CEILING_FLAGS:
+        assert getattr(theirs, name) == getattr(stage_3, name), name
+    config = ceiling.config_from_args(theirs, ceiling.CEILING, ceiling.CEILING_FLAGS)
+    assert (config.inits, config.modes, config.finetune_lrs, config.image_size) == (
+        ["random"],
+        ["finetune"],
+        [3e-4, 1e-3],
+        0,
+    )
+    for bad in (["--finetune-lrs", "0"], ["--image-size", "-1"], ["--seeds", "0"]):
+        with pytest.raises(SystemExit):
+            ceiling.get_args_parser().parse_args(["run", *bad])

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from conftest import TINY_BYOL, assert_one_error_line, run_script, write_split
 from torch import nn
 
-from byol import comparison, finetune
+from byol import comparison, finetune, grid_plan
 from byol.cache import load_cache
 from byol.comparison import check_labelled, load_grid, run_classifiers
 from byol.cross_validation import widened_grid
@@ -176,7 +176,7 @@ def test_every_init_and_mode_of_a_seed_trains_on_the_same_images_head_and_batche
     monkeypatch.setattr(F, "cross_entropy", recording_cross_entropy)
     monkeypatch.setattr(comparison, "make_backbone", recording_make_backbone)
     monkeypatch.setattr(comparison, "balanced_subset", recording_subset)
-    monkeypatch.setattr(comparison, "measure_grid_speed", lambda *args: GridSpeed(1.0, 1.0))
+    monkeypatch.setattr(grid_plan, "measure_grid_speed", lambda *args: GridSpeed(1.0, 1.0))
     # One rate each, so that no cross-validation run is mixed in: the grid's runs only.
     config = ClassifierConfig(
         seeds=2, n_labels=[6], epochs=2, batch_size=4, probe_lrs=[1e-2], finetune_lrs=[1e-3]
@@ -776,3 +776,13 @@ def test_scored_on_validation_a_grid_never_reads_a_test_row(tmp_path, monkeypatc
     predictions = pd.read_csv(out / "classifier_predictions.csv")
     assert predictions["row"].tolist() == read_split(out).indices("validation")
     assert json.loads((out / "classifier_config.json").read_text())["score_split"] == "validation"
+
+
+def test_a_resume_whose_settings_file_is_lost_is_refused_not_started_over(tmp_path):
+    from byol.grid_resume import finished_rows
+
+    (tmp_path / "classifier_metrics.csv").write_text(",".join(CLASSIFIER_METRIC_COLUMNS) + "\n")
+    with pytest.raises(UserError, match="classifier_config.json is missing.*start over with --overwrite"):
+        finished_rows(ClassifierConfig(), tmp_path, {}, 1, "0" * 64)
+    (tmp_path / "classifier_metrics.csv").unlink()
+    assert finished_rows(ClassifierConfig(), tmp_path, {}, 1, "0" * 64) == []  # nothing earlier: nothing kept
