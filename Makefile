@@ -9,7 +9,7 @@ RESULTS ?= results
 OUT_DIR ?= $(RESULTS)/archive/study_12_epochs
 DEMO_DIR ?= demo
 
-.PHONY: setup test test-fast pipeline demo clean-demo study recipe-search long-run long-run-report
+.PHONY: setup test test-fast pipeline demo clean-demo study recipe-search time-trials long-run long-run-report
 
 $(BIN)/python: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -115,6 +115,24 @@ recipe-search: setup
 	$(foreach trial,$(TRIALS),$(call run_trial,$(trial)) && ) true
 	$(BIN)/python experiments/recipe_search.py $(foreach trial,$(TRIALS),$(call trial_dir,$(trial))) \
 		$(shared_inputs) --out "$(RECIPE_DIR).csv"
+
+# Issue 43's equal-time trials (configs/time_trials/: the CPU setting with one change each, for the same
+# wall-clock budget), in TIME_TRIALS_DIR (git-ignored) sharing one split and image cache, then one table
+# (RESULTS/time_trials.csv) with each trial's steps, validation k-NN and a frozen probe at 250 labels
+# scored on validation. Resumable: a finished trial is skipped, an interrupted one continues.
+#   make time-trials TIME_TRIALS="base progressive"
+TIME_TRIALS ?= base progressive batch32 batch128 warmup2
+TIME_TRIALS_DIR ?= runs/time_trials
+time_trial_dir = $(TIME_TRIALS_DIR)/$(1)
+time_inputs = --split "$(TIME_TRIALS_DIR)/splits.csv" --cache-dir "$(TIME_TRIALS_DIR)/cache"
+run_time_trial = ([ -f "$(call time_trial_dir,$(1))/byol.pt" ] || $(BIN)/python train_byol.py \
+	--out-dir "$(call time_trial_dir,$(1))" $(time_inputs) @configs/time_trials/$(1).args \
+	$(call resume_flag,$(call time_trial_dir,$(1))/byol_checkpoint.pt))
+time-trials: setup
+	$(call split_in,$(TIME_TRIALS_DIR))
+	$(foreach trial,$(TIME_TRIALS),$(call run_time_trial,$(trial)) && ) true
+	$(BIN)/python experiments/recipe_search.py $(foreach trial,$(TIME_TRIALS),$(call time_trial_dir,$(trial))) \
+		$(time_inputs) --out "$(RESULTS)/time_trials.csv"
 
 # Issue 21's long pretraining and everything it feeds, in one resumable command (docs/experiments.md):
 # the study's split in LONG_DIR, configs/long_byol.args (30,186 steps; continued with --resume after an

@@ -185,11 +185,10 @@ def add_monitor_flags(group, defaults: PretrainConfig) -> None:
 
 def add_running_flags(group, defaults: PretrainConfig) -> None:
     """Batch, device, processes, checkpoints, snapshots, compiling."""
-    add_batch_and_device_arguments(group, defaults.batch_size)
-    group.add_argument(
-        "--sync-bn",
-        action="store_true",
-        help="under torchrun: BatchNorm statistics over the global batch instead of each process's",
+    add_batch_and_device_arguments(
+        group,
+        defaults.batch_size,
+        sync_bn="BatchNorm statistics over the global batch instead of each process's",
     )
     add_resume_arguments(group, "continue from --out-dir/byol_checkpoint.pt")
     group.add_argument(

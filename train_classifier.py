@@ -54,11 +54,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def add_running_flags(group, defaults: ClassifierConfig) -> None:
     """Batch, device, processes, resuming."""
-    add_batch_and_device_arguments(group, defaults.batch_size)
-    group.add_argument(
-        "--sync-bn",
-        action="store_true",
-        help="under torchrun: fine-tuning BatchNorm statistics over the global batch",
+    add_batch_and_device_arguments(
+        group, defaults.batch_size, sync_bn="fine-tuning BatchNorm statistics over the global batch"
     )
     add_resume_arguments(
         group,

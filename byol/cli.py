@@ -114,8 +114,11 @@ def valid_batch_size(text: str) -> int:
     return value
 
 
-def add_batch_and_device_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
-    """--batch-size, --device and --precision, which the training stages share."""
+def add_batch_and_device_arguments(
+    parser: argparse.ArgumentParser, batch_size: int, sync_bn: str | None = None
+) -> None:
+    """--batch-size, --device and --precision, which the training stages share; and --sync-bn, whose
+    help (`sync_bn`, what it synchronises) a stage that trains under torchrun gives."""
     from byol.device import PRECISIONS  # imports torch: only the training stages call this
 
     parser.add_argument(
@@ -132,6 +135,8 @@ def add_batch_and_device_arguments(parser: argparse.ArgumentParser, batch_size: 
         help="auto: bf16 autocast + channels-last where the device has bf16 units, else fp32; fp16: autocast "
         "with loss scaling, for GPUs with fast fp16 but no bf16 (T4, RTX 20xx, GTX 16xx, V100, P100)",
     )
+    if sync_bn is not None:
+        parser.add_argument("--sync-bn", action="store_true", help=f"under torchrun: {sync_bn}")
 
 
 def add_resume_arguments(parser: argparse.ArgumentParser, resume_help: str) -> None:

@@ -47,7 +47,7 @@ from byol.grid_plan import GridWork, grid_seconds, measure_grid_speed
 from byol.grid_resume import SAME_SETTINGS, earlier_ledger
 from byol.outputs import BYOL_CONFIG_FILE, CEILING_COLUMNS, CEILING_CONFIG_FILE, CEILING_METRICS_FILE
 from byol.resume import check_fresh_start, check_resumable
-from byol.run_options import CACHE_DIR
+from byol.run_options import CACHE_DIR, RunOptions
 from byol.timing import finish_time, format_duration
 
 log = logging.getLogger(__name__)
@@ -167,14 +167,16 @@ def plan_line(run: CeilingRun, pending: list[int], choose: bool) -> str:
     )
 
 
-def train_ceiling(config: ClassifierConfig, run_dir: Path, out_dir: Path, args) -> pd.DataFrame:
+def train_ceiling(
+    config: ClassifierConfig, run_dir: Path, out_dir: Path, options: RunOptions
+) -> pd.DataFrame:
     """Fine-tune every seed not yet done, writing the metrics after each; returns all rows."""
     metrics_path = out_dir / CEILING_METRICS_FILE
-    check_fresh_start(out_dir, (CEILING_METRICS_FILE,), args.resume, args.overwrite)
-    with process_group(args.device) as (ranks, device):
-        runtime = Runtime(device, resolve_precision(args.precision, device), ranks)
+    check_fresh_start(out_dir, (CEILING_METRICS_FILE,), options.resume, options.overwrite)
+    with process_group(options.device_name) as (ranks, device):
+        runtime = Runtime(device, resolve_precision(options.precision_name, device), ranks)
         config, settings = resolved_settings(config, run_dir, ranks.world_size)
-        rows = kept_rows(metrics_path, settings, config, args.resume)
+        rows = kept_rows(metrics_path, settings, config, options.resume)
         pending = [seed for seed in range(config.seeds) if seed not in {row["seed"] for row in rows}]
         if not pending:
             log.info(f"plan: all {config.seeds} seed(s) already done in {metrics_path}; nothing to train")
@@ -238,7 +240,10 @@ def get_args_parser() -> StageArgumentParser:
 def main() -> None:
     args = get_args_parser().parse_args()
     config = config_from_args(args, CEILING, CEILING_FLAGS)
-    metrics = train_ceiling(config, args.run_dir, args.out_dir, args)
+    options = RunOptions(
+        device_name=args.device, precision_name=args.precision, resume=args.resume, overwrite=args.overwrite
+    )
+    metrics = train_ceiling(config, args.run_dir, args.out_dir, options)
     final = metrics[metrics["epoch"] == config.epochs]
     print(final[["seed", "n_train", "test_acc", "backbone_lr"]].to_string(index=False))
 

@@ -120,6 +120,30 @@ def test_recipe_files_give_the_settings_of_the_committed_runs(recipe, run):
     }
 
 
+# configs/time_trials/: what each equal-time trial changes in the CPU setting (a batch size with the
+# rate and EMA scaled to it by configs/gpu.args's rule).
+TIME_TRIAL_CHANGES = {
+    "progressive": {"progressive_sizes": [32, 48]},
+    "batch32": {"batch_size": 32, "lr": 0.125, "tau_base": 0.995},
+    "batch128": {"batch_size": 128, "lr": 0.5, "tau_base": 0.9801},
+    "warmup2": {"warmup_fraction": 0.02},
+}
+
+
+def test_each_equal_time_trial_is_the_cpu_setting_with_one_change_for_40_minutes():
+    from train_byol import parse_args
+
+    folder = ROOT / "configs" / "time_trials"
+    base = recipe_config(folder / "base.args")
+    assert base == recipe_config(ROOT / "configs" / "cpu.args")
+    assert sorted(path.stem for path in folder.glob("*.args")) == sorted(["base", *TIME_TRIAL_CHANGES])
+    for name, changes in TIME_TRIAL_CHANGES.items():
+        assert recipe_config(folder / f"{name}.args") == {**base, **changes}, name
+    for path in folder.glob("*.args"):
+        args, setting = parse_args(["--device", "cpu", f"@{path}"])
+        assert (args.time_budget, setting) == (40 * 60, "cpu"), path.name
+
+
 def test_the_long_run_is_the_chosen_trial_for_longer():
     long_run = recipe_config(ROOT / "configs" / "long_byol.args")
     chosen = recipe_config(ROOT / "configs" / "trials" / "steps1400_pred10.args")
