@@ -30,7 +30,7 @@ from byol.cli import (
 from byol.device import resolve_device
 from byol.optim import BASE_LR_PER_256, OPTIMIZERS
 from byol.pretrain import COMPILE_MODES, PretrainConfig, pretrain
-from byol.run_options import RunOptions, add_input_arguments, input_options
+from byol.run_options import add_input_arguments, options_from_args
 
 # A setting is a file of flags, the defaults of every flag not given (reference: the library's own).
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -263,17 +263,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, str]:
 def main() -> None:
     args, setting = parse_args()
     config = PretrainConfig(**{name: getattr(args, name) for name in PretrainConfig.__dataclass_fields__})
-    options = RunOptions(
-        device_name=args.device,
-        precision_name=args.precision,
-        resume=args.resume,
-        overwrite=args.overwrite,
+    options = options_from_args(
+        args,
         stop_after_epochs=args.stop_after_epochs,
         snapshot_epochs=args.snapshots,
         compile_mode=args.compile,
         time_budget_s=args.time_budget,
         setting=setting,
-        **input_options(args),
     )
     pretrain(config, args.out_dir, options)
 

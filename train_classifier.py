@@ -35,7 +35,7 @@ from byol.files import read_csv
 from byol.finetune import ClassifierConfig
 from byol.outputs import PAIRED_FILE
 from byol.report import format_summary
-from byol.run_options import RunOptions, add_input_arguments, input_options
+from byol.run_options import add_input_arguments, options_from_args
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -69,14 +69,7 @@ def main() -> None:
     config = config_from_args(
         args, ClassifierConfig(), (*GRID_FLAGS, *TRAINING_FLAGS, *RATE_FLAGS, "sync_bn")
     )
-    options = RunOptions(
-        device_name=args.device,
-        precision_name=args.precision,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        **input_options(args),
-    )
-    summary = run_classifiers(config, args.out_dir, options)
+    summary = run_classifiers(config, args.out_dir, options_from_args(args))
     if int(os.environ.get("RANK", "0")) == 0:
         print(format_summary(summary, read_csv(args.out_dir / PAIRED_FILE, ["verdict"], "run again")))
 

@@ -81,16 +81,16 @@ def save_checkpoint(run: Run, state: TrainState) -> None:
     )
 
 
-def check_same_split(run: Run, checkpoint: dict) -> None:
-    """--resume trains on the split the checkpoint was trained on (by its fingerprint; a checkpoint
-    written before the fingerprint was saved is not checked): a split made again from other files, or
-    another --split, would change the images under a half-trained run."""
+def check_same_split(path: Path, checkpoint: dict, splits_sha256: str) -> None:
+    """--resume trains on the split the checkpoint (`path`) was trained on, by its fingerprint; a
+    checkpoint written before the fingerprint was saved is not checked. A split made again from other
+    files, or another --split, would change the images under a half-trained run."""
     saved = checkpoint.get("splits_sha256")
-    if saved is not None and saved != run.splits_sha256:
+    if saved is not None and saved != splits_sha256:
         raise UserError(
-            f"--resume: {run.checkpoint_path} was trained on another split (splits.csv fingerprint "
-            f"{saved[:12]}, this one is {run.splits_sha256[:12]}); resume with the split it was trained "
-            "on (--split), or start over with --overwrite"
+            f"--resume: {path} was trained on another split (splits.csv fingerprint {saved[:12]}, this one "
+            f"is {splits_sha256[:12]}); resume with the split it was trained on (--split), or start over "
+            "with --overwrite"
         )
 
 

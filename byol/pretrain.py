@@ -93,9 +93,7 @@ def pretrain(config: PretrainConfig, out_dir: Path, options: RunOptions | None =
         config = config.resolved(ranks.world_size)
         # fail before the cache is built
         parse_snapshot_epochs(options.snapshot_epochs, 10**9 if budgeted else config.epochs)
-        run = build_run(config, out_dir, ranks, device, options)
-        if checkpoint is not None:
-            check_same_split(run, checkpoint)
+        run = build_run(config, out_dir, ranks, device, options, checkpoint)
         state = restore(run, checkpoint) if checkpoint is not None else TrainState()
         speed = measure_speed(run)
         fix_epochs(run, speed, options.time_budget_s, resumed=checkpoint is not None)
@@ -198,14 +196,23 @@ def views_of_size(config: PretrainConfig, size: int) -> BYOLViews:
     )
 
 
+# Six parameters: what to train and where, then the checkpoint a --resume continues (None: a new run),
+# whose split is checked before the cache is built.
 def build_run(
-    config: PretrainConfig, out_dir: Path, ranks: Ranks, device: torch.device, options: RunOptions
+    config: PretrainConfig,
+    out_dir: Path,
+    ranks: Ranks,
+    device: torch.device,
+    options: RunOptions,
+    checkpoint: dict | None = None,
 ) -> Run:
     """Check that the run fits, then load the split and its cache and build the model and optimiser."""
     precision = resolve_precision(options.precision_name, device)
     if device.type == "cpu":  # a CUDA allocation that fails raises, and run_stage reports it
         check_cpu_memory(config.batch_size, config.image_size, precision)
     split = read_split(options.split_path(out_dir))
+    if checkpoint is not None:
+        check_same_split(out_dir / CHECKPOINT_FILE, checkpoint, split.fingerprint)
     train_indices = pretraining_indices(split, config.max_images, config.seed)
     if config.batch_size * ranks.world_size > len(train_indices):
         processes = f" x {ranks.world_size} processes" if ranks.distributed else ""

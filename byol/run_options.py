@@ -81,3 +81,16 @@ def input_options(args) -> dict:
     """The RunOptions fields of add_input_arguments' flags, from parsed arguments."""
     names = ("split", "cache_dir", "weights")
     return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
+def options_from_args(args, **more) -> RunOptions:
+    """A driver's RunOptions from its parsed --device, --precision, --resume/--overwrite and input
+    flags (those it has), with `more` fields (pretraining's) given by the caller."""
+    return RunOptions(
+        device_name=args.device,
+        precision_name=args.precision,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        **input_options(args),
+        **more,
+    )

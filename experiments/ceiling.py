@@ -47,7 +47,7 @@ from byol.grid_plan import GridWork, grid_seconds, measure_grid_speed
 from byol.grid_resume import SAME_SETTINGS, earlier_ledger
 from byol.outputs import BYOL_CONFIG_FILE, CEILING_COLUMNS, CEILING_CONFIG_FILE, CEILING_METRICS_FILE
 from byol.resume import check_fresh_start, check_resumable
-from byol.run_options import CACHE_DIR, RunOptions
+from byol.run_options import CACHE_DIR, RunOptions, options_from_args
 from byol.timing import finish_time, format_duration
 
 log = logging.getLogger(__name__)
@@ -240,10 +240,7 @@ def get_args_parser() -> StageArgumentParser:
 def main() -> None:
     args = get_args_parser().parse_args()
     config = config_from_args(args, CEILING, CEILING_FLAGS)
-    options = RunOptions(
-        device_name=args.device, precision_name=args.precision, resume=args.resume, overwrite=args.overwrite
-    )
-    metrics = train_ceiling(config, args.run_dir, args.out_dir, options)
+    metrics = train_ceiling(config, args.run_dir, args.out_dir, options_from_args(args))
     final = metrics[metrics["epoch"] == config.epochs]
     print(final[["seed", "n_train", "test_acc", "backbone_lr"]].to_string(index=False))
 
