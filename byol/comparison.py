@@ -325,13 +325,20 @@ def _run_classifiers(
         if done == config.epochs
     }
     predicted = kept_predictions(out_dir, finished) if rows else {}
-    progress = tqdm(grid.runs, desc="classifiers", unit="run", disable=not ranks.is_main)
-    for run in progress:
+    pending = []
+    for run in grid.runs:
         n_labels, seed, init, mode = run
         train_rows = balanced_subset(grid.split, n_labels, seed, config.labelled_sets)  # drawn once per run
         key = (init, mode, seed, len(train_rows))
-        if epochs_done.get(key) == config.epochs:
-            continue
+        if epochs_done.get(key) != config.epochs:
+            pending.append((run, train_rows, key))
+    # Finished runs count as done from the start, so the bar's rate and ETA are those of the runs left.
+    done = len(grid.runs) - len(pending)
+    progress = tqdm(
+        pending, desc="classifiers", unit="run", initial=done, total=len(grid.runs), disable=not ranks.is_main
+    )
+    for run, train_rows, key in progress:
+        init, mode, seed = key[:3]
         rows = [row for row in rows if (row["init"], row["mode"], row["seed"], row["n_labels"]) != key]
         progress.set_description(f"{init} {mode} seed {seed} n={key[3]}")
         new_rows = grid.train(run, train_rows, progress)

@@ -148,18 +148,18 @@ def test_same_labelled_images_for_every_init_and_mode(pretrained):
 def test_every_init_and_mode_of_a_seed_trains_on_the_same_images_head_and_batches(pretrained, monkeypatch):
     """Recorded in a real grid: which labelled images each run gets, the labels of its training
     batches in order (the batch order), the head it starts from, and the backbones the grid builds."""
-    runs, backbones, drawn = [], [], []
+    runs, backbones, drawn = [], [], {}
     real_fit, real_cross_entropy = finetune._fit, F.cross_entropy
     real_make_backbone, real_subset = comparison.make_backbone, comparison.balanced_subset
 
-    def recording_subset(split, n_labels, seed, labelled_sets):  # drawn just before the run trains
-        drawn.append(real_subset(split, n_labels, seed, labelled_sets))
-        return drawn[-1]
+    def recording_subset(split, n_labels, seed, labelled_sets):  # each run's set, drawn once
+        drawn.setdefault(seed, []).append(real_subset(split, n_labels, seed, labelled_sets))
+        return drawn[seed][-1]
 
     def recording_fit(learner, task, job):
         head = learner.head.weight.detach().clone()
-        runs.append({"seed": job.seed, "rows": drawn[-1], "head": head, "batches": []})
-        assert len(task.train) == len(drawn[-1])
+        runs.append({"seed": job.seed, "rows": drawn[job.seed][-1], "head": head, "batches": []})
+        assert len(task.train) == len(drawn[job.seed][-1])
         return real_fit(learner, task, job)
 
     def recording_cross_entropy(logits, target, *args, **kwargs):
@@ -197,6 +197,7 @@ def test_every_init_and_mode_of_a_seed_trains_on_the_same_images_head_and_batche
             other = by_condition[(seed, init, mode)]
             assert other["rows"] == first["rows"] and other["batches"] == first["batches"], (seed, init, mode)
             assert torch.equal(other["head"], first["head"]), (seed, init, mode)
+    assert all(rows == drawn[seed][0] for seed in (0, 1) for rows in drawn[seed])  # one set per seed
     assert by_condition[(0, "random", "finetune")]["rows"] != by_condition[(1, "random", "finetune")]["rows"]
     random_backbones = [(seed, state) for init, seed, state in backbones if init == "random"]
     assert [seed for seed, _ in random_backbones] == [0, 0, 1, 1]  # one per mode and seed
@@ -349,6 +350,8 @@ def test_the_random_half_trained_first_is_kept_when_the_byol_half_resumes_it(pre
     assert set(random_half["init"]) == {"random"}
     both = run_script("train_classifier.py", *args, "--inits", "random,byol", "--resume")
     assert both.returncode == 0, both.stderr
+    # The bar starts at the runs already done, so its rate and ETA are those of the runs left.
+    assert "| 2/4 [" in both.stderr and "| 0/4 [" not in both.stderr
     metrics = pd.read_csv(pretrained / "classifier_metrics.csv")
     assert set(metrics["init"]) == {"random", "byol"} and set(metrics["seed"]) == {0, 1}
     kept = metrics[metrics["init"] == "random"].reset_index(drop=True)
