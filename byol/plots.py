@@ -59,15 +59,16 @@ def save_figure(figure: Figure, path: Path) -> None:
 
 
 def mean_std_band(axis: Axes, frame: pd.DataFrame, column: str, colour: str, style: str, label: str) -> None:
-    """Mean over seeds of `column` per epoch, with a +-1 std band where there are 2+ seeds."""
+    """Mean over seeds of `column` per epoch, with a +-1 std band where there are 2+ seeds, clipped to
+    the seeds' range: the band never reaches a value no seed had (one diverged seed's std would otherwise
+    take a loss band below 0, stretching a log axis down to its floor)."""
     values = frame.dropna(subset=[column]).groupby("epoch")[column]
     mean, std = values.mean(), values.std().fillna(0)
     if mean.empty:
         return
     axis.plot(mean.index, mean.values, linestyle=style, color=colour, label=label, linewidth=1.8)
-    axis.fill_between(
-        mean.index, (mean - std).values, (mean + std).values, color=colour, alpha=0.15, linewidth=0
-    )
+    low, high = (mean - std).clip(lower=values.min()), (mean + std).clip(upper=values.max())
+    axis.fill_between(mean.index, low.values, high.values, color=colour, alpha=0.15, linewidth=0)
 
 
 def main_setting(metrics: pd.DataFrame) -> pd.DataFrame:

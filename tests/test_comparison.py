@@ -9,6 +9,7 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
+import matplotlib.axes
 import matplotlib.image
 import pandas as pd
 import pytest
@@ -517,6 +518,30 @@ def test_a_grid_of_one_mode_is_drawn_in_one_panel(tmp_path):
         draw(tmp_path / name)
         height, width, _ = matplotlib.image.imread(tmp_path / name).shape
         assert width < 1.5 * height, name
+
+
+def test_one_diverged_seed_does_not_stretch_the_log_loss_axis_to_its_floor(tmp_path, monkeypatch):
+    # The default run's frozen BYOL probes: test losses 0.66, 0.73 and 15.6 (one seed at a rate of 1.0).
+    # Mean - std is below 0 there; the band stops at the lowest seed instead of the axis's floor.
+    losses = {0: 0.66, 1: 0.73, 2: 15.6}
+    metrics = pd.DataFrame(
+        [
+            {"init": "byol", "mode": "frozen", "seed": seed, "n_labels": 250, "epoch": epoch}
+            | {"train_loss": loss, "test_loss": loss, "test_acc": 0.6}
+            for seed, loss in losses.items()
+            for epoch in (1, 2)
+        ]
+    )
+    bands = []
+    real_fill = matplotlib.axes.Axes.fill_between
+
+    def recording_fill(axis, x, low, high, **kwargs):
+        bands.append((min(low), max(high)))
+        return real_fill(axis, x, low, high, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", recording_fill)
+    plot_loss_curves(metrics, tmp_path / "loss_curves.png")
+    assert bands and all(low >= 0.66 - 1e-9 and high <= 15.6 + 1e-9 for low, high in bands)
 
 
 def test_plot_results_without_metrics_is_a_clear_error(tmp_path):
