@@ -17,12 +17,14 @@ from byol.distributed import Runtime
 from byol.errors import UserError
 from byol.evaluate import extract_features
 from byol.finetune import (
+    PROBE_FOLDS,
     ClassifierConfig,
     Examples,
     Job,
     Task,
     fine_tune,
     images_per_step,
+    train_probe,
 )
 from byol.labelled_sets import balanced_subset
 from byol.model import MIN_BATCH_SIZE, resnet18_backbone
@@ -34,11 +36,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class GridSpeed:
-    """What stage 3's work costs on this machine: a fine-tuning step of one global batch, and scoring
-    (a backbone's forward pass) per image."""
+    """What stage 3's work costs on this machine: a fine-tuning step of one global batch, scoring (a
+    backbone's forward pass) per image, and a frozen probe's epoch per feature vector it trains on or
+    scores (0: probes not counted)."""
 
     step_seconds: float
     score_images_per_s: float
+    probe_image_epoch_seconds: float = 0.0
 
 
 def measure_grid_speed(
@@ -56,22 +60,50 @@ def measure_grid_speed(
             fine_tune(backbone, Task(labelled[rows], labelled[:n], n_classes), job)
             seconds = time.perf_counter() - started
         started = time.perf_counter()
-        extract_features(backbone, labelled.inputs, range(n), config.image_size, runtime)
+        features = extract_features(backbone, labelled.inputs, range(n), config.image_size, runtime)
         score_rate = n / (time.perf_counter() - started)
-    return GridSpeed(max(seconds - n / score_rate, 1e-6) / 3, score_rate)
+        # One probe at one rate, all its epochs, on features of every labelled image, scoring them.
+        inputs = features[torch.arange(len(labelled)) % n].float().cpu()
+        probe = Examples(inputs, labelled.labels)
+        started = time.perf_counter()
+        train_probe(Task(probe, probe, n_classes), replace(job, config=replace(config, probe_lrs=[1e-3])))
+        per_image_epoch = (time.perf_counter() - started) / (
+            len(labelled) * (config.epochs + evaluations(config))
+        )
+    return GridSpeed(max(seconds - n / score_rate, 1e-6) / 3, score_rate, per_image_epoch)
+
+
+def evaluations(config: ClassifierConfig) -> int:
+    """How many times a classifier is scored: every eval_every epochs and after the last."""
+    return sum(
+        1 for epoch in range(1, config.epochs + 1) if epoch % config.eval_every == 0 or epoch == config.epochs
+    )
+
+
+def probe_fits(config: ClassifierConfig, n_train: int, n_scored: int) -> list[tuple[int, int]]:
+    """The probe fits (images trained on, images scored) one frozen probe takes: its rate choice's
+    (each rate on PROBE_FOLDS folds, trained on the rest) and then the probe itself."""
+    fits = [(n_train, n_scored)]
+    if len(config.probe_lrs) > 1 and n_train >= 2:
+        folds = min(PROBE_FOLDS, n_train)
+        held_out = math.ceil(n_train / folds)
+        fits += [(n_train - held_out, held_out)] * (len(config.probe_lrs) * folds)
+    return fits
 
 
 @dataclass
 class GridWork:
     """What is left of stage 3, in image counts: fine-tuning runs (labelled images each; scored on
     `n_test` images every eval_every epochs), backbone feature passes (frozen mode: images each, once
-    per random seed and once for BYOL), and fine-tuning rate choices (labelled images each: rates x
-    folds fine-tunings on the folds' rest). The linear probes themselves take seconds: not counted."""
+    per random seed and once for BYOL), fine-tuning rate choices (labelled images each: rates x
+    folds fine-tunings on the folds' rest) and frozen probe fits (images trained on, images scored:
+    seconds each, but cross-validation and the rate choices multiply them by hundreds)."""
 
     n_test: int
     finetune_runs: list[int] = field(default_factory=list)
     feature_passes: dict[tuple, int] = field(default_factory=dict)
     choices: dict[tuple, int] = field(default_factory=dict)
+    probe_fits: list[tuple[int, int]] = field(default_factory=list)
 
 
 def grid_seconds(speed: GridSpeed, config: ClassifierConfig, global_batch: int, work: GridWork) -> float:
@@ -81,9 +113,10 @@ def grid_seconds(speed: GridSpeed, config: ClassifierConfig, global_batch: int, 
         steps = config.epochs * math.ceil(n_train / global_batch)
         return steps * speed.step_seconds + evals * n_scored / speed.score_images_per_s
 
-    epochs = range(1, config.epochs + 1)
-    evals = sum(1 for epoch in epochs if epoch % config.eval_every == 0 or epoch == config.epochs)
+    evals = evaluations(config)
     total = sum(finetune_seconds(n, work.n_test, evals) for n in work.finetune_runs)
+    fitted = sum(config.epochs * n_train + evals * n_scored for n_train, n_scored in work.probe_fits)
+    total += fitted * speed.probe_image_epoch_seconds
     if config.lp_ft:  # the probe's features first
         total += sum(work.finetune_runs) / speed.score_images_per_s
     total += sum(work.feature_passes.values()) / speed.score_images_per_s
@@ -154,15 +187,25 @@ def plan_line(grid: Grid, epochs_done: dict[RunKey, int]) -> str:
     held_out = max(math.ceil(n / folds) for n in config.n_labels) if folds > 1 else 0
     pending, work = 0, GridWork(n_test=held_out or len(split.indices(config.score_split)))
     n_features = len(split.indices("labelled")) + (0 if folds > 1 else work.n_test)
+    recalibrates = bool(config.bn_images and split.indices("validation") and split.indices("unlabelled"))
     for n_labels, seed, init, mode in grid.runs:
         n = len(balanced_subset(split, n_labels, seed, config.labelled_sets))
         if epochs_done.get((init, mode, seed, n)) == config.epochs:
             continue
         pending += 1
         if mode == "frozen":
+            fits = (
+                [(cv_training_size(n, folds), math.ceil(n / folds))] * folds
+                if folds > 1
+                else [(n, work.n_test)]
+            )
+            for n_train, n_scored in fits:
+                work.probe_fits += probe_fits(config, n_train, n_scored)
+                if init == "random" and recalibrates:  # a probe on each variant, scored on validation
+                    work.probe_fits += 2 * probe_fits(config, n_train, len(split.indices("validation")))
             key = (init,) if init == "byol" else (init, seed)
             own_set = n if config.labelled_sets == "per-seed" and seed else 0  # beside the split's labelled
-            if init == "random" and config.bn_images and key not in work.feature_passes:
+            if init == "random" and recalibrates and key not in work.feature_passes:
                 # recalibrating, then both backbones' features of the validation split and the labelled
                 own_set += (
                     config.bn_images + len(split.indices("labelled")) + 2 * len(split.indices("validation"))

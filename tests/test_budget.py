@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -152,6 +153,21 @@ def test_stage_3_estimates_its_runs_choices_and_feature_passes_from_the_measured
     )
     assert grid_seconds(speed, config, 4, work) == pytest.approx(2.24 + 0.24 + 6.12)
     assert grid_seconds(speed, config, 4, GridWork(n_test=12)) == 0
+    # A probe fit trained on 6 feature vectors and scoring 12: 2 epochs x 6 + 2 scorings x 12, at 0.01 s.
+    probes = GridWork(n_test=12, probe_fits=[(6, 12)])
+    assert grid_seconds(replace(speed, probe_image_epoch_seconds=0.01), config, 4, probes) == pytest.approx(
+        0.36
+    )
+
+
+def test_a_frozen_probe_counts_the_fits_its_rate_choice_takes():
+    from byol.finetune import PROBE_FOLDS, ClassifierConfig
+    from byol.grid_plan import probe_fits
+
+    three_rates = ClassifierConfig(probe_lrs=[1e-4, 1e-3, 1e-2])
+    fits = probe_fits(three_rates, 250, 2500)
+    assert fits[0] == (250, 2500) and fits[1:] == [(200, 50)] * (3 * PROBE_FOLDS)
+    assert probe_fits(ClassifierConfig(probe_lrs=[1e-3]), 250, 2500) == [(250, 2500)]  # nothing to choose
 
 
 @pytest.mark.slow
