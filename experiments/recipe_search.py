@@ -29,6 +29,7 @@ from byol.outputs import (
     CLASSIFIER_CONFIG_FILE,
     CLASSIFIER_METRICS_FILE,
     MONITOR_KNNS,
+    PAIRED_FILE,
     monitor_split,
     read_monitor_table,
 )
@@ -110,12 +111,33 @@ def trial_row(run_dir: Path, device_name: str, inputs: dict) -> dict:
         **monitor_columns(curve),
         **rank_columns(curve),
         "hours": curve["seconds"].sum() / 3600,
+        # the cost: training seconds per step and the median epoch's speed (equal-time trials differ here)
+        "seconds_per_step": curve["seconds"].sum() / max(int(curve["step"].max()), 1),
+        "images_per_s_median": curve["images_per_s"].median(),
         "probe_random": probe.loc["random", "test_acc_mean"],
         "probe_byol": probe.loc["byol", "test_acc_mean"],
         "probe_byol_std": probe.loc["byol", "test_acc_std"],
         "probe_seeds": int(probe.loc["byol", "seeds"]),
         "probe_split": scored_on,
+        **paired_columns(run_dir),
     }
+
+
+def paired_columns(run_dir: Path) -> dict:
+    """The frozen probe's BYOL − random, paired by seed, with the wider of its two 95 % intervals and
+    the verdict (classifier_paired.csv; NaN for the trials probed before it was written)."""
+    path = run_dir / PAIRED_FILE
+    names = ("probe_diff", "probe_diff_low", "probe_diff_high", "probe_verdict")
+    if not path.is_file():
+        return dict.fromkeys(names, math.nan)
+    paired = read_csv(
+        path, ["mode", "diff_mean", "low", "high", "verdict"], "delete it to train the probe again"
+    )
+    frozen = paired[paired["mode"] == "frozen"]
+    if frozen.empty:
+        return dict.fromkeys(names, math.nan)
+    row = frozen.iloc[-1]
+    return dict(zip(names, (row["diff_mean"], row["low"], row["high"], row["verdict"])))
 
 
 def main() -> None:
@@ -132,7 +154,7 @@ def main() -> None:
     write_csv(args.out, table)
     split = monitor_split(table.columns.str.replace("_knn_k20_last", "_knn_k20"))
     knns = [f"{split}_{name}_last" for name in MONITOR_KNNS]
-    shown = ["run", "steps", "hours", *knns, "rank_last", "probe_byol"]
+    shown = ["run", "steps", "seconds_per_step", *knns, "rank_last", "probe_byol", "probe_diff"]
     print(table[shown].to_string(index=False))
     print(f"wrote {args.out}")
 

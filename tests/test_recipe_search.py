@@ -48,6 +48,15 @@ def test_one_row_per_run_with_settings_knn_and_probe(split_dir, tmp_path):
             curve["val_knn_k200"].iloc[-1],
         )
         assert row.hours == curve["seconds"].sum() / 3600
+        assert row.seconds_per_step == curve["seconds"].sum() / 4  # the cost an equal-time trial pays
+        paired = pd.read_csv(run_dir / "classifier_paired.csv").set_index("mode").loc["frozen"]
+        assert (row.probe_diff, row.probe_diff_low, row.probe_diff_high, row.probe_verdict) == (
+            paired["diff_mean"],
+            paired["low"],
+            paired["high"],
+            paired["verdict"],
+        )
+        assert row.probe_diff == pytest.approx(row.probe_byol - row.probe_random)
     # The probe is kept in the run folder, so a second call reuses it instead of retraining, and no
     # longer needs the weights (the committed trials have none).
     probe_file = runs[0] / "classifier_metrics.csv"
