@@ -23,7 +23,6 @@ from byol.augment import normalize_imagenet
 from byol.data import Split, labelled_rows, split_rank
 from byol.device import autocast
 from byol.distributed import Runtime
-from byol.model import BYOL
 
 # The diagnostic k-NN's voters are drawn by a hash of this seed and each path: one fixed sample for
 # every run on a split, whatever its --seed or --max-images, so that trials are scored alike.
@@ -184,7 +183,7 @@ def monitor_rows(split: Split, diag_voters: int) -> MonitorRows:
 
 
 def knn_monitor(
-    model: BYOL, images: torch.Tensor, rows: MonitorRows, image_size: int, runtime: Runtime
+    backbone: nn.Module, images: torch.Tensor, rows: MonitorRows, image_size: int, runtime: Runtime
 ) -> dict[str, float]:
     """k-NN accuracy (labelled -> validation, and diagnostic voters -> validation), the per-dimension
     std of the normalised features, their effective rank, and the seconds all of it took.
@@ -200,7 +199,7 @@ def knn_monitor(
     started = time.perf_counter()
     unique = list(dict.fromkeys(rows.labelled + rows.validation + rows.voters))
     position = {row: i for i, row in enumerate(unique)}
-    features = extract_features(model.backbone, images, unique, image_size, runtime).cpu()
+    features = extract_features(backbone, images, unique, image_size, runtime).cpu()
 
     def of(subset: list[int]) -> torch.Tensor:
         return features[[position[row] for row in subset]]

@@ -25,7 +25,7 @@ from byol.device import autocast, grad_scaler
 from byol.distributed import SINGLE_PROCESS, Ranks, Runtime, average_buffers, sync_batchnorm, wrap
 from byol.errors import UserError, first_line
 from byol.evaluate import eval_view, extract_features, standardize, standardizer
-from byol.files import load_torch
+from byol.files import load_torch, read_json
 from byol.model import MIN_BATCH_SIZE, RESNET18_FEATURES, resnet18_backbone
 from byol.schedules import lr_at
 from byol.step import backward_step
@@ -48,12 +48,17 @@ def images_per_step(world_size: int, finetune: bool) -> int:
 def load_byol_backbone(path: Path) -> tuple[nn.Module, dict, str | None]:
     """The backbone of byol.pt (`path`, RunOptions.weights_path) in a fresh resnet18, its pretraining
     config, and the Split.held_out_fingerprint of the split it was pretrained on (None in files from
-    before 2026-12-06); a clear error when it is missing or foreign."""
+    before 2026-12-06); a clear error when it is missing or foreign. A released backbone (a bare
+    state dict, experiments/release_weights.py) takes its config and fingerprint from the JSON beside it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found: run train_byol.py first, or pass --inits random")
     try:
         weights = load_torch(path, "re-run train_byol.py")
+        if "backbone" not in weights:  # a released backbone: the state dict itself, metadata beside it
+            sidecar = path.with_suffix(".json")
+            metadata = read_json(sidecar, "release the weights again") if sidecar.is_file() else {}
+            weights = {"backbone": weights, **metadata}
         backbone = resnet18_backbone()
         backbone.load_state_dict(weights["backbone"], strict=True)
     except (RuntimeError, KeyError, TypeError) as error:

@@ -288,7 +288,7 @@ def monitor(run: Run) -> dict[str, float]:
     """The k-NN monitor on rank 0 only (the others wait): every rank's backbone is the same."""
     result = NOT_MONITORED
     if run.ranks.is_main:
-        result = knn_monitor(run.model, run.images, run.watched, run.config.image_size, run.runtime)
+        result = knn_monitor(run.model.backbone, run.images, run.watched, run.config.image_size, run.runtime)
     run.ranks.barrier()
     return result
 

@@ -72,8 +72,8 @@ def add_input_arguments(parser, weights: bool = False) -> None:
             "--weights",
             type=Path,
             default=None,
-            help=f"the pretrained backbone (train_byol.py's {WEIGHTS_FILE}, or one of its snapshots); "
-            f"default: --out-dir/{WEIGHTS_FILE}",
+            help=f"the pretrained backbone (train_byol.py's {WEIGHTS_FILE}, one of its snapshots, or a "
+            f"backbone released by experiments/release_weights.py); default: --out-dir/{WEIGHTS_FILE}",
         )
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 
 import matplotlib.image
 import pandas as pd
 import pytest
-from conftest import ROOT, assert_one_error_line, run_script
+from conftest import ROOT, TINY_BYOL, assert_one_error_line, run_script
 
 sys.path.insert(0, str(ROOT / "experiments"))
 
@@ -73,3 +74,51 @@ def test_carry_study_packs_what_stage_3_reads_and_trains_it_elsewhere(split_dir,
     assert (tmp_path / "work" / "byol.pt").read_bytes() == weights
     summary = pd.read_csv(out / "classifier_summary.csv")
     assert summary[["init", "mode", "n_labels"]].values.tolist() == [["random", "frozen", 8]]
+
+
+@pytest.mark.slow
+def test_released_weights_load_into_a_stock_resnet18_score_the_same_and_serve_stage_3(split_dir, tmp_path):
+    import torch
+    import torchvision
+
+    run_dir = split_dir()
+    result = run_script("train_byol.py", "--out-dir", run_dir, "--epochs", "1", *TINY_BYOL)
+    assert result.returncode == 0, result.stderr
+    released = tmp_path / "release" / "byol_resnet18_fp16.pt"
+    result = run_script("experiments/release_weights.py", run_dir, released)
+    assert result.returncode == 0, result.stderr
+    state = torch.load(released, weights_only=True)
+    assert all(value.dtype == torch.float16 for value in state.values() if value.is_floating_point())
+    model = torchvision.models.resnet18()
+    model.fc = torch.nn.Identity()
+    model.load_state_dict(state)  # strict: exactly a stock resnet18's keys, less fc
+    full = torch.load(run_dir / "byol.pt", weights_only=True)["backbone"]
+    assert all(torch.equal(state[name], full[name].half()) for name in full if full[name].is_floating_point())
+    record = json.loads(released.with_suffix(".json").read_text())
+    assert record["sha256"] == hashlib.sha256(released.read_bytes()).hexdigest()
+    for name, score in record["knn_full_precision"].items():
+        assert abs(record["knn_fp16"][name] - score) <= 0.002, name
+    # Stage 3 takes it as --weights, its image size and held-out images from the JSON beside it.
+    flags = ["--modes", "frozen", "--seeds", "1", "--n-labels", "8", "--epochs", "1", "--device", "cpu"]
+    stage_3 = run_script(
+        "train_classifier.py",
+        "--out-dir",
+        tmp_path / "rescored",
+        "--split",
+        run_dir,
+        "--cache-dir",
+        run_dir / "cache",
+        "--weights",
+        released,
+        *flags,
+    )
+    assert stage_3.returncode == 0, stage_3.stderr
+    config = json.loads((tmp_path / "rescored" / "classifier_config.json").read_text())
+    assert config["image_size"] == 32
+    # A copy that does not score the same is refused, and nothing is left behind.
+    refused = run_script(
+        "experiments/release_weights.py", run_dir, tmp_path / "strict.pt", "--tolerance", "-1"
+    )
+    assert refused.returncode != 0 and "not released" in refused.stderr
+    assert_one_error_line(refused.stderr)
+    assert not (tmp_path / "strict.pt").exists() and not (tmp_path / "strict.json").exists()
