@@ -180,48 +180,63 @@ def finetune_choice_key(config: ClassifierConfig, init: str, n_labels: int, seed
     return (init, int(n_labels), int(seed)) if config.cv_every_seed else (init, int(n_labels))
 
 
-def plan_line(grid: Grid, epochs_done: dict[RunKey, int]) -> str:
-    """What stage 3 is about to train, and how long that will take at the speed measured here."""
-    config, split, runtime = grid.config, grid.split, grid.runtime
+def remaining_work(grid: Grid, epochs_done: dict[RunKey, int]) -> tuple[GridWork, int, int]:
+    """The work the grid has left, how many runs that is, and the cross-validation's folds (1: none)."""
+    config, split = grid.config, grid.split
     folds = config.eval_folds if config.evaluation == "cv" else 1
     held_out = max(math.ceil(n / folds) for n in config.n_labels) if folds > 1 else 0
     pending, work = 0, GridWork(n_test=held_out or len(split.indices(config.score_split)))
-    n_features = len(split.indices("labelled")) + (0 if folds > 1 else work.n_test)
-    recalibrates = bool(config.bn_images and split.indices("validation") and split.indices("unlabelled"))
     for n_labels, seed, init, mode in grid.runs:
         n = len(balanced_subset(split, n_labels, seed, config.labelled_sets))
         if epochs_done.get((init, mode, seed, n)) == config.epochs:
             continue
         pending += 1
-        if mode == "frozen":
-            fits = (
-                [(cv_training_size(n, folds), math.ceil(n / folds))] * folds
-                if folds > 1
-                else [(n, work.n_test)]
-            )
-            for n_train, n_scored in fits:
-                work.probe_fits += probe_fits(config, n_train, n_scored)
-                if init == "random" and recalibrates:  # a probe on each variant, scored on validation
-                    work.probe_fits += 2 * probe_fits(config, n_train, len(split.indices("validation")))
-            key = (init,) if init == "byol" else (init, seed)
-            own_set = n if config.labelled_sets == "per-seed" and seed else 0  # beside the split's labelled
-            if init == "random" and recalibrates and key not in work.feature_passes:
-                # recalibrating, then both backbones' features of the validation split and the labelled
-                own_set += (
-                    config.bn_images + len(split.indices("labelled")) + 2 * len(split.indices("validation"))
-                )
-            work.feature_passes[key] = work.feature_passes.get(key, n_features) + own_set
-            continue
-        if folds > 1:  # each fold trains on the rest, its rate chosen on them
-            n_train = cv_training_size(n, folds)
-            work.finetune_runs += [n_train] * folds
-            if len(config.finetune_lrs) > 1:
-                work.choices.update({(init, n, seed, fold): n_train for fold in range(folds)})
-            continue
-        work.finetune_runs.append(n)
-        key = finetune_choice_key(config, init, n, seed)
-        if len(config.finetune_lrs) > 1 and key not in grid.finetune_lrs:
-            work.choices[key] = n
+        add_work = add_frozen_work if mode == "frozen" else add_finetune_work
+        add_work(work, grid, (init, seed, n), folds)
+    return work, pending, folds
+
+
+def add_frozen_work(work: GridWork, grid: Grid, run: tuple[str, int, int], folds: int) -> None:
+    """A frozen run's probe fits (and its rate choices'; for random init, both BatchNorm variants'
+    scored on validation) and the feature passes its backbone needs (`run`: init, seed, images)."""
+    config, split = grid.config, grid.split
+    init, seed, n = run
+    validation = len(split.indices("validation"))
+    recalibrates = init == "random" and bool(config.bn_images and validation and split.indices("unlabelled"))
+    fits = [(cv_training_size(n, folds), math.ceil(n / folds))] * folds if folds > 1 else [(n, work.n_test)]
+    for n_train, n_scored in fits:
+        work.probe_fits += probe_fits(config, n_train, n_scored)
+        if recalibrates:
+            work.probe_fits += 2 * probe_fits(config, n_train, validation)
+    key = (init,) if init == "byol" else (init, seed)
+    own_set = n if config.labelled_sets == "per-seed" and seed else 0  # beside the split's labelled
+    if recalibrates and key not in work.feature_passes:
+        # recalibrating, then both backbones' features of the validation split and the labelled
+        own_set += config.bn_images + len(split.indices("labelled")) + 2 * validation
+    n_features = len(split.indices("labelled")) + (0 if folds > 1 else work.n_test)
+    work.feature_passes[key] = work.feature_passes.get(key, n_features) + own_set
+
+
+def add_finetune_work(work: GridWork, grid: Grid, run: tuple[str, int, int], folds: int) -> None:
+    """A fine-tuning run (one per fold under cross-validation) and the rate choices it still needs."""
+    config = grid.config
+    init, seed, n = run
+    if folds > 1:  # each fold trains on the rest, its rate chosen on them
+        n_train = cv_training_size(n, folds)
+        work.finetune_runs += [n_train] * folds
+        if len(config.finetune_lrs) > 1:
+            work.choices.update({(init, n, seed, fold): n_train for fold in range(folds)})
+        return
+    work.finetune_runs.append(n)
+    key = finetune_choice_key(config, init, n, seed)
+    if len(config.finetune_lrs) > 1 and key not in grid.finetune_lrs:
+        work.choices[key] = n
+
+
+def plan_line(grid: Grid, epochs_done: dict[RunKey, int]) -> str:
+    """What stage 3 is about to train, and how long that will take at the speed measured here."""
+    config, split, runtime = grid.config, grid.split, grid.runtime
+    work, pending, folds = remaining_work(grid, epochs_done)
     done = len(grid.runs) - pending
     counts = (
         f"{len(grid.runs)} runs ({len(config.inits)} inits x {len(config.modes)} modes x "
