@@ -48,3 +48,49 @@ def test_every_relative_link_and_anchor_in_the_docs_resolves():
             elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
                 broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
     assert not broken, "\n".join(broken)
+
+
+def table_line(text: str, *marks: str) -> str:
+    """The one line of the README's tables holding every mark (bold and the Unicode minus dropped)."""
+    lines = [line.replace("**", "").replace("−", "-") for line in text.splitlines() if line.startswith("|")]
+    found = [line for line in lines if all(mark in line for mark in marks)]
+    assert len(found) == 1, (marks, found)
+    return found[0]
+
+
+def interval(row) -> str:
+    return f"{row['diff_mean']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+
+
+def test_the_readmes_answer_and_scoreboard_are_the_committed_files():
+    """No README number that a committed file does not give: the answer table from the long run's
+    classifier_metrics.csv, the scoreboard row from the default pipeline's files."""
+    import pandas as pd
+
+    from byol.stats import paired_summary, summarize
+
+    readme = (ROOT / "README.md").read_text()
+    metrics = pd.read_csv(ROOT / "results" / "long_run" / "classifier_metrics.csv")
+    summary = summarize(metrics).set_index(["init", "mode", "n_labels"])
+    paired = paired_summary(metrics).set_index(["n_labels", "mode"])
+    for n, mode, words in [
+        (250, "finetune", "full fine-tuning"),
+        (250, "frozen", "frozen backbone"),
+        (100, "finetune", "full fine-tuning"),
+        (100, "frozen", "frozen backbone"),
+        (25, "finetune", "full fine-tuning"),
+        (25, "frozen", "frozen backbone"),
+    ]:
+        line = table_line(readme, f"| {n} | {words}")
+        for init in ("random", "byol"):
+            row = summary.loc[(init, mode, n)]
+            assert f"{row['test_acc_mean']:.3f} ± {row['test_acc_std']:.3f}" in line, (init, line)
+        assert interval(paired.loc[(n, mode)]) in line, line
+
+    run = ROOT / "results" / "pipeline_default_bf16"
+    line = table_line(readme, "pipeline_default_bf16")
+    curve = pd.read_csv(run / "byol_metrics.csv")
+    assert f"| {curve['step'].max():,} |" in line
+    assert f"{curve['val_knn_k20'].iloc[0]:.3f} → {curve['val_knn_k20'].iloc[-1]:.3f}" in line
+    paired = pd.read_csv(run / "classifier_paired.csv").set_index("mode")
+    assert f"{interval(paired.loc['frozen'])} | {interval(paired.loc['finetune'])}" in line
