@@ -109,10 +109,13 @@ def main() -> None:
         default=0.002,
         help="the largest k-NN difference allowed between fp16 and full precision (0.002: 5 of 2,500)",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier release at OUT")
     add_input_arguments(parser, weights=True)
     args = parser.parse_args()
     if args.out.suffix != ".pt":
         raise UserError(f"{args.out}: give the released file a .pt name (its .json goes beside it)")
+    if not args.overwrite and (args.out.exists() or args.out.with_suffix(".json").exists()):
+        raise UserError(f"{args.out} (or its .json) already exists: pass --overwrite to replace the release")
     record = release(args.run_dir, args.out, RunOptions(**input_options(args)), args.tolerance)
     for name in SCORES:
         full, halved = record["knn_full_precision"][name], record["knn_fp16"][name]

@@ -115,6 +115,11 @@ def test_released_weights_load_into_a_stock_resnet18_score_the_same_and_serve_st
     assert stage_3.returncode == 0, stage_3.stderr
     config = json.loads((tmp_path / "rescored" / "classifier_config.json").read_text())
     assert config["image_size"] == 32
+    # A release is written once: replacing it takes --overwrite.
+    again = run_script("experiments/release_weights.py", run_dir, released)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert_one_error_line(again.stderr)
+    assert record == json.loads(released.with_suffix(".json").read_text())
     # A copy that does not score the same is refused, and nothing is left behind.
     refused = run_script(
         "experiments/release_weights.py", run_dir, tmp_path / "strict.pt", "--tolerance", "-1"
