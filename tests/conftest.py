@@ -117,6 +117,14 @@ def run_script(script: str, *args: str | Path, cwd: Path | None = None) -> subpr
     return subprocess.CompletedProcess(argv, returncode, stdout.getvalue(), stderr.getvalue())
 
 
+def run_split(
+    data_dir: Path, out: Path, labelled: int, test: int, *extra: str | Path, validation=0, workers=1
+) -> subprocess.CompletedProcess:
+    """Stage 1 on `data_dir` into `out` with these counts (no validation set unless asked), in-process."""
+    counts = ["--n-labelled", labelled, "--n-test", test, "--n-validation", validation, "--workers", workers]
+    return run_script("data_split.py", "--data-dir", data_dir, "--out-dir", out, *counts, *extra)
+
+
 def run_subprocess(script: str, *args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run a stage script or module in a new Python process, exactly as a user does."""
     target = [str(ROOT / script)] if script.endswith(".py") else ["-m", script]

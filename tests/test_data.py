@@ -8,7 +8,7 @@ import random
 
 import pandas as pd
 import pytest
-from conftest import REAL_DATA, ROOT, add_faults, assert_one_error_line, run_script
+from conftest import REAL_DATA, ROOT, add_faults, assert_one_error_line, run_script, run_split
 
 from byol import data, decode
 from byol.data import SplitSizes, make_split, read_split
@@ -24,21 +24,7 @@ def split_files(out_dir):
 def test_clean_folder_is_split_balanced_with_exact_counts(image_folder, tmp_path):
     folder = image_folder(per_class=30)
     out = tmp_path / "out"
-    result = run_script(
-        "data_split.py",
-        "--data-dir",
-        folder,
-        "--out-dir",
-        out,
-        "--n-labelled",
-        10,
-        "--n-test",
-        20,
-        "--n-validation",
-        0,
-        "--workers",
-        2,
-    )
+    result = run_split(folder, out, 10, 20, workers=2)
     assert result.returncode == 0, result.stderr
     splits, rejected = split_files(out)
     assert {"path", "label", "class_name", "split"} <= set(splits.columns)
@@ -72,21 +58,7 @@ def test_default_bomb_limit_rejects_an_image_over_pillows_limit(image_folder, tm
     folder = image_folder(per_class=6)
     add_faults(folder, "square")
     out = tmp_path / "out"
-    result = run_script(
-        "data_split.py",
-        "--data-dir",
-        folder,
-        "--out-dir",
-        out,
-        "--n-labelled",
-        2,
-        "--n-test",
-        2,
-        "--n-validation",
-        0,
-        "--workers",
-        1,
-    )
+    result = run_split(folder, out, 2, 2)
     assert result.returncode == 0, result.stderr
     _, rejected = split_files(out)
     reasons = dict(zip(rejected["path"], rejected["reason"]))
@@ -210,21 +182,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_previous_split(
     folder = image_folder(per_class=14)
     add_faults(folder, "circle")  # 14 good circles; the faults must not count as valid
     out = tmp_path / "out"
-    good = run_script(
-        "data_split.py",
-        "--data-dir",
-        folder,
-        "--out-dir",
-        out,
-        "--n-labelled",
-        4,
-        "--n-test",
-        4,
-        "--n-validation",
-        0,
-        "--workers",
-        1,
-    )
+    good = run_split(folder, out, 4, 4)
     assert good.returncode == 0, good.stderr
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     result = run_script(
@@ -268,22 +226,7 @@ def test_an_out_dir_inside_the_data_dir_is_refused(image_folder, inside):
 def test_later_stages_notice_an_edited_or_stale_split(image_folder, tmp_path):
     folder = image_folder(per_class=10)
     out = tmp_path / "out"
-    assert (
-        run_script(
-            "data_split.py",
-            "--data-dir",
-            folder,
-            "--out-dir",
-            out,
-            "--n-labelled",
-            4,
-            "--n-test",
-            4,
-            "--n-validation",
-            0,
-        ).returncode
-        == 0
-    )
+    assert run_split(folder, out, 4, 4).returncode == 0
     split = read_split(out)
     assert len(split.indices("labelled")) == 4 and len(split.indices("test")) == 4
     assert split.classes == ["circle", "square"]

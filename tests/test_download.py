@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_script
+from conftest import run_script, run_split
 from PIL import Image
 
 
@@ -59,24 +59,8 @@ def test_download_extracts_and_splits(http_folder, tmp_path):
     served, url = http_folder
     petimages_zip(served / "kagglecatsanddogs_5340.zip")
     data_dir, out = tmp_path / "data", tmp_path / "out"
-    args = [
-        "--download",
-        "--url",
-        f"{url}/kagglecatsanddogs_5340.zip",
-        "--data-dir",
-        data_dir,
-        "--out-dir",
-        out,
-        "--n-labelled",
-        4,
-        "--n-test",
-        4,
-        "--n-validation",
-        0,
-        "--workers",
-        1,
-    ]
-    result = run_script("data_split.py", *args)
+    download = ["--download", "--url", f"{url}/kagglecatsanddogs_5340.zip"]
+    result = run_split(data_dir, out, 4, 4, *download)
     assert result.returncode == 0, result.stderr
     assert (data_dir / "kagglecatsanddogs_5340.zip").is_file()
     assert not list(data_dir.glob("*.part")) and not list(data_dir.glob(".extract-*"))
@@ -88,7 +72,7 @@ def test_download_extracts_and_splits(http_folder, tmp_path):
 
     # A second run reuses the archive and the extracted folder: no server needed.
     served.joinpath("kagglecatsanddogs_5340.zip").unlink()
-    again = run_script("data_split.py", *args, "--overwrite")
+    again = run_split(data_dir, out, 4, 4, *download, "--overwrite")
     assert again.returncode == 0, again.stderr
     pd.testing.assert_frame_equal(pd.read_csv(out / "splits.csv"), splits)
 
