@@ -161,12 +161,14 @@ def check_labelled(split: Split, config: ClassifierConfig, world_size: int) -> N
 def check_folds(split: Split, n_images: int, rows: list[int], config: ClassifierConfig) -> None:
     """--evaluation cv: every class of a run's labelled images has an image for each fold to hold out."""
     counts = split.table.loc[rows, "label"].value_counts()
-    short = [split.classes[label] for label, count in counts.items() if count < config.eval_folds]
+    short = [
+        f"{split.classes[label]} ({count})" for label, count in counts.items() if count < config.eval_folds
+    ]
     if short:
         raise UserError(
-            f"--n-labels {n_images}: class {', '.join(short)} has fewer labelled images "
-            f"({int(counts.min())}) than the {config.eval_folds} cross-validation folds; lower --eval-folds "
-            "or label more images"
+            f"--n-labels {n_images}: fewer labelled images than the {config.eval_folds} cross-validation "
+            f"folds in class{'es' if len(short) > 1 else ''} {', '.join(short)}; lower --eval-folds or "
+            "label more images"
         )
 
 
