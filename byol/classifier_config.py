@@ -72,6 +72,11 @@ class ClassifierConfig:
             raise UserError(f"--eval-folds {self.eval_folds}: cross-validation needs 2 or more")
         if self.score_split not in SCORE_SPLITS:
             raise UserError(f"--score-split {self.score_split}: choose from {','.join(SCORE_SPLITS)}")
+        if self.evaluation == "cv" and self.score_split != "test":
+            raise UserError(
+                f"--score-split {self.score_split} with --evaluation cv: cross-validation scores on the "
+                "labelled images' held-out folds, never on a split; drop one of the two"
+            )
         if self.labelled_sets not in LABELLED_SETS:
             raise UserError(f"--labelled-sets {self.labelled_sets}: choose from {','.join(LABELLED_SETS)}")
         for flag, values, allowed in (("--inits", self.inits, INITS), ("--modes", self.modes, MODES)):

@@ -262,13 +262,18 @@ def load_grid(
         check_pretrained_on(weights, pretrained_on, split)
         byol_state = byol_backbone.state_dict()
     config = config.resolved(byol_config)
-    if config.evaluation == "auto":
-        config = replace(config, evaluation="test" if split.indices(config.score_split) else "cv")
+    if config.evaluation == "auto":  # --score-split validation asks for a split: never cv in its place
+        scored = config.score_split != "test" or split.indices("test")
+        config = replace(config, evaluation="test" if scored else "cv")
     if config.evaluation == "test" and not split.indices(config.score_split):
-        flag = "--n-test" if config.score_split == "test" else "--n-validation"
+        flag, instead = (
+            ("--n-test", "pass --evaluation cv")
+            if config.score_split == "test"
+            else ("--n-validation", "leave out --score-split to cross-validate")
+        )
         raise UserError(
             f"the split has no {config.score_split} images to score on; re-run data_split.py with {flag} "
-            "above 0, or pass --evaluation cv"
+            f"above 0, or {instead}"
         )
     world_size = runtime.ranks.world_size
     check_labelled(split, config, world_size)

@@ -415,6 +415,11 @@ def truncate(path, size: int) -> None:
         (lambda out: None, ["--probe-lrs", "1e-3,fast"], "not a comma list of numbers"),
         (lambda out: None, ["--finetune-lrs", "1e-3,inf"], "--finetune-lrs: must be a finite number"),
         (lambda out: None, ["--finetune-folds", "1"], "--finetune-folds 1: cross-validation needs 2"),
+        (
+            lambda out: None,
+            ["--evaluation", "cv", "--score-split", "validation"],
+            "never on a split; drop one",
+        ),
         (lambda out: None, ["--n-labels", "2"], "too few to choose the fine-tuning rate by 3-fold"),
         (lambda out: None, ["--batch-size", "1"], "--batch-size: must be 2 or more"),
         (lambda out: None, ["--image-size", "4"], "--image-size 4: must be 8 px or more"),

@@ -115,4 +115,17 @@ def test_a_class_with_fewer_images_than_the_folds_is_one_line(own_images):
     )
     assert asked.returncode == 2 and "no test images to score on" in asked.stderr
     assert_one_error_line(asked.stderr)
+    # A split asked for by name is not replaced by cross-validation when the split lacks it.
+    validation = run_script(
+        "train_classifier.py",
+        "--out-dir",
+        own_images,
+        "--score-split",
+        "validation",
+        "--overwrite",
+        *CLASSIFY,
+    )
+    assert validation.returncode == 2 and "no validation images to score on" in validation.stderr
+    assert "leave out --score-split" in validation.stderr
+    assert_one_error_line(validation.stderr)
     assert (metrics.stat().st_mtime_ns if metrics.exists() else None) == before  # refused before writing
