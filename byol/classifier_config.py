@@ -50,7 +50,8 @@ class ClassifierConfig:
     # The split every run is scored on: the test split for a study's final tables; the validation split
     # where the scores choose something (recipe_search's probes), so that the test split never chooses.
     score_split: str = "test"
-    # auto: scored on score_split when the split holds any, else cv: stratified k-fold cross-validation
+    # auto: scored on the test split when the split holds any (on validation when score_split names it),
+    # else cv: stratified k-fold cross-validation
     # on each run's labelled images (eval_folds folds, one repeat per seed), for a user whose labels are
     # too few to hold a test set out.
     evaluation: str = "auto"

@@ -66,8 +66,8 @@ HELP = {
     "the scores choose something (a recipe, a setting), so that the test split never does",
     "evaluation": "test: score every run on --score-split; cv: stratified k-fold cross-validation on each "
     "run's labelled images (each fold trains on the others, rates chosen on them alone; one repeat per "
-    "seed), for labels too few to hold a test set out; auto (default): test when the split has "
-    "--score-split images, else cv",
+    "seed), for labels too few to hold a test set out; auto (default): test when the split has test "
+    "images or --score-split validation is given, else cv",
     "eval_folds": "--evaluation cv: the folds (every class needs this many labelled images or more)",
     "eval_every": "score the held-out images every N epochs (always at the last; default {default})",
     "finetune_lrs": "fine-tuning: AdamW learning rates for the backbone; for each init and label count the "
