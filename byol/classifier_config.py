@@ -51,9 +51,8 @@ class ClassifierConfig:
     # where the scores choose something (recipe_search's probes), so that the test split never chooses.
     score_split: str = "test"
     # auto: scored on the test split when the split holds any (on validation when score_split names it),
-    # else cv: stratified k-fold cross-validation
-    # on each run's labelled images (eval_folds folds, one repeat per seed), for a user whose labels are
-    # too few to hold a test set out.
+    # else cv: stratified k-fold cross-validation on each run's labelled images (eval_folds folds, one
+    # repeat per seed), for a user whose labels are too few to hold a test set out.
     evaluation: str = "auto"
     eval_folds: int = 5
     sync_bn: bool = False  # fine-tuning under torchrun: BatchNorm statistics over the global batch
