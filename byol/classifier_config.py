@@ -22,11 +22,16 @@ class ClassifierConfig:
     epochs: int = 30
     batch_size: int = 32  # per process; the global batch is batch_size x world size
     # Fine-tuning: the backbone's AdamW learning rate, one of these per (init, label count), chosen by
-    # cross-validation on seed 0's labelled images (choose_finetune_lr); a single value is used as it is.
+    # cross-validation on seed 0's labelled images (choose_finetune); a single value is used as it is.
     # A fixed 1e-3 moves every weight by about 1e-3 per step, against conv weights of 0.02-0.06: after
     # a few dozen steps little of a pretrained init is left, so gentler rates are candidates too.
     finetune_lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])
     finetune_folds: int = 3  # each fold fine-tunes a whole network: 3 folds cost 0.5x of 5
+    # Fine-tuning's length, chosen like its rate (empty: `epochs` for every run): after the rate (at
+    # `epochs`), the same folds score each of these epoch counts at that rate (a whole cosine schedule
+    # each), widened past an edge like the rates; the best is every seed's run length. Too few epochs
+    # handicap whichever init learns slower (random init's training loss was still falling at 30).
+    finetune_epochs: list[int] = field(default_factory=list)
     cv_every_seed: bool = False  # choose the fine-tuning rate on every seed's images (x seeds the cost)
     labelled_sets: str = "per-seed"  # LABELLED_SETS: where each seed's labelled images come from
     head_lr: float = 1e-2  # the fine-tuned network's linear head (without --lp-ft)
@@ -64,6 +69,13 @@ class ClassifierConfig:
         for flag, rates in (("--probe-lrs", self.probe_lrs), ("--finetune-lrs", self.finetune_lrs)):
             if not rates or not all(math.isfinite(lr) and lr > 0 for lr in rates):
                 raise UserError(f"{flag} {rates}: give one or more learning rates above 0")
+        if not all(isinstance(epochs, int) and epochs > 0 for epochs in self.finetune_epochs):
+            raise UserError(f"--finetune-epochs {self.finetune_epochs}: give epoch counts above 0")
+        if len(self.finetune_epochs) > 1 and self.evaluation == "cv":
+            raise UserError(
+                "--finetune-epochs with --evaluation cv: each fold's run would choose its own length, "
+                "which the pooled folds cannot hold; give one --epochs"
+            )
         if self.finetune_folds < 2:
             raise UserError(f"--finetune-folds {self.finetune_folds}: cross-validation needs 2 or more")
         if self.evaluation not in EVALUATIONS:

@@ -24,8 +24,8 @@ from byol.finetune import PROBE_FOLDS
 GRID_FLAGS = ("inits", "modes", "seeds", "n_labels", "labelled_sets")
 TRAINING_FLAGS = ("epochs", "weight_decay", "image_size", "cache_size", "score_split", "evaluation")
 TRAINING_FLAGS += ("eval_folds", "eval_every")
-RATE_FLAGS = ("finetune_lrs", "finetune_folds", "cv_every_seed", "lp_ft", "head_lr", "probe_lrs")
-RATE_FLAGS += ("bn_images", "widen_rates")
+RATE_FLAGS = ("finetune_lrs", "finetune_epochs", "finetune_folds", "cv_every_seed", "lp_ft", "head_lr")
+RATE_FLAGS += ("probe_lrs", "bn_images", "widen_rates")
 
 TYPES = {
     "inits": comma_list,
@@ -39,6 +39,7 @@ TYPES = {
     "eval_folds": positive_int,
     "eval_every": positive_int,
     "finetune_lrs": comma_numbers(positive_float),
+    "finetune_epochs": comma_numbers(positive_int),
     "finetune_folds": positive_int,
     "head_lr": positive_float,
     "probe_lrs": comma_numbers(positive_float),
@@ -73,6 +74,10 @@ HELP = {
     "finetune_lrs": "fine-tuning: AdamW learning rates for the backbone; for each init and label count the "
     "one with the best --finetune-folds cross-validated accuracy on seed 0's labelled images is used for "
     "every seed (default {default}; the test split plays no part); one value: no choice",
+    "finetune_epochs": "fine-tuning's length chosen like its rate: after the rate (at --epochs), the same "
+    "folds score each of these epoch counts at that rate, and the best is every seed's run length "
+    "(e.g. 30,60; widened past an edge like the rates; default: --epochs, no choice). Frozen probes keep "
+    "--epochs",
     "finetune_folds": "cross-validation folds that choose the fine-tuning rate (each fold fine-tunes a "
     "network; default {default})",
     "cv_every_seed": "choose the fine-tuning rate on every seed's own labelled images (x seeds the cost)",

@@ -30,13 +30,13 @@ from byol.finetune import (
     Examples,
     Job,
     Task,
-    choose_finetune_lr,
+    choose_finetune,
     fine_tune,
     load_byol_backbone,
     make_backbone,
     train_probe,
 )
-from byol.grid_plan import RunKey, check_labelled, finetune_choice_key, plan_line
+from byol.grid_plan import RunKey, check_labelled, finetune_choice_key, plan_line, run_complete
 from byol.grid_resume import finished_rows, kept_predictions
 from byol.labelled_sets import balanced_subset, labelled_set_id
 from byol.outputs import (
@@ -84,10 +84,10 @@ class Grid:
     labels: torch.Tensor
     byol_state: dict | None
     runtime: Runtime
-    # The fine-tuning rate per (init, label count), or per (init, label count, seed) with
-    # --cv-every-seed (finetune_choice_key): kept from the runs already complete, else chosen when
+    # The fine-tuning rate and run length per (init, label count), or per (init, label count, seed)
+    # with --cv-every-seed (finetune_choice_key): kept from the runs already complete, else chosen when
     # first needed.
-    finetune_lrs: dict[tuple, float] = field(default_factory=dict)
+    finetune_choices: dict[tuple, tuple[float, int]] = field(default_factory=dict)
     # Frozen features depend on the backbone only: once per BYOL backbone, once per random seed (and
     # once per random seed's recalibrated backbone).
     frozen_features: dict[tuple, dict[int, torch.Tensor]] = field(default_factory=dict)
@@ -117,20 +117,22 @@ class Grid:
     def examples(self, rows: list[int]) -> Examples:
         return Examples(self.images[rows], self.labels[rows])
 
-    def finetune_lr(self, init: str, n_labels: int, n_train: int, seed: int, progress: tqdm) -> float:
-        """The backbone rate of a fine-tuning run on `n_train` images (the balanced subset drawn for
-        `n_labels`): chosen once per finetune_choice_key, on seed 0's labelled images (each seed's with
-        --cv-every-seed)."""
+    def finetune_choice(
+        self, init: str, n_labels: int, n_train: int, seed: int, progress: tqdm
+    ) -> tuple[float, int]:
+        """The backbone rate and epochs of a fine-tuning run on `n_train` images (the balanced subset
+        drawn for `n_labels`): chosen once per finetune_choice_key, on seed 0's labelled images (each
+        seed's with --cv-every-seed)."""
         config = self.config
         choice = finetune_choice_key(config, init, n_train, seed)
-        if choice not in self.finetune_lrs:
+        if choice not in self.finetune_choices:
             cv_seed = seed if config.cv_every_seed else 0
             cv_images = self.examples(balanced_subset(self.split, n_labels, cv_seed, config.labelled_sets))
             job = Job(cv_seed, config, self.runtime, progress)
-            self.finetune_lrs[choice] = choose_finetune_lr(
+            self.finetune_choices[choice] = choose_finetune(
                 init, self.byol_state, cv_images, self.n_classes, job
             )
-        return self.finetune_lrs[choice]
+        return self.finetune_choices[choice]
 
     def features(self, key: tuple, backbone: nn.Module, rows: list[int]) -> Examples:
         """Frozen mode's inputs: `backbone`'s features of cache rows `rows`, each image's computed once
@@ -173,13 +175,16 @@ class Grid:
         return recalibrated if scores[1] > scores[0] else plain
 
     def fit(
-        self, run: tuple, train_rows: list[int], scored_rows: list[int], lr: float | None, progress: tqdm
+        self, run: tuple, train_rows: list[int], scored_rows: list[int], choice: tuple | None, progress: tqdm
     ) -> tuple[list[dict], bool]:
         """One classifier trained on cache rows `train_rows` and scored on `scored_rows` (fine-tuned at
-        backbone rate `lr`): its metrics rows, the last with the predicted classes, and whether its
-        frozen random backbone had its BatchNorm statistics recalibrated."""
+        the backbone rate and for the epochs of `choice`): its metrics rows, the last with the predicted
+        classes, and whether its frozen random backbone had its BatchNorm statistics recalibrated."""
         n_labels, seed, init, mode = run
-        config = replace(self.config, finetune_lrs=[lr]) if mode == "finetune" else self.config
+        config = self.config
+        if mode == "finetune":
+            lr, epochs = choice
+            config = replace(config, finetune_lrs=[lr], epochs=epochs)
         backbone = make_backbone(init, seed, self.byol_state)
         job = Job(seed, config, self.runtime, progress)
         if mode == "finetune":
@@ -208,11 +213,11 @@ class Grid:
             scored = [train_rows[i] for i in held]
             held_rows = set(scored)
             kept = [row for row in train_rows if row not in held_rows]
-            lr = None
+            choice = None
             if mode == "finetune":
                 job = Job(seed, config, self.runtime, progress)
-                lr = choose_finetune_lr(init, self.byol_state, self.examples(kept), self.n_classes, job)
-            rows, fold_recalibrated = self.fit(run, kept, scored, lr, progress)
+                choice = choose_finetune(init, self.byol_state, self.examples(kept), self.n_classes, job)
+            rows, fold_recalibrated = self.fit(run, kept, scored, choice, progress)
             predictions.update(zip(scored, rows[-1].pop(PREDICTIONS_KEY).tolist()))
             fold_runs.append(rows)
             sizes.append(len(scored))
@@ -230,13 +235,13 @@ class Grid:
         if self.config.evaluation == "cv":
             rows, recalibrated = self.cross_validated(run, train_rows, progress)
         else:
-            lr = (
-                self.finetune_lr(init, n_labels, len(train_rows), seed, progress)
+            choice = (
+                self.finetune_choice(init, n_labels, len(train_rows), seed, progress)
                 if mode == "finetune"
                 else None
             )
             scored = self.split.indices(self.config.score_split)
-            rows, recalibrated = self.fit(run, train_rows, scored, lr, progress)
+            rows, recalibrated = self.fit(run, train_rows, scored, choice, progress)
             rows[-1][PREDICTIONS_KEY] = dict(zip(scored, rows[-1][PREDICTIONS_KEY].tolist()))
         labels = {
             "init": init,
@@ -319,15 +324,16 @@ def _run_classifiers(
     for row in rows:
         key = (row["init"], row["mode"], row["seed"], row["n_labels"])
         epochs_done[key] = epochs_done.get(key, 0) + 1
-    for row in rows:
+    for row in rows:  # a run's rows are written once it is complete: its rate, and its length
         if row["mode"] == "finetune":
             key = finetune_choice_key(config, row["init"], row["n_labels"], row["seed"])
-            grid.finetune_lrs[key] = row["backbone_lr"]
+            done = epochs_done[(row["init"], row["mode"], row["seed"], row["n_labels"])]
+            grid.finetune_choices[key] = (row["backbone_lr"], done)
     log.info(plan_line(grid, epochs_done))
     finished = {
         prediction_column(*key[:2], key[3], key[2])
         for key, done in epochs_done.items()
-        if done == config.epochs
+        if run_complete(key, done, config)
     }
     predicted = kept_predictions(out_dir, finished) if rows else {}
     pending = []
@@ -335,7 +341,7 @@ def _run_classifiers(
         n_labels, seed, init, mode = run
         train_rows = balanced_subset(grid.split, n_labels, seed, config.labelled_sets)  # drawn once per run
         key = (init, mode, seed, len(train_rows))
-        if epochs_done.get(key) != config.epochs:
+        if not run_complete(key, epochs_done.get(key, 0), config):
             pending.append((run, train_rows, key))
     # Finished runs count as done from the start, so the bar's rate and ETA are those of the runs left.
     done = len(grid.runs) - len(pending)

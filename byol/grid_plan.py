@@ -93,14 +93,15 @@ def probe_fits(config: ClassifierConfig, n_train: int, n_scored: int) -> list[tu
 
 @dataclass
 class GridWork:
-    """What is left of stage 3, in image counts: fine-tuning runs (labelled images each; scored on
-    `n_test` images every eval_every epochs), backbone feature passes (frozen mode: images each, once
-    per random seed and once for BYOL), fine-tuning rate choices (labelled images each: rates x
-    folds fine-tunings on the folds' rest) and frozen probe fits (images trained on, images scored:
-    seconds each, but cross-validation and the rate choices multiply them by hundreds)."""
+    """What is left of stage 3, in image counts: fine-tuning runs (labelled images and epochs each;
+    scored on `n_test` images every eval_every epochs), backbone feature passes (frozen mode: images
+    each, once per random seed and once for BYOL), fine-tuning choices (labelled images each: rates x
+    folds fine-tunings on the folds' rest, then the other lengths' folds) and frozen probe fits
+    (images trained on, images scored: seconds each, but cross-validation and the rate choices
+    multiply them by hundreds)."""
 
     n_test: int
-    finetune_runs: list[int] = field(default_factory=list)
+    finetune_runs: list[tuple[int, int]] = field(default_factory=list)
     feature_passes: dict[tuple, int] = field(default_factory=dict)
     choices: dict[tuple, int] = field(default_factory=dict)
     probe_fits: list[tuple[int, int]] = field(default_factory=list)
@@ -109,21 +110,26 @@ class GridWork:
 def grid_seconds(speed: GridSpeed, config: ClassifierConfig, global_batch: int, work: GridWork) -> float:
     """Estimated seconds of `work` at the measured speed."""
 
-    def finetune_seconds(n_train: int, n_scored: int, evals: int) -> float:
-        steps = config.epochs * math.ceil(n_train / global_batch)
+    def finetune_seconds(n_train: int, n_scored: int, epochs: int, final_only: bool = False) -> float:
+        steps = epochs * math.ceil(n_train / global_batch)
+        evals = 1 if final_only else evaluations(replace(config, epochs=epochs))
         return steps * speed.step_seconds + evals * n_scored / speed.score_images_per_s
 
+    total = sum(finetune_seconds(n, work.n_test, epochs) for n, epochs in work.finetune_runs)
     evals = evaluations(config)
-    total = sum(finetune_seconds(n, work.n_test, evals) for n in work.finetune_runs)
     fitted = sum(config.epochs * n_train + evals * n_scored for n_train, n_scored in work.probe_fits)
     total += fitted * speed.probe_image_epoch_seconds
     if config.lp_ft:  # the probe's features first
-        total += sum(work.finetune_runs) / speed.score_images_per_s
+        total += sum(n for n, _ in work.finetune_runs) / speed.score_images_per_s
     total += sum(work.feature_passes.values()) / speed.score_images_per_s
+    lengths = [n for n in finetune_lengths(config) if len(config.finetune_epochs) > 1]
+    if len(config.finetune_lrs) > 1:  # the rates at --epochs, whose folds a length choice reuses
+        lengths = [config.epochs] * len(config.finetune_lrs) + [n for n in lengths if n != config.epochs]
     for n in work.choices.values():
         held_out = math.ceil(n / config.finetune_folds)
-        folds = config.finetune_folds * len(config.finetune_lrs)
-        total += folds * finetune_seconds(n - held_out, held_out, 1)
+        total += config.finetune_folds * sum(
+            finetune_seconds(n - held_out, held_out, epochs, final_only=True) for epochs in lengths
+        )
     return total
 
 
@@ -182,6 +188,20 @@ def finetune_choice_key(config: ClassifierConfig, init: str, n_labels: int, seed
     return (init, int(n_labels), int(seed)) if config.cv_every_seed else (init, int(n_labels))
 
 
+def run_complete(key: RunKey, epochs_done: int, config: ClassifierConfig) -> bool:
+    """Whether an earlier run (init, mode, seed, images) holds all its epochs: --epochs, or for a
+    fine-tuning run whose length was chosen (--finetune-epochs), whatever length it was given (a run's
+    rows are written only once it is complete)."""
+    if key[1] == "finetune" and config.finetune_epochs:
+        return epochs_done > 0
+    return epochs_done == config.epochs
+
+
+def finetune_lengths(config: ClassifierConfig) -> list[int]:
+    """The fine-tuning run lengths a choice may pick (before widening): --finetune-epochs, else --epochs."""
+    return config.finetune_epochs or [config.epochs]
+
+
 def remaining_work(grid: Grid, epochs_done: dict[RunKey, int]) -> tuple[GridWork, int, int]:
     """The work the grid has left, how many runs that is, and the cross-validation's folds (1: none)."""
     config, split = grid.config, grid.split
@@ -190,7 +210,7 @@ def remaining_work(grid: Grid, epochs_done: dict[RunKey, int]) -> tuple[GridWork
     pending, work = 0, GridWork(n_test=held_out or len(split.indices(config.score_split)))
     for n_labels, seed, init, mode in grid.runs:
         n = len(balanced_subset(split, n_labels, seed, config.labelled_sets))
-        if epochs_done.get((init, mode, seed, n)) == config.epochs:
+        if run_complete((init, mode, seed, n), epochs_done.get((init, mode, seed, n), 0), config):
             continue
         pending += 1
         add_work = add_frozen_work if mode == "frozen" else add_finetune_work
@@ -223,15 +243,18 @@ def add_finetune_work(work: GridWork, grid: Grid, run: tuple[str, int, int], fol
     """A fine-tuning run (one per fold under cross-validation) and the rate choices it still needs."""
     config = grid.config
     init, seed, n = run
+    choosing = len(config.finetune_lrs) > 1 or len(config.finetune_epochs) > 1
+    longest = max(finetune_lengths(config))  # before the choice, the longest its run may take
     if folds > 1:  # each fold trains on the rest, its rate chosen on them
         n_train = cv_training_size(n, folds)
-        work.finetune_runs += [n_train] * folds
-        if len(config.finetune_lrs) > 1:
+        work.finetune_runs += [(n_train, longest)] * folds
+        if choosing:
             work.choices.update({(init, n, seed, fold): n_train for fold in range(folds)})
         return
-    work.finetune_runs.append(n)
     key = finetune_choice_key(config, init, n, seed)
-    if len(config.finetune_lrs) > 1 and key not in grid.finetune_lrs:
+    chosen = grid.finetune_choices.get(key)
+    work.finetune_runs.append((n, chosen[1] if chosen else longest))
+    if choosing and not chosen:
         work.choices[key] = n
 
 
@@ -251,7 +274,10 @@ def plan_line(grid: Grid, epochs_done: dict[RunKey, int]) -> str:
     global_batch = config.batch_size * runtime.ranks.world_size
     seconds = grid_seconds(speed, config, global_batch, work)
     rates = len(config.finetune_lrs)
-    cv = f", {len(work.choices)} fine-tuning rate choices ({rates} rates x {config.finetune_folds} folds)"
+    lengths = len(config.finetune_epochs)
+    what = (f"{rates} rates" if rates > 1 else "") + (" then " if rates > 1 and lengths > 1 else "")
+    what += f"{lengths} lengths" if lengths > 1 else ""
+    cv = f", {len(work.choices)} fine-tuning choices ({what} x {config.finetune_folds} folds)"
     scoring = (
         f", each scored by {folds}-fold cross-validation on its labelled images"
         if folds > 1

@@ -46,13 +46,16 @@ def interval_text(low: float, high: float) -> str:
 
 def read_ceiling(out_dir: Path) -> Ceiling | None:
     """The ceiling's final test accuracy over its seeds, from out_dir's ceiling_metrics.csv (None
-    without one). A seed counts once it reached the last epoch ceiling_config.json names."""
+    without one). A seed counts once it reached its run's length: ceiling_config.json's run_epochs
+    (--epochs, or the length chosen on validation from --finetune-epochs), or, in files from before
+    the choice, its epochs."""
     metrics_path = out_dir / CEILING_METRICS_FILE
     if not metrics_path.is_file():
         return None
     remedy = f"run python experiments/ceiling.py RUN_DIR --out-dir {out_dir} again, or delete it"
     metrics = read_csv(metrics_path, CEILING_COLUMNS, remedy)
-    epochs = read_json(out_dir / CEILING_CONFIG_FILE, remedy)["epochs"]
+    settings = read_json(out_dir / CEILING_CONFIG_FILE, remedy)
+    epochs = settings.get("run_epochs", settings["epochs"])
     final = metrics[metrics["epoch"] == epochs]
     if final.empty:
         return None

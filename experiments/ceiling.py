@@ -42,7 +42,16 @@ from byol.device import resolve_precision
 from byol.distributed import Runtime, process_group
 from byol.errors import UserError
 from byol.files import read_json, write_csv, write_json
-from byol.finetune import ClassifierConfig, Examples, Job, Task, choose_finetune_lr, fine_tune, make_backbone
+from byol.finetune import (
+    ClassifierConfig,
+    Examples,
+    Job,
+    Task,
+    choose_finetune,
+    fine_tune,
+    make_backbone,
+    scores_text,
+)
 from byol.grid_plan import GridWork, grid_seconds, measure_grid_speed
 from byol.grid_resume import SAME_SETTINGS, earlier_ledger
 from byol.outputs import BYOL_CONFIG_FILE, CEILING_COLUMNS, CEILING_CONFIG_FILE, CEILING_METRICS_FILE
@@ -102,31 +111,42 @@ def load_run(config: ClassifierConfig, run_dir: Path, runtime: Runtime) -> Ceili
     )
 
 
-def choose_rate(run: CeilingRun, progress: tqdm) -> float:
-    """The backbone rate: with validation images, each candidate (the grid, widened past an edge it
-    chooses: widened_grid) fine-tunes seed 0 on every training image for the whole budget and is scored
-    on the validation split; without, config.finetune_folds-fold cross-validation on the training
-    images. The test split plays no part either way."""
+def choose_rate_and_length(run: CeilingRun, progress: tqdm) -> tuple[float, int]:
+    """The backbone rate and, with two or more --finetune-epochs, the run length: with validation
+    images, each candidate rate (the grid, widened past an edge it chooses: widened_grid) fine-tunes
+    seed 0 on every training image for --epochs and is scored on the validation split, then each
+    length at the chosen rate (widened the same way); without validation images, --finetune-folds-fold
+    cross-validation on the training images (choose_finetune). The test split plays no part either way."""
     config = run.config
     job = Job(0, config, run.runtime, progress)
     if run.validation is None:
-        return choose_finetune_lr("random", None, run.train, run.n_classes, job)
+        return choose_finetune("random", None, run.train, run.n_classes, job)
+    trained = {}
 
-    def score(lr: float) -> tuple[float, float]:
-        progress.set_postfix_str(f"choosing the rate on the validation split: {lr:g}")
-        task = Task(run.train, run.validation, run.n_classes)
-        last = fine_tune(make_backbone("random", 0, None), task, job.trial(finetune_lrs=[lr]))[-1]
-        return last["test_acc"], -last["test_loss"]
+    def score(lr: float, epochs: int) -> tuple[float, float]:
+        if (lr, epochs) not in trained:
+            progress.set_postfix_str(f"choosing on the validation split: rate {lr:g}, {epochs} epochs")
+            task = Task(run.train, run.validation, run.n_classes)
+            settings = {"finetune_lrs": [lr], "epochs": epochs}
+            last = fine_tune(make_backbone("random", 0, None), task, job.trial(**settings))[-1]
+            trained[lr, epochs] = last["test_acc"], -last["test_loss"]
+        return trained[lr, epochs]
 
-    scores = widened_grid(config.finetune_lrs, score, config.widen_rates)
-    chosen = max(scores, key=scores.__getitem__)
-    progress.write(
-        "ceiling: fine-tuning lr "
-        + f"{chosen:g}, chosen by validation accuracy ("
-        + ", ".join(f"{lr:g}: {accuracy:.3f}" for lr, (accuracy, _) in sorted(scores.items()))
-        + ")"
-    )
-    return chosen
+    epochs, chosen = config.epochs, config.finetune_lrs[0]
+    said = f"fine-tuning lr {chosen:g}"
+    if len(config.finetune_lrs) > 1:
+        rates = widened_grid(config.finetune_lrs, lambda lr: score(lr, epochs), config.widen_rates)
+        chosen = max(rates, key=rates.__getitem__)
+        said = f"fine-tuning lr {chosen:g} ({scores_text({lr: acc for lr, (acc, _) in rates.items()})})"
+    if len(config.finetune_epochs) > 1:
+        lengths = [float(n) for n in config.finetune_epochs]
+        scores = widened_grid(lengths, lambda n: score(chosen, round(n)), config.widen_rates)
+        epochs = round(max(scores, key=scores.__getitem__))
+        said += f" and {epochs} epochs ({scores_text({round(n): acc for n, (acc, _) in scores.items()})})"
+    elif config.finetune_epochs:
+        epochs = config.finetune_epochs[0]
+    progress.write(f"ceiling: {said}, chosen by validation accuracy")
+    return chosen, epochs
 
 
 def kept_rows(metrics_path: Path, settings: dict, config: ClassifierConfig, resume: bool) -> list[dict]:
@@ -140,8 +160,7 @@ def kept_rows(metrics_path: Path, settings: dict, config: ClassifierConfig, resu
     # A setting added since the file was written counts as its default (none changes a ceiling's runs).
     defaults = {**asdict(ClassifierConfig()), "world_size": settings["world_size"]}
     check_resumable(metrics_path, previous, settings, SAME_SETTINGS, defaults=defaults)
-    done = rows.loc[rows["epoch"] == config.epochs, "seed"]
-    return rows[rows["seed"].isin(done)].to_dict("records")
+    return rows.to_dict("records")  # written after each seed: every seed in them is complete
 
 
 def plan_line(run: CeilingRun, pending: list[int], choose: bool) -> str:
@@ -149,18 +168,23 @@ def plan_line(run: CeilingRun, pending: list[int], choose: bool) -> str:
     config, runtime = run.config, run.runtime
     speed = measure_grid_speed(run.train, run.n_classes, config, runtime)
     n_train = len(run.train)
-    work = GridWork(n_test=len(run.test), finetune_runs=[n_train] * len(pending))
-    rates = len(config.finetune_lrs)
+    lengths = config.finetune_epochs if len(config.finetune_epochs) > 1 else []
+    longest = max(config.finetune_epochs or [config.epochs])  # before a choice, the longest it may pick
+    work = GridWork(n_test=len(run.test), finetune_runs=[(n_train, longest)] * len(pending))
+    rates = len(config.finetune_lrs) if len(config.finetune_lrs) > 1 else 0
+    what = " then ".join([f"{rates} rates"] * bool(rates) + [f"{len(lengths)} lengths"] * bool(lengths))
     if choose and run.validation is not None:  # each candidate: a whole fine-tuning, scored once
-        work.finetune_runs += [n_train] * rates
-        choice = f" and a rate choice on the validation split ({rates} rates, more past an edge)"
+        work.finetune_runs += [(n_train, config.epochs)] * rates
+        work.finetune_runs += [(n_train, n) for n in lengths if n != config.epochs or not rates]
+        choice = f" and a choice on the validation split ({what}, more past an edge)"
     elif choose:
         work.choices[("ceiling",)] = n_train
-        choice = f" and a rate choice ({rates} rates x {config.finetune_folds} folds)"
+        choice = f" and a choice ({what} x {config.finetune_folds} folds)"
     seconds = grid_seconds(speed, config, config.batch_size * runtime.ranks.world_size, work)
     choice = choice if choose else ""
     return (
-        f"plan: {len(pending)} seed(s) x {config.epochs} epochs of {n_train} images{choice}, "
+        f"plan: {len(pending)} seed(s) x {'up to ' if choose and lengths else ''}{longest} epochs of "
+        f"{n_train} images{choice}, "
         f"{runtime.precision} on {runtime.device}. Measured here: {speed.step_seconds:.2f} s per step of "
         f"{config.batch_size * runtime.ranks.world_size}; about {format_duration(seconds)}, finishing "
         f"about {finish_time(seconds)}"
@@ -184,17 +208,24 @@ def train_ceiling(
         if ranks.is_main:
             write_json(out_dir / CEILING_CONFIG_FILE, {**settings, "precision": runtime.precision})
         run = load_run(config, run_dir, runtime)
-        rates = {row["backbone_lr"] for row in rows}  # the rate the seeds already done trained at
-        choose = len(config.finetune_lrs) > 1 and not rates
+        choose = (len(config.finetune_lrs) > 1 or len(config.finetune_epochs) > 1) and not rows
         log.info(plan_line(run, pending, choose))  # on every rank: the speed is measured on all
-        progress = tqdm(
-            total=len(pending) * config.epochs, desc="ceiling", unit="epoch", disable=not ranks.is_main
-        )
+        lr, epochs = config.finetune_lrs[0], (config.finetune_epochs or [config.epochs])[0]
+        if rows:  # the rate and length the seeds already done trained at
+            lr, epochs = (
+                rows[0]["backbone_lr"],
+                max(row["epoch"] for row in rows if row["seed"] == rows[0]["seed"]),
+            )
+        progress = tqdm(desc="ceiling", unit="epoch", disable=not ranks.is_main)
         if choose:
-            rates = {choose_rate(run, progress)}
-        run = replace(
-            run, config=replace(config, finetune_lrs=[rates.pop()] if rates else config.finetune_lrs)
-        )
+            lr, epochs = choose_rate_and_length(run, progress)
+        progress.reset(total=len(pending) * epochs)
+        if ranks.is_main:  # the length the seeds train for, chosen or given: what a finished seed reaches
+            write_json(
+                out_dir / CEILING_CONFIG_FILE,
+                {**settings, "precision": runtime.precision, "run_epochs": epochs},
+            )
+        run = replace(run, config=replace(config, finetune_lrs=[lr], epochs=epochs))
         for seed in pending:
             rows += train_seed(run, seed, progress)
             if ranks.is_main:
@@ -216,11 +247,13 @@ def train_seed(run: CeilingRun, seed: int, progress: tqdm) -> list[dict]:
 CEILING = ClassifierConfig(
     inits=["random"], modes=["finetune"], seeds=2, epochs=20, eval_every=2, finetune_lrs=[1e-3], batch_size=64
 )
-CEILING_FLAGS = ("seeds", "epochs", "eval_every", "finetune_lrs", "finetune_folds", "widen_rates", "head_lr")
-CEILING_FLAGS += ("image_size",)
+CEILING_FLAGS = ("seeds", "epochs", "eval_every", "finetune_lrs", "finetune_epochs", "finetune_folds")
+CEILING_FLAGS += ("widen_rates", "head_lr", "image_size")
 CEILING_HELP = {
     "finetune_lrs": "the backbone's AdamW rate (default {default}); a comma list is chosen on the "
     "validation split (or by cross-validation on the training images, for a split without validation images)",
+    "finetune_epochs": "the run's length chosen like its rate, after it, from these epoch counts (e.g. "
+    "20,40; widened past an edge like the rates; default: --epochs, no choice)",
     "image_size": "px; default: RUN_DIR's byol_config.json's, else Stage 2's default",
 }
 
@@ -241,7 +274,7 @@ def main() -> None:
     args = get_args_parser().parse_args()
     config = config_from_args(args, CEILING, CEILING_FLAGS)
     metrics = train_ceiling(config, args.run_dir, args.out_dir, options_from_args(args))
-    final = metrics[metrics["epoch"] == config.epochs]
+    final = metrics.loc[metrics.groupby("seed")["epoch"].idxmax()]
     print(final[["seed", "n_train", "test_acc", "backbone_lr"]].to_string(index=False))
 
 

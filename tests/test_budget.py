@@ -149,10 +149,16 @@ def test_stage_3_estimates_its_runs_choices_and_feature_passes_from_the_measured
     # A feature pass over 24 images: 0.24 s. A rate choice on 6 images: 2 rates x 3 folds, each 2 epochs
     # x 1 step on 4 images (0.5 s a step) and one scoring of its 2 held-out images: 6 x 1.02 s.
     work = GridWork(
-        n_test=12, finetune_runs=[6], feature_passes={("random", 0): 24}, choices={("byol", 6): 6}
+        n_test=12, finetune_runs=[(6, 2)], feature_passes={("random", 0): 24}, choices={("byol", 6): 6}
     )
     assert grid_seconds(speed, config, 4, work) == pytest.approx(2.24 + 0.24 + 6.12)
     assert grid_seconds(speed, config, 4, GridWork(n_test=12)) == 0
+    # Choosing the length too (2 or 4 epochs): the rates' folds at 2 epochs are reused, the 3 folds at 4
+    # epochs (4 steps and one scoring: 2.02 s) added; a run of 4 epochs costs 4 x 2 x 0.5 + 4 x 0.12.
+    lengths = replace(config, finetune_epochs=[2, 4])
+    assert grid_seconds(speed, lengths, 4, work) == pytest.approx(2.24 + 0.24 + 6.12 + 3 * 2.02)
+    longer = replace(work, finetune_runs=[(6, 4)], choices={})
+    assert grid_seconds(speed, lengths, 4, longer) == pytest.approx(4.48 + 0.24)
     # A probe fit trained on 6 feature vectors and scoring 12: 2 epochs x 6 + 2 scorings x 12, at 0.01 s.
     probes = GridWork(n_test=12, probe_fits=[(6, 12)])
     assert grid_seconds(replace(speed, probe_image_epoch_seconds=0.01), config, 4, probes) == pytest.approx(

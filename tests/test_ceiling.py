@@ -80,13 +80,47 @@ def test_the_ceilings_rate_is_chosen_on_the_validation_split_never_on_test(split
     args = [run_dir, "--seeds", "1", "--finetune-lrs", "1e-4,1e-3,1e-2", *TINY]
     result = run_script("experiments/ceiling.py", *args, "--out-dir", tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "a rate choice on the validation split (3 rates, more past an edge)" in result.stderr
+    assert "a choice on the validation split (3 rates, more past an edge)" in result.stderr
     chosen = pd.read_csv(tmp_path / "ceiling_metrics.csv")["backbone_lr"].iloc[0]
     trials = [rate for n_scored, rate in scored[:-1]]
     assert all(n_scored == 8 for n_scored, _ in scored[:-1])  # the candidates: scored on validation only
     assert trials[:3] == [1e-4, 1e-3, 1e-2] and chosen in trials
     assert scored[-1] == (16, chosen)  # then the seed itself, scored on test at the chosen rate
-    assert f"fine-tuning lr {chosen:g}, chosen by validation accuracy" in result.stdout + result.stderr
+    printed = result.stdout + result.stderr
+    assert f"ceiling: fine-tuning lr {chosen:g} (" in printed and "chosen by validation accuracy" in printed
+
+
+@pytest.mark.slow
+def test_the_ceilings_length_is_chosen_on_validation_and_its_seeds_train_that_long(
+    split_dir, tmp_path, monkeypatch
+):
+    run_dir = split_dir(per_class=24, n_labelled=8, n_test=16, n_validation=8)
+    scored = []
+    fine_tune = finetune.fine_tune
+
+    def spy(backbone, task, job):
+        scored.append((len(task.test), job.config.epochs))
+        return fine_tune(backbone, task, job)
+
+    monkeypatch.setattr(finetune, "fine_tune", spy)
+    args = [run_dir, "--seeds", "2", *TINY, "--finetune-epochs", "1,3", "--widen-rates", "0"]
+    result = run_script("experiments/ceiling.py", *args, "--out-dir", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "up to 3 epochs" in result.stderr and "(1 lengths" not in result.stderr
+    metrics = pd.read_csv(tmp_path / "ceiling_metrics.csv")
+    chosen = metrics.groupby("seed")["epoch"].max()
+    assert chosen.nunique() == 1 and chosen.iloc[0] in (1, 3)
+    assert scored[:2] == [(8, 1), (8, 3)]  # one rate: only the lengths tried, on validation
+    assert scored[2:] == [(16, chosen.iloc[0])] * 2  # the seeds, on test, at the chosen length
+    # what a finished seed reaches, for the report (which leaves a seed still training out)
+    assert json.loads((tmp_path / "ceiling_config.json").read_text())["run_epochs"] == chosen.iloc[0]
+    again = run_script("experiments/ceiling.py", *args, "--seeds", "3", "--out-dir", tmp_path, "--resume")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "chosen by validation" not in again.stdout + again.stderr  # kept from the seeds done
+    assert (
+        pd.read_csv(tmp_path / "ceiling_metrics.csv").groupby("seed")["epoch"].max().tolist()
+        == [chosen.iloc[0]] * 3
+    )
 
 
 @pytest.mark.slow
@@ -98,13 +132,13 @@ def test_without_validation_the_ceilings_rate_is_chosen_on_the_pretraining_image
 
     def choose(init, byol_state, train, n_classes, job):  # what the choice is given, and a rate to spot
         seen.append((init, byol_state, train.labels.tolist(), job.seed))
-        return 0.0123
+        return 0.0123, job.config.epochs
 
-    monkeypatch.setattr(finetune, "choose_finetune_lr", choose)
+    monkeypatch.setattr(finetune, "choose_finetune", choose)
     args = [run_dir, "--seeds", "2", "--finetune-lrs", "1e-4,1e-3", "--finetune-folds", "2", *TINY]
     result = run_script("experiments/ceiling.py", *args, "--out-dir", tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "a rate choice (2 rates x 2 folds)" in result.stderr
+    assert "a choice (2 rates x 2 folds)" in result.stderr
     splits = pd.read_csv(run_dir / "splits.csv")
     pool = splits.loc[splits["split"].isin(["labelled", "unlabelled"]), "label"].tolist()
     assert seen == [("random", None, pool, 0)]  # once, for every seed, on the pretraining images only

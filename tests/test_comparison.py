@@ -32,6 +32,7 @@ from byol.finetune import (
     Examples,
     Job,
     Task,
+    choose_finetune,
     cross_validate,
     fine_tune,
     load_byol_backbone,
@@ -689,6 +690,60 @@ def test_finetune_lr_is_chosen_on_the_labelled_images_only(pretrained):
     assert after.loc[last, "test_acc"].tolist() == pytest.approx((1 - before.loc[last, "test_acc"]).tolist())
     pd.testing.assert_series_equal(before["backbone_lr"], after["backbone_lr"])
     assert (before.groupby("init")["backbone_lr"].nunique() == 1).all()
+
+
+def test_the_fine_tuning_length_is_chosen_after_the_rate_on_the_same_folds(monkeypatch):
+    trained = []
+
+    def fake_fine_tune(backbone, task, job):  # held-out accuracy rises with the rate and the length
+        config = job.config
+        trained.append((config.finetune_lrs[0], config.epochs, tuple(task.test.labels.tolist())))
+        accuracy = 0.3 + config.finetune_lrs[0] * 10 + config.epochs / 100
+        return [{"test_acc": accuracy, "test_loss": 1 - accuracy}]
+
+    monkeypatch.setattr(finetune, "fine_tune", fake_fine_tune)
+    train = Examples(torch.zeros(12, 3, 8, 8, dtype=torch.uint8), torch.arange(12))  # labels: row ids
+    config = ClassifierConfig(epochs=10, finetune_lrs=[1e-4, 1e-3], finetune_epochs=[10, 20], widen_rates=1)
+    lr, epochs = choose_finetune("random", None, train, 2, Job(0, config, CPU))
+    # The rate at --epochs (widened once past its top edge: 1e-2), then the lengths at that rate, the
+    # top edge widened once (40): 10 epochs at 1e-2 is not trained twice.
+    assert (lr, epochs) == (pytest.approx(1e-2), 40)
+    lengths = [(round(rate, 6), n) for rate, n, _ in trained]
+    assert sorted(set(lengths)) == [(1e-4, 10), (1e-3, 10), (1e-2, 10), (1e-2, 20), (1e-2, 40)]
+    assert len(trained) == 5 * 3 and len(set(trained)) == len(trained)  # 3 folds each, none twice
+    held_out = {rows for *_, rows in trained}
+    assert len(held_out) == 3 and sorted(sum(held_out, ())) == list(range(12))  # the same 3 folds
+    # One length given: no choice, that length.
+    one = replace(config, finetune_lrs=[1e-3], finetune_epochs=[25])
+    assert choose_finetune("random", None, train, 2, Job(0, one, CPU)) == (1e-3, 25)
+
+
+@pytest.mark.slow
+def test_chosen_lengths_are_every_seeds_run_length_and_resume_keeps_them(pretrained):
+    args = ["--out-dir", pretrained, "--seeds", "2", "--modes", "finetune", "--inits", "random"]
+    args += [
+        "--finetune-lrs",
+        "1e-3",
+        "--finetune-epochs",
+        "1,3",
+        "--finetune-folds",
+        "2",
+        "--widen-rates",
+        "0",
+    ]
+    result = run_script("train_classifier.py", *args, *FAST)
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = result.stdout + result.stderr
+    assert "fine-tuning 1 epochs (1: " in printed or "fine-tuning 3 epochs (1: " in printed
+    metrics = pd.read_csv(pretrained / "classifier_metrics.csv")
+    lengths = metrics.groupby("seed")["epoch"].max()
+    assert lengths.nunique() == 1 and lengths.iloc[0] in (1, 3)  # seed 0's choice, for every seed
+    summary = pd.read_csv(pretrained / "classifier_summary.csv")
+    assert summary["epochs"].tolist() == [lengths.iloc[0]]
+    again = run_script("train_classifier.py", *args, *FAST, "--resume")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "nothing left to train" in again.stderr and "chosen by" not in again.stdout + again.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(pretrained / "classifier_metrics.csv"), metrics)
 
 
 def test_lp_ft_starts_fine_tuning_from_the_probe_on_the_raw_features(tmp_path):
