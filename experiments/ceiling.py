@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from byol.cache import load_cache
+from byol.classifier_config import ClassifierConfig
 from byol.classifier_flags import add_classifier_flags, config_from_args
 from byol.cli import (
     StageArgumentParser,
@@ -42,16 +43,7 @@ from byol.device import resolve_precision
 from byol.distributed import Runtime, process_group
 from byol.errors import UserError
 from byol.files import read_json, write_csv, write_json
-from byol.finetune import (
-    ClassifierConfig,
-    Examples,
-    Job,
-    Task,
-    choose_finetune,
-    fine_tune,
-    make_backbone,
-    scores_text,
-)
+from byol.finetune import Examples, Job, Task, choose_finetune, fine_tune, make_backbone, scores_text
 from byol.grid_plan import GridWork, grid_seconds, measure_grid_speed
 from byol.grid_resume import SAME_SETTINGS, earlier_ledger
 from byol.outputs import BYOL_CONFIG_FILE, CEILING_COLUMNS, CEILING_CONFIG_FILE, CEILING_METRICS_FILE
