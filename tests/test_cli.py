@@ -130,6 +130,8 @@ TIME_TRIAL_CHANGES = {
     "lr_half": {"lr": 0.125},
     "lr_quarter": {"lr": 0.0625},
     "lr_half_progressive": {"lr": 0.125, "progressive_sizes": [32, 48]},
+    "base_seed1": {"seed": 1},
+    "lr_half_seed1": {"lr": 0.125, "seed": 1},
 }
 
 
