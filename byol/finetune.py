@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from byol.augment import ViewConfig, make_view
 from byol.classifier_config import ClassifierConfig
-from byol.cross_validation import cross_validate
+from byol.cross_validation import choose_rate_then_length, cross_validate, fold_scorer
 from byol.device import autocast, grad_scaler
 from byol.distributed import SINGLE_PROCESS, Ranks, Runtime, average_buffers, sync_batchnorm, wrap
 from byol.errors import UserError, first_line
@@ -177,19 +177,14 @@ def choose_probe_lr(train: Examples, n_classes: int, job: Job) -> float:
     return chosen
 
 
-def scores_text(accuracies: dict) -> str:
-    """Each candidate's held-out accuracy, in order: '0.0001: 0.612, 0.0003: 0.640'."""
-    return ", ".join(f"{candidate:g}: {accuracy:.3f}" for candidate, accuracy in sorted(accuracies.items()))
-
-
 def choose_finetune(
     init: str, byol_state: dict | None, train: Examples, n_classes: int, job: Job
 ) -> tuple[float, int]:
     """The fine-tuning backbone rate and run length, chosen by config.finetune_folds-fold
-    cross-validation: each fold fine-tunes a fresh `init` backbone (seed job.seed) on the rest of the
-    images `train` and is scored on its held-out part; the test split plays no part. The rate is
-    chosen at config.epochs; then, with two or more config.finetune_epochs, the same folds score each
-    of those lengths at that rate (a fold already trained is not trained again).
+    cross-validation (choose_rate_then_length): each fold fine-tunes a fresh `init` backbone (seed
+    job.seed) on the rest of the images `train` and is scored on its held-out part; the test split
+    plays no part. The rate is chosen at config.epochs; then, with two or more config.finetune_epochs,
+    the same folds score each of those lengths at that rate.
 
     Both inits choose from the same grids, so a rate that suits only a random backbone (large steps
     that overwrite a pretrained one) cannot decide the comparison by itself, nor a length that only
@@ -197,44 +192,24 @@ def choose_finetune(
     """
     config = job.config
     folds = config.finetune_folds
-    trained: dict[tuple, dict] = {}  # (rate, epochs, held-out rows) -> the fold's last metrics row
 
-    def score_fold(lr: float, epochs: int, kept: torch.Tensor, held_out: torch.Tensor) -> dict:
-        key = (lr, epochs, tuple(held_out.tolist()))
-        if key not in trained:
-            backbone = make_backbone(init, job.seed, byol_state)
-            task = fold_task(train, n_classes, kept, held_out)
-            trained[key] = fine_tune(backbone, task, job.trial(finetune_lrs=[lr], epochs=epochs))[-1]
-        return trained[key]
+    def score_fold(candidate: tuple[float, int], kept: torch.Tensor, held_out: torch.Tensor) -> dict:
+        lr, epochs = candidate
+        backbone = make_backbone(init, job.seed, byol_state)
+        task = fold_task(train, n_classes, kept, held_out)
+        return fine_tune(backbone, task, job.trial(finetune_lrs=[lr], epochs=epochs))[-1]
 
-    chosen, epochs = config.finetune_lrs[0], config.epochs
-    said = []
-    if len(config.finetune_lrs) > 1:
-
-        def score_rate(lr: float, kept: torch.Tensor, held_out: torch.Tensor) -> dict:
-            return score_fold(lr, epochs, kept, held_out)
-
-        chosen, accuracies = cross_validate(
-            config.finetune_lrs, len(train), folds, score_rate, job, "fine-tuning lr"
-        )
-        said.append(f"lr {chosen:g} ({scores_text(accuracies)})")
-    if len(config.finetune_epochs) > 1:
-
-        def score_length(length: float, kept: torch.Tensor, held_out: torch.Tensor) -> dict:
-            return score_fold(chosen, round(length), kept, held_out)
-
-        lengths = [float(length) for length in config.finetune_epochs]
-        best, accuracies = cross_validate(lengths, len(train), folds, score_length, job, "fine-tuning epochs")
-        epochs = round(best)
-        said.append(f"{epochs} epochs ({scores_text({round(n): acc for n, acc in accuracies.items()})})")
-    elif config.finetune_epochs:
-        epochs = config.finetune_epochs[0]
+    cv = fold_scorer(len(train), folds, score_fold, job, "fine-tuning")
+    choice = choose_rate_then_length(
+        config, lambda lr, epochs: cv((lr, epochs), f"lr {lr:g}, {epochs} epochs")
+    )
+    said = choice.text()
     if said and not job.progress.disable:  # above the bar, not glued to it; once, from the first process
         job.progress.write(
-            f"{init} init, {len(train)} labels: fine-tuning {' and '.join(said)}, chosen by {folds}-fold "
-            f"held-out accuracy on seed {job.seed}'s labelled images"
+            f"{init} init, {len(train)} labels: fine-tuning {said}, chosen by {folds}-fold held-out "
+            f"accuracy on seed {job.seed}'s labelled images"
         )
-    return chosen, epochs
+    return choice.lr, choice.epochs
 
 
 def probe_head(backbone: nn.Module, train: Examples, n_classes: int, job: Job) -> tuple[nn.Linear, float]:

@@ -122,13 +122,11 @@ def grid_seconds(speed: GridSpeed, config: ClassifierConfig, global_batch: int, 
     if config.lp_ft:  # the probe's features first
         total += sum(n for n, _ in work.finetune_runs) / speed.score_images_per_s
     total += sum(work.feature_passes.values()) / speed.score_images_per_s
-    lengths = [n for n in finetune_lengths(config) if len(config.finetune_epochs) > 1]
-    if len(config.finetune_lrs) > 1:  # the rates at --epochs, whose folds a length choice reuses
-        lengths = [config.epochs] * len(config.finetune_lrs) + [n for n in lengths if n != config.epochs]
     for n in work.choices.values():
         held_out = math.ceil(n / config.finetune_folds)
         total += config.finetune_folds * sum(
-            finetune_seconds(n - held_out, held_out, epochs, final_only=True) for epochs in lengths
+            finetune_seconds(n - held_out, held_out, epochs, final_only=True)
+            for epochs in choice_lengths(config)
         )
     return total
 
@@ -202,6 +200,22 @@ def finetune_lengths(config: ClassifierConfig) -> list[int]:
     return config.finetune_epochs or [config.epochs]
 
 
+def choice_lengths(config: ClassifierConfig) -> list[int]:
+    """The epochs of each fine-tuning a rate-then-length choice trains (per fold, or on the validation
+    split), before any widening: the rates at --epochs, then the lengths not trained already; [] when
+    there is nothing to choose (choose_rate_then_length)."""
+    lengths = config.finetune_epochs if len(config.finetune_epochs) > 1 else []
+    if len(config.finetune_lrs) < 2:
+        return list(lengths)
+    return [config.epochs] * len(config.finetune_lrs) + [n for n in lengths if n != config.epochs]
+
+
+def choice_text(config: ClassifierConfig) -> str:
+    """What a rate-then-length choice tries: '3 rates', '2 lengths' or '3 rates then 2 lengths'."""
+    rates, lengths = len(config.finetune_lrs), len(config.finetune_epochs)
+    return " then ".join([f"{rates} rates"] * (rates > 1) + [f"{lengths} lengths"] * (lengths > 1))
+
+
 def remaining_work(grid: Grid, epochs_done: dict[RunKey, int]) -> tuple[GridWork, int, int]:
     """The work the grid has left, how many runs that is, and the cross-validation's folds (1: none)."""
     config, split = grid.config, grid.split
@@ -243,7 +257,7 @@ def add_finetune_work(work: GridWork, grid: Grid, run: tuple[str, int, int], fol
     """A fine-tuning run (one per fold under cross-validation) and the rate choices it still needs."""
     config = grid.config
     init, seed, n = run
-    choosing = len(config.finetune_lrs) > 1 or len(config.finetune_epochs) > 1
+    choosing = bool(choice_lengths(config))
     longest = max(finetune_lengths(config))  # before the choice, the longest its run may take
     if folds > 1:  # each fold trains on the rest, its rate chosen on them
         n_train = cv_training_size(n, folds)
@@ -273,11 +287,7 @@ def plan_line(grid: Grid, epochs_done: dict[RunKey, int]) -> str:
     speed = measure_grid_speed(grid.examples(split.indices("labelled")), grid.n_classes, config, runtime)
     global_batch = config.batch_size * runtime.ranks.world_size
     seconds = grid_seconds(speed, config, global_batch, work)
-    rates = len(config.finetune_lrs)
-    lengths = len(config.finetune_epochs)
-    what = (f"{rates} rates" if rates > 1 else "") + (" then " if rates > 1 and lengths > 1 else "")
-    what += f"{lengths} lengths" if lengths > 1 else ""
-    cv = f", {len(work.choices)} fine-tuning choices ({what} x {config.finetune_folds} folds)"
+    cv = f", {len(work.choices)} fine-tuning choices ({choice_text(config)} x {config.finetune_folds} folds)"
     scoring = (
         f", each scored by {folds}-fold cross-validation on its labelled images"
         if folds > 1

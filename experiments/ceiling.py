@@ -37,14 +37,21 @@ from byol.cli import (
     add_resume_arguments,
     run_stage,
 )
-from byol.cross_validation import widened_grid
+from byol.cross_validation import choose_rate_then_length
 from byol.data import SPLIT_CONFIG_FILE, labelled_rows, read_split
 from byol.device import resolve_precision
 from byol.distributed import Runtime, process_group
 from byol.errors import UserError
 from byol.files import read_json, write_csv, write_json
-from byol.finetune import Examples, Job, Task, choose_finetune, fine_tune, make_backbone, scores_text
-from byol.grid_plan import GridWork, grid_seconds, measure_grid_speed
+from byol.finetune import Examples, Job, Task, choose_finetune, fine_tune, make_backbone
+from byol.grid_plan import (
+    GridWork,
+    choice_lengths,
+    choice_text,
+    finetune_lengths,
+    grid_seconds,
+    measure_grid_speed,
+)
 from byol.grid_resume import SAME_SETTINGS, earlier_ledger
 from byol.outputs import BYOL_CONFIG_FILE, CEILING_COLUMNS, CEILING_CONFIG_FILE, CEILING_METRICS_FILE
 from byol.resume import check_fresh_start, check_resumable
@@ -113,32 +120,17 @@ def choose_rate_and_length(run: CeilingRun, progress: tqdm) -> tuple[float, int]
     job = Job(0, config, run.runtime, progress)
     if run.validation is None:
         return choose_finetune("random", None, run.train, run.n_classes, job)
-    trained = {}
 
     def score(lr: float, epochs: int) -> tuple[float, float]:
-        if (lr, epochs) not in trained:
-            progress.set_postfix_str(f"choosing on the validation split: rate {lr:g}, {epochs} epochs")
-            task = Task(run.train, run.validation, run.n_classes)
-            settings = {"finetune_lrs": [lr], "epochs": epochs}
-            last = fine_tune(make_backbone("random", 0, None), task, job.trial(**settings))[-1]
-            trained[lr, epochs] = last["test_acc"], -last["test_loss"]
-        return trained[lr, epochs]
+        progress.set_postfix_str(f"choosing on the validation split: rate {lr:g}, {epochs} epochs")
+        task = Task(run.train, run.validation, run.n_classes)
+        settings = {"finetune_lrs": [lr], "epochs": epochs}
+        last = fine_tune(make_backbone("random", 0, None), task, job.trial(**settings))[-1]
+        return last["test_acc"], -last["test_loss"]
 
-    epochs, chosen = config.epochs, config.finetune_lrs[0]
-    said = f"fine-tuning lr {chosen:g}"
-    if len(config.finetune_lrs) > 1:
-        rates = widened_grid(config.finetune_lrs, lambda lr: score(lr, epochs), config.widen_rates)
-        chosen = max(rates, key=rates.__getitem__)
-        said = f"fine-tuning lr {chosen:g} ({scores_text({lr: acc for lr, (acc, _) in rates.items()})})"
-    if len(config.finetune_epochs) > 1:
-        lengths = [float(n) for n in config.finetune_epochs]
-        scores = widened_grid(lengths, lambda n: score(chosen, round(n)), config.widen_rates)
-        epochs = round(max(scores, key=scores.__getitem__))
-        said += f" and {epochs} epochs ({scores_text({round(n): acc for n, (acc, _) in scores.items()})})"
-    elif config.finetune_epochs:
-        epochs = config.finetune_epochs[0]
-    progress.write(f"ceiling: {said}, chosen by validation accuracy")
-    return chosen, epochs
+    choice = choose_rate_then_length(config, score)
+    progress.write(f"ceiling: fine-tuning {choice.text(with_rate=True)}, chosen by validation accuracy")
+    return choice.lr, choice.epochs
 
 
 def kept_rows(metrics_path: Path, settings: dict, config: ClassifierConfig, resume: bool) -> list[dict]:
@@ -160,23 +152,19 @@ def plan_line(run: CeilingRun, pending: list[int], choose: bool) -> str:
     config, runtime = run.config, run.runtime
     speed = measure_grid_speed(run.train, run.n_classes, config, runtime)
     n_train = len(run.train)
-    lengths = config.finetune_epochs if len(config.finetune_epochs) > 1 else []
-    longest = max(config.finetune_epochs or [config.epochs])  # before a choice, the longest it may pick
+    longest = max(finetune_lengths(config))  # before a choice, the longest it may pick
     work = GridWork(n_test=len(run.test), finetune_runs=[(n_train, longest)] * len(pending))
-    rates = len(config.finetune_lrs) if len(config.finetune_lrs) > 1 else 0
-    what = " then ".join([f"{rates} rates"] * bool(rates) + [f"{len(lengths)} lengths"] * bool(lengths))
     if choose and run.validation is not None:  # each candidate: a whole fine-tuning, scored once
-        work.finetune_runs += [(n_train, config.epochs)] * rates
-        work.finetune_runs += [(n_train, n) for n in lengths if n != config.epochs or not rates]
-        choice = f" and a choice on the validation split ({what}, more past an edge)"
+        work.finetune_runs += [(n_train, epochs) for epochs in choice_lengths(config)]
+        choice = f" and a choice on the validation split ({choice_text(config)}, more past an edge)"
     elif choose:
         work.choices[("ceiling",)] = n_train
-        choice = f" and a choice ({what} x {config.finetune_folds} folds)"
+        choice = f" and a choice ({choice_text(config)} x {config.finetune_folds} folds)"
     seconds = grid_seconds(speed, config, config.batch_size * runtime.ranks.world_size, work)
     choice = choice if choose else ""
+    up_to = "up to " if choose and len(config.finetune_epochs) > 1 else ""
     return (
-        f"plan: {len(pending)} seed(s) x {'up to ' if choose and lengths else ''}{longest} epochs of "
-        f"{n_train} images{choice}, "
+        f"plan: {len(pending)} seed(s) x {up_to}{longest} epochs of {n_train} images{choice}, "
         f"{runtime.precision} on {runtime.device}. Measured here: {speed.step_seconds:.2f} s per step of "
         f"{config.batch_size * runtime.ranks.world_size}; about {format_duration(seconds)}, finishing "
         f"about {finish_time(seconds)}"
@@ -200,9 +188,9 @@ def train_ceiling(
         if ranks.is_main:
             write_json(out_dir / CEILING_CONFIG_FILE, {**settings, "precision": runtime.precision})
         run = load_run(config, run_dir, runtime)
-        choose = (len(config.finetune_lrs) > 1 or len(config.finetune_epochs) > 1) and not rows
+        choose = bool(choice_lengths(config)) and not rows
         log.info(plan_line(run, pending, choose))  # on every rank: the speed is measured on all
-        lr, epochs = config.finetune_lrs[0], (config.finetune_epochs or [config.epochs])[0]
+        lr, epochs = config.finetune_lrs[0], finetune_lengths(config)[0]
         if rows:  # the rate and length the seeds already done trained at
             lr, epochs = (
                 rows[0]["backbone_lr"],
