@@ -96,10 +96,13 @@ def choose_rate_then_length(config: ClassifierConfig, score) -> RateAndLength:
         rates = widened_grid(config.finetune_lrs, lambda rate: once(rate, config.epochs), config.widen_rates)
         lr = max(rates, key=rates.__getitem__)
     if len(config.finetune_epochs) > 1:
+        # A length widened below the grid is at least one epoch (1, 2 -> 0.5 would round to none).
         tried = widened_grid(
-            [float(n) for n in config.finetune_epochs], lambda n: once(lr, round(n)), config.widen_rates
+            [float(n) for n in config.finetune_epochs],
+            lambda n: once(lr, max(1, round(n))),
+            config.widen_rates,
         )
-        lengths = {round(n): result for n, result in tried.items()}
+        lengths = {max(1, round(n)): result for n, result in tried.items()}
         epochs = max(lengths, key=lengths.__getitem__)
     return RateAndLength(lr, epochs, rates, lengths)
 

@@ -718,6 +718,20 @@ def test_the_fine_tuning_length_is_chosen_after_the_rate_on_the_same_folds(monke
     assert choose_finetune("random", None, train, 2, Job(0, one, CPU)) == (1e-3, 25)
 
 
+def test_a_length_widened_below_its_grid_trains_at_least_one_epoch():
+    from byol.cross_validation import choose_rate_then_length
+
+    tried = []
+
+    def score(lr, epochs):  # shorter scores higher: the choice widens below the grid's 1 epoch
+        tried.append(epochs)
+        return 1 / epochs, 0.0
+
+    config = ClassifierConfig(finetune_lrs=[1e-3], finetune_epochs=[1, 2], widen_rates=2)
+    choice = choose_rate_then_length(config, score)
+    assert choice.epochs == 1 and min(tried) == 1 and sorted(set(tried)) == [1, 2]
+
+
 @pytest.mark.slow
 def test_chosen_lengths_are_every_seeds_run_length_and_resume_keeps_them(pretrained):
     args = ["--out-dir", pretrained, "--seeds", "2", "--modes", "finetune", "--inits", "random"]
