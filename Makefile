@@ -137,9 +137,10 @@ time-trials: setup
 
 # Issue 21's long pretraining and everything it feeds, in one resumable command (docs/experiments.md):
 # the study's split in LONG_DIR, configs/long_byol.args (30,186 steps; continued with --resume after an
-# interruption), then `long-run-report`, then the study's comparison grid on the final byol.pt, its CSVs
-# and report in LONG_OUT beside the ceiling's. Run again, it continues where it stopped; a finished
-# step is skipped. LONG_DIR holds the weights, snapshots and image cache: never commit it.
+# interruption), then `long-run-report`, then the study's comparison grid on the final byol.pt, then
+# the run's own ceiling (all labels; LONG_CEILING_ARGS: rate and length chosen on validation), their
+# CSVs and the report in LONG_OUT. Run again, it continues where it stopped; a finished step is skipped
+# (a finished ceiling is checked without reading an image). LONG_DIR holds the weights, snapshots and image cache: never commit it.
 #   make long-run LONG_DIR=/path/outside/the/checkout
 # `make long-run-report` while it trains (from a second shell): the run's small files so far copied to
 # LONG_OUT, each snapshot so far scored (python experiments/compute_curve.py), the report redrawn.
@@ -152,6 +153,7 @@ LONG_RANDOM_HALF ?= $(LONG_OUT)/random_half
 LONG_BYOL_ARGS ?= @configs/long_byol.args
 LONG_CURVE_ARGS ?=
 LONG_CLASSIFIER_ARGS ?= $(STUDY_CLASSIFIER_ARGS)
+LONG_CEILING_ARGS ?= @configs/ceiling_grid.args
 LONG_COPIED := byol_config.json byol_metrics.csv
 # the study's rows, and its per-image predictions (the paired bootstrap recomputes from them)
 LONG_STUDY_COPIED := classifier_config.json classifier_metrics.csv classifier_summary.csv classifier_paired.csv \
@@ -181,8 +183,9 @@ long-run: setup
 	[ -f "$(LONG_DIR)/classifier_summary.csv" ] || \
 		$(BIN)/python train_classifier.py --out-dir "$(LONG_DIR)" $(LONG_CLASSIFIER_ARGS) \
 		$$([ -f "$(LONG_DIR)/classifier_metrics.csv" ] && echo --resume)
-	$(call copy_present,$(LONG_DIR),$(LONG_OUT),$(LONG_STUDY_COPIED))
-	$(call copy_present,$(OUT_DIR),$(LONG_OUT),ceiling_config.json ceiling_metrics.csv)
+	$(BIN)/python experiments/ceiling.py "$(LONG_DIR)" --out-dir "$(LONG_DIR)" $(LONG_CEILING_ARGS) \
+		$(call resume_flag,$(LONG_DIR)/ceiling_metrics.csv)
+	$(call copy_present,$(LONG_DIR),$(LONG_OUT),$(LONG_STUDY_COPIED) ceiling_config.json ceiling_metrics.csv)
 	$(BIN)/python plot_results.py --out-dir "$(LONG_OUT)"
 
 long-run-report: setup

@@ -28,6 +28,7 @@ def make_long_run(run_dir: Path, results: Path) -> subprocess.CompletedProcess:
         "LONG_BYOL_ARGS": f"--epochs 2 --batch-size 8 --max-images 16 --snapshots 2 {SIZE}",
         "LONG_CURVE_ARGS": "--seeds 2 --n-labels 8 --epochs 2 --device cpu",
         "LONG_CLASSIFIER_ARGS": CLASSIFIER_ARGS,
+        "LONG_CEILING_ARGS": "--seeds 1 --epochs 1 --batch-size 8 --finetune-lrs 1e-3 --device cpu",
     }
     command = ["make", "-C", ROOT, "-o", f"{bin_dir}/python", "long-run"]
     command += [f"{name}={value}" for name, value in variables.items()]
@@ -40,7 +41,7 @@ def test_long_run_pretrains_scores_snapshots_and_compares_then_a_rerun_trains_no
     run_dir = split_dir()  # the split is already there: make long-run keeps it
     results = tmp_path / "repo_results"
     results.mkdir()
-    for name in ("ceiling_metrics.csv", "ceiling_config.json"):  # the committed ceiling, shown for scale
+    for name in ("ceiling_metrics.csv", "ceiling_config.json"):  # another study's ceiling: not this run's
         shutil.copy(ROOT / "results" / "archive" / "study_12_epochs" / name, results)
     splits = (run_dir / "splits.csv").read_bytes()
     # The study's random half, trained before the pretraining (no byol.pt) and kept in the repository:
@@ -84,7 +85,9 @@ def test_long_run_pretrains_scores_snapshots_and_compares_then_a_rerun_trains_no
             "random_half",
         ]
     )
-    assert (long_out / "byol_metrics.csv").read_bytes() == (run_dir / "byol_metrics.csv").read_bytes()
+    for name in ("byol_metrics.csv", "ceiling_metrics.csv"):
+        assert (long_out / name).read_bytes() == (run_dir / name).read_bytes(), name
+    assert pd.read_csv(long_out / "ceiling_metrics.csv")["seed"].tolist() == [0]  # the run's own ceiling
     assert pd.read_csv(long_out / "compute_curve.csv")["epoch"].tolist() == [0, 2]
     metrics = pd.read_csv(long_out / "classifier_metrics.csv")
     assert set(metrics["init"]) == {"random", "byol"} and set(metrics["n_labels"]) == {4, 8}
@@ -93,7 +96,7 @@ def test_long_run_pretrains_scores_snapshots_and_compares_then_a_rerun_trains_no
     assert "## What more pretraining buys" in summary and "ceiling" in summary
 
     # Run again: every finished step is skipped, nothing is trained again, the report is the same.
-    trained = [run_dir / "byol.pt", run_dir / "classifier_metrics.csv"]
+    trained = [run_dir / "byol.pt", run_dir / "classifier_metrics.csv", run_dir / "ceiling_metrics.csv"]
     trained += sorted((run_dir / "compute_curve").glob("*/classifier_metrics.csv"))
     stamps = {path: path.stat().st_mtime_ns for path in trained}
     again = make_long_run(run_dir, results)
