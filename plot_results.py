@@ -33,7 +33,6 @@ from byol.outputs import (
 from byol.plots import plot_accuracy, plot_label_efficiency, plot_loss_curves, plot_pretraining
 from byol.plots_curve import plot_compute_curve
 from byol.report import (
-    curve_markdown,
     pretraining_markdown,
     read_ceiling,
     scoring_text,
@@ -42,6 +41,7 @@ from byol.report import (
     summary_markdown,
     wall_clock_markdown,
 )
+from byol.report_curve import curve_markdown
 from byol.stats import paired_summary, rate_limits, summarize
 
 

@@ -12,7 +12,7 @@ a snapshot already scored is read back, not trained again); the random init is t
 
 writes compute_curve.csv and compute_curve.png (accuracy against pretraining images seen, log scale,
 the random-init levels as lines, and the hours of pretraining on RUN_DIR's machine on a second axis).
-The figure is byol/plots.py's plot_compute_curve and summary.md's section byol/report.py's
+The figure is byol/plots_curve.py's plot_compute_curve and summary.md's section byol/report_curve.py's
 curve_markdown, so that plot_results.py redraws both from compute_curve.csv without torch.
 """
 

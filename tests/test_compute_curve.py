@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from byol.plots import short_count
 from byol.plots_curve import label_snapshots, short_hours
 from byol.pretrain import PretrainConfig, RunOptions, pretrain
-from byol.report import curve_markdown, trend_line
+from byol.report_curve import curve_markdown, trend_line
 
 PROBE_ARGS = ["--seeds", "2", "--n-labels", "8", "--epochs", "2", "--device", "cpu"]
 
