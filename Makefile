@@ -140,7 +140,8 @@ time-trials: setup
 # interruption), then `long-run-report`, then the study's comparison grid on the final byol.pt, then
 # the run's own ceiling (all labels; LONG_CEILING_ARGS: rate and length chosen on validation), their
 # CSVs and the report in LONG_OUT. Run again, it continues where it stopped; a finished step is skipped
-# (a finished ceiling is checked without reading an image). LONG_DIR holds the weights, snapshots and image cache: never commit it.
+# (a finished ceiling is checked without reading an image). LONG_DIR holds the weights, snapshots and
+# image cache: never commit it.
 #   make long-run LONG_DIR=/path/outside/the/checkout
 # `make long-run-report` while it trains (from a second shell): the run's small files so far copied to
 # LONG_OUT, each snapshot so far scored (python experiments/compute_curve.py), the report redrawn.
