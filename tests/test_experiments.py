@@ -127,3 +127,22 @@ def test_released_weights_load_into_a_stock_resnet18_score_the_same_and_serve_st
     assert refused.returncode != 0 and "not released" in refused.stderr
     assert_one_error_line(refused.stderr)
     assert not (tmp_path / "strict.pt").exists() and not (tmp_path / "strict.json").exists()
+
+
+def test_the_committed_release_is_what_its_record_says_and_loads_into_a_stock_resnet18():
+    import torch
+    import torchvision
+
+    released = ROOT / "results" / "long_run_2" / "byol_resnet18_fp16.pt"
+    record = json.loads(released.with_suffix(".json").read_text())
+    assert record["sha256"] == hashlib.sha256(released.read_bytes()).hexdigest()
+    assert record["bytes"] == released.stat().st_size and record["source_step"] == 30264
+    model = torchvision.models.resnet18()
+    model.fc = torch.nn.Identity()
+    model.load_state_dict(torch.load(released, weights_only=True))  # strict: a stock resnet18, less fc
+    for name, score in record["knn_full_precision"].items():
+        assert abs(record["knn_fp16"][name] - score) <= 0.002, name
+    monitor = pd.read_csv(released.parent / "byol_metrics.csv")
+    assert monitor["step"].iloc[-1] == record["source_step"]
+    # the monitor's last k-NN ran under the run's bf16 autocast, the release's in fp32: an image or so apart
+    assert abs(record["knn_full_precision"]["val_knn_k20"] - monitor["val_knn_k20"].iloc[-1]) <= 0.002
