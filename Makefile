@@ -72,8 +72,9 @@ demo: setup
 # ceiling_metrics.csv (the ceiling: all labels, configs/ceiling.args). The ceiling runs after the
 # pretraining (it trains at byol_config.json's view size): trained with the study, continued when
 # unfinished, a finished one checked without reading an image, skipped for a finished study without one.
-# The long runs' folders (LONG_OUT, issue 21's first long pretraining, and RESULTS/long_run_2) are
-# redrawn too.
+# Then every other committed study is redrawn: the long runs' folders (LONG_OUT, issue 21's first long
+# pretraining, and RESULTS/long_run_2, drawn even before their first summary.md) and every folder
+# under RESULTS that holds a summary.md (plot_results.py reads only the folder's own CSVs).
 STUDY_DATA_DIR ?= ../shared/data/PetImages
 STUDY_BYOL_ARGS ?= @configs/study_byol.args
 STUDY_CLASSIFIER_ARGS ?= @configs/study_classifier.args
@@ -92,8 +93,10 @@ study: setup
 		$(BIN)/python train_classifier.py --out-dir "$(OUT_DIR)" $(STUDY_CLASSIFIER_ARGS) \
 		$(call resume_flag,$(OUT_DIR)/classifier_metrics.csv)
 	$(BIN)/python plot_results.py --out-dir "$(OUT_DIR)"
-	for run in "$(LONG_OUT)" "$(RESULTS)/long_run_2"; do \
-		[ ! -f "$$run/byol_metrics.csv" ] || $(BIN)/python plot_results.py --out-dir "$$run" || exit 1; done
+	for run in $$( { echo "$(LONG_OUT)"; echo "$(RESULTS)/long_run_2"; \
+			find "$(RESULTS)" -name summary.md -exec dirname {} \; ; } | sort -u ); do \
+		[ "$$run" = "$(OUT_DIR)" ] || [ ! -f "$$run/byol_metrics.csv" -a ! -f "$$run/classifier_metrics.csv" ] || \
+		$(BIN)/python plot_results.py --out-dir "$$run" || exit 1; done
 
 # Short pretraining trials, one file each in configs/trials/: those that chose the study's recipe (5
 # epochs of 6,400 images at 64 px), then steps1400_* (1,404 steps on all images, ranked by the 5,000-voter

@@ -56,6 +56,11 @@ def test_four_stages_end_to_end(tmp_path):
     (clone / "long_run").mkdir()  # a long pretraining's progress, copied there as it goes
     for name in ("byol_metrics.csv", "byol_config.json"):
         shutil.copy(out / name, clone / "long_run")
+    archived = clone / "archive" / "earlier"  # any other committed study: redrawn from its CSVs too
+    archived.mkdir(parents=True)
+    for name in ("classifier_metrics.csv", "classifier_config.json"):
+        shutil.copy(out / name, archived)
+    (archived / "summary.md").write_text("stale\n")
     bin_dir = Path(sys.executable).parent
     result = subprocess.run(
         [
@@ -80,6 +85,8 @@ def test_four_stages_end_to_end(tmp_path):
         assert (clone / name).is_file(), name
     assert (clone / "long_run" / "byol_pretraining.png").is_file()
     assert "No comparison yet" in (clone / "long_run" / "summary.md").read_text()
+    assert "| 12 | finetune | byol |" in (archived / "summary.md").read_text()
+    assert (archived / "loss_curves.png").is_file()
 
 
 @pytest.mark.slow
