@@ -63,16 +63,19 @@ def interval(row) -> str:
 
 
 def test_the_readmes_answer_and_scoreboard_are_the_committed_files():
-    """No README number that a committed file does not give: the answer table from the long run's
-    classifier_metrics.csv, the scoreboard row from the default pipeline's files."""
+    """No README number that a committed file does not give: the answer table from the second long
+    run's classifier_metrics.csv and per-image predictions (both intervals recomputed, the bootstrap
+    included), the scoreboard row from the default pipeline's files."""
     import pandas as pd
 
     from byol.stats import paired_summary, summarize
 
     readme = (ROOT / "README.md").read_text()
-    metrics = pd.read_csv(ROOT / "results" / "long_run" / "classifier_metrics.csv")
+    study = ROOT / "results" / "long_run_2"
+    metrics = pd.read_csv(study / "classifier_metrics.csv")
+    predictions = pd.read_csv(study / "classifier_predictions.csv")
     summary = summarize(metrics).set_index(["init", "mode", "n_labels"])
-    paired = paired_summary(metrics).set_index(["n_labels", "mode"])
+    paired = paired_summary(metrics, predictions).set_index(["n_labels", "mode"])
     for n, mode, words in [
         (250, "finetune", "full fine-tuning"),
         (250, "frozen", "frozen backbone"),
@@ -85,7 +88,9 @@ def test_the_readmes_answer_and_scoreboard_are_the_committed_files():
         for init in ("random", "byol"):
             row = summary.loc[(init, mode, n)]
             assert f"{row['test_acc_mean']:.3f} ± {row['test_acc_std']:.3f}" in line, (init, line)
-        assert interval(paired.loc[(n, mode)]) in line, line
+        row = paired.loc[(n, mode)]
+        assert interval(row) in line, line
+        assert f"| [{row['boot_low']:+.3f}, {row['boot_high']:+.3f}] | {row['verdict']} |" in line, line
 
     run = ROOT / "results" / "pipeline_default_bf16"
     line = table_line(readme, "pipeline_default_bf16")
