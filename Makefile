@@ -88,7 +88,7 @@ study: setup
 		$(call resume_flag,$(OUT_DIR)/byol_checkpoint.pt)
 	[ -f "$(OUT_DIR)/classifier_summary.csv" ] && [ ! -f "$(OUT_DIR)/ceiling_metrics.csv" ] || \
 		$(BIN)/python experiments/ceiling.py "$(OUT_DIR)" --out-dir "$(OUT_DIR)" @configs/ceiling.args \
-		$(call resume_flag,$(OUT_DIR)/ceiling_metrics.csv)
+		$(call resume_flag,$(OUT_DIR)/ceiling_metrics.csv $(OUT_DIR)/ceiling_choices.csv)
 	[ -f "$(OUT_DIR)/classifier_summary.csv" ] || \
 		$(BIN)/python train_classifier.py --out-dir "$(OUT_DIR)" $(STUDY_CLASSIFIER_ARGS) \
 		$(call resume_flag,$(OUT_DIR)/classifier_metrics.csv)
@@ -188,8 +188,9 @@ long-run: setup
 		$(BIN)/python train_classifier.py --out-dir "$(LONG_DIR)" $(LONG_CLASSIFIER_ARGS) \
 		$$([ -f "$(LONG_DIR)/classifier_metrics.csv" ] && echo --resume)
 	$(BIN)/python experiments/ceiling.py "$(LONG_DIR)" --out-dir "$(LONG_DIR)" $(LONG_CEILING_ARGS) \
-		$(call resume_flag,$(LONG_DIR)/ceiling_metrics.csv)
-	$(call copy_present,$(LONG_DIR),$(LONG_OUT),$(LONG_STUDY_COPIED) ceiling_config.json ceiling_metrics.csv)
+		$(call resume_flag,$(LONG_DIR)/ceiling_metrics.csv $(LONG_DIR)/ceiling_choices.csv)
+	$(call copy_present,$(LONG_DIR),$(LONG_OUT),$(LONG_STUDY_COPIED) ceiling_config.json ceiling_metrics.csv \
+		ceiling_choices.csv)
 	$(BIN)/python plot_results.py --out-dir "$(LONG_OUT)"
 
 long-run-report: setup

@@ -109,6 +109,10 @@ def prediction_column(init: str, mode: str, n_labels: int, seed: int) -> str:
 CEILING_CONFIG_FILE = "ceiling_config.json"
 CEILING_METRICS_FILE = "ceiling_metrics.csv"
 CEILING_COLUMNS = ["seed", "n_train", *EPOCH_COLUMNS]
+# The ceiling's rate and length candidates, each scored on validation: kept as they finish, so that a
+# choice interrupted before its seeds (hours at full size) resumes from the last candidate scored.
+CEILING_CHOICES_FILE = "ceiling_choices.csv"
+CEILING_CHOICE_COLUMNS = ["lr", "epochs", "val_acc", "val_loss"]
 
 # python experiments/compute_curve.py: each snapshot of a long pretraining, scored
 CURVE_FILE = "compute_curve.csv"

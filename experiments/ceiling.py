@@ -13,9 +13,10 @@ several --finetune-lrs the rate is chosen on the split's validation images (each
 seed 0 for the whole budget; a choice on the grid's edge tries the next rate past it, up to
 --widen-rates times), or, for a split without validation images, by --finetune-folds-fold
 cross-validation on the training images; never on the test split. Writes
-ceiling_metrics.csv (a row per seed and epoch) and ceiling_config.json to --out-dir after every seed;
---resume keeps the seeds already done. plot_results.py then draws the ceiling in label_efficiency.png
-and adds it to summary.md.
+ceiling_metrics.csv (a row per seed and epoch) and ceiling_config.json to --out-dir after every seed,
+and ceiling_choices.csv (each candidate's rate, length and validation score) after every candidate;
+--resume keeps the seeds and the candidates already done. plot_results.py then draws the ceiling in
+label_efficiency.png and adds it to summary.md.
 """
 
 from __future__ import annotations
@@ -53,7 +54,14 @@ from byol.grid_plan import (
     measure_grid_speed,
 )
 from byol.grid_resume import SAME_SETTINGS, earlier_ledger
-from byol.outputs import BYOL_CONFIG_FILE, CEILING_COLUMNS, CEILING_CONFIG_FILE, CEILING_METRICS_FILE
+from byol.outputs import (
+    BYOL_CONFIG_FILE,
+    CEILING_CHOICE_COLUMNS,
+    CEILING_CHOICES_FILE,
+    CEILING_COLUMNS,
+    CEILING_CONFIG_FILE,
+    CEILING_METRICS_FILE,
+)
 from byol.resume import check_fresh_start, check_resumable
 from byol.run_options import CACHE_DIR, RunOptions, options_from_args
 from byol.timing import finish_time, format_duration
@@ -110,22 +118,29 @@ def load_run(config: ClassifierConfig, run_dir: Path, runtime: Runtime) -> Ceili
     )
 
 
-def choose_rate_and_length(run: CeilingRun, progress: tqdm) -> tuple[float, int]:
+def choose_rate_and_length(run: CeilingRun, progress: tqdm, tried: list[dict], record) -> tuple[float, int]:
     """The backbone rate and, with two or more --finetune-epochs, the run length: with validation
     images, each candidate rate (the grid, widened past an edge it chooses: widened_grid) fine-tunes
     seed 0 on every training image for --epochs and is scored on the validation split, then each
     length at the chosen rate (widened the same way); without validation images, --finetune-folds-fold
-    cross-validation on the training images (choose_finetune). The test split plays no part either way."""
+    cross-validation on the training images (choose_finetune). The test split plays no part either way.
+    `tried`: candidates scored by an earlier, interrupted run with the same settings (read back, not
+    trained again); `record(row)` keeps each new one as it finishes."""
     config = run.config
     job = Job(0, config, run.runtime, progress)
     if run.validation is None:
         return choose_finetune("random", None, run.train, run.n_classes, job)
 
+    earlier = {(row["lr"], int(row["epochs"])): (row["val_acc"], -row["val_loss"]) for row in tried}
+
     def score(lr: float, epochs: int) -> tuple[float, float]:
+        if (lr, epochs) in earlier:
+            return earlier[(lr, epochs)]
         progress.set_postfix_str(f"choosing on the validation split: rate {lr:g}, {epochs} epochs")
         task = Task(run.train, run.validation, run.n_classes)
         settings = {"finetune_lrs": [lr], "epochs": epochs}
         last = fine_tune(make_backbone("random", 0, None), task, job.trial(**settings))[-1]
+        record({"lr": lr, "epochs": epochs, "val_acc": last["test_acc"], "val_loss": last["test_loss"]})
         return last["test_acc"], -last["test_loss"]
 
     choice = choose_rate_then_length(config, score)
@@ -133,18 +148,19 @@ def choose_rate_and_length(run: CeilingRun, progress: tqdm) -> tuple[float, int]
     return choice.lr, choice.epochs
 
 
-def kept_rows(metrics_path: Path, settings: dict, config: ClassifierConfig, resume: bool) -> list[dict]:
-    """--resume: the rows of the seeds an earlier run with the same settings finished."""
+def kept_rows(path: Path, settings: dict, resume: bool, columns: list[str] = CEILING_COLUMNS) -> list[dict]:
+    """--resume: the rows an earlier run with the same settings finished (ceiling_metrics.csv: its seeds;
+    ceiling_choices.csv: its candidates)."""
     if not resume:
         return []
-    ledger = earlier_ledger(metrics_path, metrics_path.with_name(CEILING_CONFIG_FILE), CEILING_COLUMNS)
+    ledger = earlier_ledger(path, path.with_name(CEILING_CONFIG_FILE), columns)
     if ledger is None:
         return []
     rows, previous = ledger
     # A setting added since the file was written counts as its default (none changes a ceiling's runs).
     defaults = {**asdict(ClassifierConfig()), "world_size": settings["world_size"]}
-    check_resumable(metrics_path, previous, settings, SAME_SETTINGS, defaults=defaults)
-    return rows.to_dict("records")  # written after each seed: every seed in them is complete
+    check_resumable(path, previous, settings, SAME_SETTINGS, defaults=defaults)
+    return rows.to_dict("records")  # written after each seed or candidate: every one in them is complete
 
 
 def plan_line(run: CeilingRun, pending: list[int], choose: bool) -> str:
@@ -176,11 +192,17 @@ def train_ceiling(
 ) -> pd.DataFrame:
     """Fine-tune every seed not yet done, writing the metrics after each; returns all rows."""
     metrics_path = out_dir / CEILING_METRICS_FILE
-    check_fresh_start(out_dir, (CEILING_METRICS_FILE,), options.resume, options.overwrite)
+    choices_path = out_dir / CEILING_CHOICES_FILE
+    check_fresh_start(
+        out_dir, (CEILING_METRICS_FILE, CEILING_CHOICES_FILE), options.resume, options.overwrite
+    )
     with process_group(options.device_name) as (ranks, device):
         runtime = Runtime(device, resolve_precision(options.precision_name, device), ranks)
         config, settings = resolved_settings(config, run_dir, ranks.world_size)
-        rows = kept_rows(metrics_path, settings, config, options.resume)
+        rows = kept_rows(metrics_path, settings, options.resume)
+        tried = kept_rows(choices_path, settings, options.resume, CEILING_CHOICE_COLUMNS)
+        if not options.resume and ranks.is_main and choices_path.is_file():
+            choices_path.unlink()  # --overwrite: an earlier run's candidates are not this run's
         pending = [seed for seed in range(config.seeds) if seed not in {row["seed"] for row in rows}]
         if not pending:
             log.info(f"plan: all {config.seeds} seed(s) already done in {metrics_path}; nothing to train")
@@ -198,7 +220,15 @@ def train_ceiling(
             )
         progress = tqdm(desc="ceiling", unit="epoch", disable=not ranks.is_main)
         if choose:
-            lr, epochs = choose_rate_and_length(run, progress)
+            if tried:
+                log.info(f"--resume: {len(tried)} candidate(s) already scored in {choices_path}, kept")
+
+            def record(row: dict) -> None:
+                tried.append(row)
+                if ranks.is_main:
+                    write_csv(choices_path, pd.DataFrame(tried, columns=CEILING_CHOICE_COLUMNS))
+
+            lr, epochs = choose_rate_and_length(run, progress, tried, record)
         progress.reset(total=len(pending) * epochs)
         if ranks.is_main:  # the length the seeds train for, chosen or given: what a finished seed reaches
             write_json(

@@ -230,3 +230,49 @@ def test_the_ceiling_parses_the_classifier_flags_as_stage_3_does(monkeypatch):
     for bad in (["--finetune-lrs", "0"], ["--image-size", "-1"], ["--seeds", "0"]):
         with pytest.raises(SystemExit):
             ceiling.get_args_parser().parse_args(["run", *bad])
+
+
+@pytest.mark.slow
+def test_a_choice_interrupted_before_its_seeds_resumes_from_the_candidates_it_scored(
+    split_dir, tmp_path, monkeypatch
+):
+    # At full size the choice is hours of candidates before the first seed writes ceiling_metrics.csv.
+    run_dir = split_dir(per_class=24, n_labelled=8, n_test=16, n_validation=8)
+    trained = []
+    fine_tune = finetune.fine_tune
+
+    def spy(backbone, task, job):
+        trained.append((len(task.test), job.config.finetune_lrs[0]))
+        return fine_tune(backbone, task, job)
+
+    monkeypatch.setattr(finetune, "fine_tune", spy)
+    args = [run_dir, "--seeds", "1", "--finetune-lrs", "1e-4,1e-3", "--widen-rates", "0", *TINY]
+    first = run_script("experiments/ceiling.py", *args, "--out-dir", tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    choices = pd.read_csv(tmp_path / "ceiling_choices.csv")
+    assert choices["lr"].tolist() == [1e-4, 1e-3] and (choices["epochs"] == 2).all()
+    assert choices["val_acc"].mul(8).round(6).mod(1).eq(0).all()  # scored on the 8 validation images
+    chosen = pd.read_csv(tmp_path / "ceiling_metrics.csv")["backbone_lr"].iloc[0]
+    # Interrupted during the second candidate: the first is on disk, no seed is.
+    (tmp_path / "ceiling_metrics.csv").unlink()
+    choices.iloc[:1].to_csv(tmp_path / "ceiling_choices.csv", index=False)
+    refused = run_script("experiments/ceiling.py", *args, "--out-dir", tmp_path)
+    assert (
+        refused.returncode == 2 and "ceiling_choices.csv" in refused.stderr and "--resume" in refused.stderr
+    )
+    assert_one_error_line(refused.stderr)
+    trained.clear()
+    resumed = run_script("experiments/ceiling.py", *args, "--out-dir", tmp_path, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "1 candidate(s) already scored" in resumed.stderr
+    assert trained == [(8, 1e-3), (16, chosen)]  # only the unscored candidate, then the seed on test
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "ceiling_choices.csv"), choices)
+    # Another setting cannot reuse them; --overwrite starts the choice over.
+    other = run_script("experiments/ceiling.py", *args, "--out-dir", tmp_path, "--resume", "--head-lr", "0.1")
+    assert other.returncode == 2
+    assert_one_error_line(other.stderr)
+    (tmp_path / "ceiling_metrics.csv").unlink()
+    trained.clear()
+    over = run_script("experiments/ceiling.py", *args, "--out-dir", tmp_path, "--overwrite")
+    assert over.returncode == 0, over.stderr[-2000:]
+    assert [n_scored for n_scored, _ in trained] == [8, 8, 16]
