@@ -118,28 +118,36 @@ def load_run(config: ClassifierConfig, run_dir: Path, runtime: Runtime) -> Ceili
     )
 
 
-def choose_rate_and_length(run: CeilingRun, progress: tqdm, tried: list[dict], record) -> tuple[float, int]:
+def choose_rate_and_length(
+    run: CeilingRun, progress: tqdm, tried: list[dict], record, planned_epochs: int = 0
+) -> tuple[float, int]:
     """The backbone rate and, with two or more --finetune-epochs, the run length: with validation
     images, each candidate rate (the grid, widened past an edge it chooses: widened_grid) fine-tunes
     seed 0 on every training image for --epochs and is scored on the validation split, then each
     length at the chosen rate (widened the same way); without validation images, --finetune-folds-fold
     cross-validation on the training images (choose_finetune). The test split plays no part either way.
     `tried`: candidates scored by an earlier, interrupted run with the same settings (read back, not
-    trained again); `record(row)` keeps each new one as it finishes."""
+    trained again); `record(row)` keeps each new one as it finishes. `progress` counts the candidates'
+    epochs, `planned_epochs` of which its total holds already (a candidate past an edge adds its own)."""
     config = run.config
     job = Job(0, config, run.runtime, progress)
     if run.validation is None:
         return choose_finetune("random", None, run.train, run.n_classes, job)
 
     earlier = {(row["lr"], int(row["epochs"])): (row["val_acc"], -row["val_loss"]) for row in tried}
+    planned = [planned_epochs]  # candidates' epochs in the bar's total, not trained yet
 
     def score(lr: float, epochs: int) -> tuple[float, float]:
         if (lr, epochs) in earlier:
             return earlier[(lr, epochs)]
-        progress.set_postfix_str(f"choosing on the validation split: rate {lr:g}, {epochs} epochs")
+        progress.set_description(f"ceiling, choosing on validation: rate {lr:g}, {epochs} epochs")
+        if epochs > planned[0]:  # a candidate past an edge, not in the plan: the bar's end moves with it
+            progress.total += epochs - planned[0]
+            progress.refresh()
+        planned[0] = max(0, planned[0] - epochs)
         task = Task(run.train, run.validation, run.n_classes)
-        settings = {"finetune_lrs": [lr], "epochs": epochs}
-        last = fine_tune(make_backbone("random", 0, None), task, job.trial(**settings))[-1]
+        trial = replace(job.trial(finetune_lrs=[lr], epochs=epochs), progress=progress, count_epochs=True)
+        last = fine_tune(make_backbone("random", 0, None), task, trial)[-1]
         record({"lr": lr, "epochs": epochs, "val_acc": last["test_acc"], "val_loss": last["test_loss"]})
         return last["test_acc"], -last["test_loss"]
 
@@ -218,7 +226,16 @@ def train_ceiling(
                 rows[0]["backbone_lr"],
                 max(row["epoch"] for row in rows if row["seed"] == rows[0]["seed"]),
             )
-        progress = tqdm(desc="ceiling", unit="epoch", disable=not ranks.is_main)
+        # One bar for the whole ceiling: the choice's candidates (those not scored yet, before any
+        # widening), then the seeds, counted in epochs of every training image.
+        to_choose = sum(choice_lengths(config)) - sum(int(row["epochs"]) for row in tried) if choose else 0
+        to_choose = max(0, to_choose)
+        progress = tqdm(
+            desc="ceiling",
+            unit="epoch",
+            total=to_choose + len(pending) * (max(finetune_lengths(config)) if choose else epochs),
+            disable=not ranks.is_main,
+        )
         if choose:
             if tried:
                 log.info(f"--resume: {len(tried)} candidate(s) already scored in {choices_path}, kept")
@@ -228,8 +245,9 @@ def train_ceiling(
                 if ranks.is_main:
                     write_csv(choices_path, pd.DataFrame(tried, columns=CEILING_CHOICE_COLUMNS))
 
-            lr, epochs = choose_rate_and_length(run, progress, tried, record)
-        progress.reset(total=len(pending) * epochs)
+            lr, epochs = choose_rate_and_length(run, progress, tried, record, to_choose)
+        progress.total = progress.n + len(pending) * epochs  # the seeds, at the length chosen or given
+        progress.refresh()
         if ranks.is_main:  # the length the seeds train for, chosen or given: what a finished seed reaches
             write_json(
                 out_dir / CEILING_CONFIG_FILE,

@@ -86,6 +86,8 @@ def test_the_ceilings_rate_is_chosen_on_the_validation_split_never_on_test(split
     assert all(n_scored == 8 for n_scored, _ in scored[:-1])  # the candidates: scored on validation only
     assert trials[:3] == [1e-4, 1e-3, 1e-2] and chosen in trials
     assert scored[-1] == (16, chosen)  # then the seed itself, scored on test at the chosen rate
+    done = 2 * len(scored)  # the bar's epochs: every candidate's, widened ones included, and the seed's
+    assert f"{done}/{done}" in result.stderr
     printed = result.stdout + result.stderr
     assert f"ceiling: fine-tuning lr {chosen:g} (" in printed and "chosen by validation accuracy" in printed
 
@@ -249,6 +251,8 @@ def test_a_choice_interrupted_before_its_seeds_resumes_from_the_candidates_it_sc
     args = [run_dir, "--seeds", "1", "--finetune-lrs", "1e-4,1e-3", "--widen-rates", "0", *TINY]
     first = run_script("experiments/ceiling.py", *args, "--out-dir", tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
+    # One bar, in epochs, counts the candidates too: 2 rates x 2 epochs, then the seed's 2.
+    assert "6/6" in first.stderr and "ceiling, choosing on validation: rate 0.0001, 2 epochs" in first.stderr
     choices = pd.read_csv(tmp_path / "ceiling_choices.csv")
     assert choices["lr"].tolist() == [1e-4, 1e-3] and (choices["epochs"] == 2).all()
     assert choices["val_acc"].mul(8).round(6).mod(1).eq(0).all()  # scored on the 8 validation images
@@ -264,7 +268,7 @@ def test_a_choice_interrupted_before_its_seeds_resumes_from_the_candidates_it_sc
     trained.clear()
     resumed = run_script("experiments/ceiling.py", *args, "--out-dir", tmp_path, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "1 candidate(s) already scored" in resumed.stderr
+    assert "1 candidate(s) already scored" in resumed.stderr and "4/4" in resumed.stderr
     assert trained == [(8, 1e-3), (16, chosen)]  # only the unscored candidate, then the seed on test
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "ceiling_choices.csv"), choices)
     # Another setting cannot reuse them; --overwrite starts the choice over.
