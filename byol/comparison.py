@@ -264,7 +264,8 @@ def load_grid(
     if "byol" in config.inits:
         weights = options.weights_path(out_dir)
         byol_backbone, byol_config, pretrained_on = load_byol_backbone(weights)
-        check_pretrained_on(weights, pretrained_on, split)
+        if not options.pretrained_elsewhere:
+            check_pretrained_on(weights, pretrained_on, split)
         byol_state = byol_backbone.state_dict()
     config = config.resolved(byol_config)
     if config.evaluation == "auto":  # --score-split validation asks for a split: never cv in its place
@@ -300,7 +301,8 @@ def check_pretrained_on(weights: Path, held_out: str | None, split: Split) -> No
         raise UserError(
             f"{weights} was pretrained on a split that held out other validation/test images than this "
             "one, so its pretraining images may include this split's test images; pass the split it was "
-            "pretrained on (--split), or pretrain on this one"
+            "pretrained on (--split), pretrain on this one, or, if none of this split's images were in "
+            "its pretraining, say so with --pretrained-elsewhere"
         )
 
 
@@ -316,6 +318,7 @@ def _run_classifiers(
             "precision": runtime.precision,
             "world_size": ranks.world_size,
             "splits_sha256": grid.split.fingerprint,
+            **({"pretrained_elsewhere": True} if options.pretrained_elsewhere else {}),
         }
         write_json(
             out_dir / CLASSIFIER_CONFIG_FILE, {**asdict(config), **settings, "byol_config": byol_config}
