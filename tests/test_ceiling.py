@@ -21,6 +21,19 @@ CEILING_COLUMNS = (
 TINY = ["--epochs", "2", "--batch-size", "8", "--image-size", "32", "--device", "cpu"]
 
 
+def spy_fine_tune(monkeypatch, what) -> list:
+    """Every fine-tuning the ceiling runs, as `what(task, job)`, in order (the script runs in-process)."""
+    seen = []
+    fine_tune = finetune.fine_tune
+
+    def spy(backbone, task, job):
+        seen.append(what(task, job))
+        return fine_tune(backbone, task, job)
+
+    monkeypatch.setattr(finetune, "fine_tune", spy)
+    return seen
+
+
 @pytest.mark.slow
 def test_every_pretraining_image_trains_with_its_folder_label_and_seeds_resume(split_dir, tmp_path):
     run_dir, out = split_dir(per_class=24, n_labelled=8, n_test=16), tmp_path / "out"
@@ -69,14 +82,7 @@ def test_every_pretraining_image_trains_with_its_folder_label_and_seeds_resume(s
 @pytest.mark.slow
 def test_the_ceilings_rate_is_chosen_on_the_validation_split_never_on_test(split_dir, tmp_path, monkeypatch):
     run_dir = split_dir(per_class=24, n_labelled=8, n_test=16, n_validation=8)
-    scored = []
-    fine_tune = finetune.fine_tune
-
-    def spy(backbone, task, job):  # which images each fine-tuning is scored on, and at what rate
-        scored.append((len(task.test), job.config.finetune_lrs[0]))
-        return fine_tune(backbone, task, job)
-
-    monkeypatch.setattr(finetune, "fine_tune", spy)
+    scored = spy_fine_tune(monkeypatch, lambda task, job: (len(task.test), job.config.finetune_lrs[0]))
     args = [run_dir, "--seeds", "1", "--finetune-lrs", "1e-4,1e-3,1e-2", *TINY]
     result = run_script("experiments/ceiling.py", *args, "--out-dir", tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -97,14 +103,7 @@ def test_the_ceilings_length_is_chosen_on_validation_and_its_seeds_train_that_lo
     split_dir, tmp_path, monkeypatch
 ):
     run_dir = split_dir(per_class=24, n_labelled=8, n_test=16, n_validation=8)
-    scored = []
-    fine_tune = finetune.fine_tune
-
-    def spy(backbone, task, job):
-        scored.append((len(task.test), job.config.epochs))
-        return fine_tune(backbone, task, job)
-
-    monkeypatch.setattr(finetune, "fine_tune", spy)
+    scored = spy_fine_tune(monkeypatch, lambda task, job: (len(task.test), job.config.epochs))
     args = [run_dir, "--seeds", "2", *TINY, "--finetune-epochs", "1,3", "--widen-rates", "0"]
     result = run_script("experiments/ceiling.py", *args, "--out-dir", tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -240,14 +239,7 @@ def test_a_choice_interrupted_before_its_seeds_resumes_from_the_candidates_it_sc
 ):
     # At full size the choice is hours of candidates before the first seed writes ceiling_metrics.csv.
     run_dir = split_dir(per_class=24, n_labelled=8, n_test=16, n_validation=8)
-    trained = []
-    fine_tune = finetune.fine_tune
-
-    def spy(backbone, task, job):
-        trained.append((len(task.test), job.config.finetune_lrs[0]))
-        return fine_tune(backbone, task, job)
-
-    monkeypatch.setattr(finetune, "fine_tune", spy)
+    trained = spy_fine_tune(monkeypatch, lambda task, job: (len(task.test), job.config.finetune_lrs[0]))
     args = [run_dir, "--seeds", "1", "--finetune-lrs", "1e-4,1e-3", "--widen-rates", "0", *TINY]
     first = run_script("experiments/ceiling.py", *args, "--out-dir", tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]

@@ -79,18 +79,8 @@ def test_another_split_is_refused_on_resume_and_for_the_weights(split_dir, image
     assert "Traceback" not in refused.stderr and not (out / "byol.pt").exists()
     assert run_script(*byol, "--split", trained_on, "--resume").returncode == 0  # its own split resumes
 
-    result = run_script(
-        "train_classifier.py",
-        "--out-dir",
-        tmp_path / "probe",
-        "--split",
-        other,
-        *TINY_PROBE[:-2],
-        "--weights",
-        out / "byol.pt",
-        "--device",
-        "cpu",
-    )
+    probe = ["train_classifier.py", "--out-dir", tmp_path / "probe", "--split", other, *TINY_PROBE]
+    result = run_script(*probe, "--weights", out / "byol.pt")
     assert result.returncode == 2
     assert_one_error_line(result.stderr)
     assert "byol.pt was pretrained on a split that held out other validation/test images" in result.stderr
@@ -98,19 +88,7 @@ def test_another_split_is_refused_on_resume_and_for_the_weights(split_dir, image
     assert not (tmp_path / "probe" / "classifier_metrics.csv").exists()
     # Weights pretrained on other images (the released backbone on a user's own photos): the user says
     # so, the check is skipped, and the run's settings record it.
-    elsewhere = run_script(
-        "train_classifier.py",
-        "--out-dir",
-        tmp_path / "probe",
-        "--split",
-        other,
-        *TINY_PROBE[:-2],
-        "--weights",
-        out / "byol.pt",
-        "--device",
-        "cpu",
-        "--pretrained-elsewhere",
-    )
+    elsewhere = run_script(*probe, "--weights", out / "byol.pt", "--pretrained-elsewhere")
     assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
     settings = json.loads((tmp_path / "probe" / "classifier_config.json").read_text())
     assert settings["pretrained_elsewhere"] is True
