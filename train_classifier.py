@@ -44,7 +44,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_out_dir_argument(
         parser, "writes the classifiers' CSVs; reads the split, image cache and byol.pt here unless told"
     )
-    add_input_arguments(parser.add_argument_group("inputs (default: the files in --out-dir)"), weights=True)
+    inputs = parser.add_argument_group("inputs (default: the files in --out-dir)")
+    add_input_arguments(inputs, weights=True)
+    inputs.add_argument(
+        "--pretrained-elsewhere",
+        action="store_true",
+        help="the weights were pretrained on other images than this split's (for example the released "
+        "Cats-and-Dogs backbone, results/long_run_2/byol_resnet18_fp16.pt, on your own images): skip "
+        "the check that their pretraining held out this split's validation and test images. Wrong "
+        "when the split's images were in that pretraining: its scores would then be inflated",
+    )
     add_classifier_flags(parser.add_argument_group("the grid"), defaults, GRID_FLAGS)
     add_classifier_flags(parser.add_argument_group("training"), defaults, TRAINING_FLAGS)
     add_classifier_flags(parser.add_argument_group("learning rates and their choice"), defaults, RATE_FLAGS)

@@ -76,18 +76,11 @@ def add_input_arguments(parser, weights: bool = False) -> None:
             help=f"the pretrained backbone (train_byol.py's {WEIGHTS_FILE}, one of its snapshots, or a "
             f"backbone released by experiments/release_weights.py); default: --out-dir/{WEIGHTS_FILE}",
         )
-        parser.add_argument(
-            "--pretrained-elsewhere",
-            action="store_true",
-            help="the weights were pretrained on other images than this split's (for example the released "
-            "Cats-and-Dogs backbone, results/long_run_2/byol_resnet18_fp16.pt, on your own images): skip "
-            "the check that their pretraining held out this split's validation and test images. Wrong "
-            "when the split's images were in that pretraining: its scores would then be inflated",
-        )
 
 
 def input_options(args) -> dict:
-    """The RunOptions fields of add_input_arguments' flags, from parsed arguments."""
+    """The RunOptions fields of add_input_arguments' flags (and Stage 3's --pretrained-elsewhere), from
+    parsed arguments."""
     names = ("split", "cache_dir", "weights", "pretrained_elsewhere")
     return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
