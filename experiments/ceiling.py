@@ -135,16 +135,16 @@ def choose_rate_and_length(
         return choose_finetune("random", None, run.train, run.n_classes, job)
 
     earlier = {(row["lr"], int(row["epochs"])): (row["val_acc"], -row["val_loss"]) for row in tried}
-    planned = [planned_epochs]  # candidates' epochs in the bar's total, not trained yet
 
     def score(lr: float, epochs: int) -> tuple[float, float]:
+        nonlocal planned_epochs  # the candidates' epochs in the bar's total, not trained yet
         if (lr, epochs) in earlier:
             return earlier[(lr, epochs)]
         progress.set_description(f"ceiling, choosing on validation: rate {lr:g}, {epochs} epochs")
-        if epochs > planned[0]:  # a candidate past an edge, not in the plan: the bar's end moves with it
-            progress.total += epochs - planned[0]
+        if epochs > planned_epochs:  # a candidate past an edge, not in the plan: the bar's end moves
+            progress.total += epochs - planned_epochs
             progress.refresh()
-        planned[0] = max(0, planned[0] - epochs)
+        planned_epochs = max(0, planned_epochs - epochs)
         task = Task(run.train, run.validation, run.n_classes)
         trial = replace(job.trial(finetune_lrs=[lr], epochs=epochs), progress=progress, count_epochs=True)
         last = fine_tune(make_backbone("random", 0, None), task, trial)[-1]
