@@ -93,8 +93,8 @@ study: setup
 		$(BIN)/python train_classifier.py --out-dir "$(OUT_DIR)" $(STUDY_CLASSIFIER_ARGS) \
 		$(call resume_flag,$(OUT_DIR)/classifier_metrics.csv)
 	$(BIN)/python plot_results.py --out-dir "$(OUT_DIR)"
-	for run in $$( { echo "$(LONG_OUT)"; echo "$(RESULTS)/long_run_2"; \
-			find "$(RESULTS)" -name summary.md -exec dirname {} \; ; } | sort -u ); do \
+	{ echo "$(LONG_OUT)"; echo "$(RESULTS)/long_run_2"; \
+		find "$(RESULTS)" -name summary.md -exec dirname {} \; ; } | sort -u | while IFS= read -r run; do \
 		[ "$$run" = "$(OUT_DIR)" ] || [ ! -f "$$run/byol_metrics.csv" -a ! -f "$$run/classifier_metrics.csv" ] || \
 		$(BIN)/python plot_results.py --out-dir "$$run" || exit 1; done
 

@@ -56,7 +56,7 @@ def test_four_stages_end_to_end(tmp_path):
     (clone / "long_run").mkdir()  # a long pretraining's progress, copied there as it goes
     for name in ("byol_metrics.csv", "byol_config.json"):
         shutil.copy(out / name, clone / "long_run")
-    archived = clone / "archive" / "earlier"  # any other committed study: redrawn from its CSVs too
+    archived = clone / "archive" / "an earlier study"  # any other study (a space in its name too)
     archived.mkdir(parents=True)
     for name in ("classifier_metrics.csv", "classifier_config.json"):
         shutil.copy(out / name, archived)
