@@ -124,7 +124,7 @@ recipe-search: setup
 # (RESULTS/time_trials.csv) with each trial's steps, validation k-NN and a frozen probe at 250 labels
 # scored on validation. Resumable: a finished trial is skipped, an interrupted one continues.
 #   make time-trials TIME_TRIALS="base progressive"
-TIME_TRIALS ?= base progressive lr_half lr_quarter lr_half_progressive base_seed1 lr_half_seed1 warmup2 \
+TIME_TRIALS ?= base lr_half warmup_half progressive lr_quarter lr_half_progressive warmup2 base_seed1 lr_half_seed1 \
 	batch32 batch128
 TIME_TRIALS_DIR ?= runs/time_trials
 time_trial_dir = $(TIME_TRIALS_DIR)/$(1)

@@ -127,6 +127,7 @@ TIME_TRIAL_CHANGES = {
     "batch32": {"batch_size": 32, "lr": 0.125, "tau_base": 0.995},
     "batch128": {"batch_size": 128, "lr": 0.5, "tau_base": 0.9801},
     "warmup2": {"warmup_fraction": 0.02},
+    "warmup_half": {"warmup_fraction": 0.5},
     "lr_half": {"lr": 0.125},
     "lr_quarter": {"lr": 0.0625},
     "lr_half_progressive": {"lr": 0.125, "progressive_sizes": [32, 48]},
