@@ -105,7 +105,7 @@ def prediction_column(init: str, mode: str, n_labels: int, seed: int) -> str:
     return f"{init}_{mode}_n{int(n_labels)}_seed{int(seed)}"
 
 
-# python experiments/ceiling.py: all non-test images with their folder labels
+# python experiments/ceiling.py: every image outside the held-out splits, with its folder label
 CEILING_CONFIG_FILE = "ceiling_config.json"
 CEILING_METRICS_FILE = "ceiling_metrics.csv"
 CEILING_COLUMNS = ["seed", "n_train", *EPOCH_COLUMNS]

@@ -28,8 +28,9 @@ CEILING_COLOUR = "#555555"
 
 @dataclass(frozen=True)
 class Ceiling:
-    """The reference with every label (python experiments/ceiling.py): random init fine-tuned on all `n_train`
-    non-test images with their folder labels; its final test accuracy over `seeds` seeds."""
+    """The reference with every label (python experiments/ceiling.py): random init fine-tuned on all
+    `n_train` images outside the held-out splits (validation, test) with their folder labels; its final
+    test accuracy over `seeds` seeds."""
 
     n_train: int
     seeds: int

@@ -242,8 +242,8 @@ def gap_lines(summary: pd.DataFrame, paired: pd.DataFrame, ceiling: Ceiling) -> 
         "",
         "## The gap to the ceiling",
         "",
-        f"The ceiling: random init fine-tuned on all {ceiling.n_train:,} non-test images with their folder "
-        f"labels (labels this low-label setting does not have), "
+        f"The ceiling: random init fine-tuned on all {ceiling.n_train:,} images outside the held-out "
+        "splits, with their folder labels (labels this low-label setting does not have), "
         f"{mean_and_std(ceiling.acc_mean, ceiling.acc_std)} over {ceiling.seeds} seed(s). The share of the "
         "gap between random init and the ceiling that BYOL closes: BYOL − random and its wider interval "
         "divided by (ceiling − random mean); the ceiling's own spread is not in the interval.",

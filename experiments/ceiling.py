@@ -1,4 +1,4 @@
-"""The ceiling, for scale: random-init fine-tuning on every non-test image, with its folder label.
+"""The ceiling, for scale: random-init fine-tuning on every pretraining image, with its folder label.
 
 It uses labels the low-label setting does not have (the unlabelled split's Cat/Dog folder names), so it
 is not a competitor but the top of the scale: a reader sees how much of the gap between a few hundred
@@ -73,7 +73,7 @@ TRAIN_SPLITS = ("labelled", "unlabelled")  # every pretraining image: validation
 
 @dataclass(frozen=True)
 class CeilingRun:
-    """What every seed shares: the settings, the images (all non-test rows, then the test rows)."""
+    """What every seed shares: the settings, the images (every pretraining row, then the test rows)."""
 
     config: ClassifierConfig
     train: Examples
@@ -103,7 +103,7 @@ def resolved_settings(
 
 
 def load_run(config: ClassifierConfig, run_dir: Path, runtime: Runtime) -> CeilingRun:
-    """The split's images: every non-test row with its folder label, and the test rows."""
+    """The split's images: every pretraining row with its folder label, and the test rows."""
     split = read_split(run_dir)
     train_rows, test_rows = labelled_rows(split, *TRAIN_SPLITS), split.indices("test")
     if not test_rows or not train_rows:
