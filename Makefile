@@ -34,21 +34,30 @@ test-fast: setup
 
 # The main job: the four stages on DATA_DIR (downloading the public archive when DATA_DIR is absent), into
 # RUN_DIR, a git-ignored folder: running it never changes a committed file.
-# Extra flags per stage: make pipeline BYOL_ARGS="--epochs 10 --image-size 64" CLASSIFIER_ARGS="--seeds 5"
-# Run again, it splits anew (the same split from the same files), continues an unfinished pretraining (with
-# the same BYOL_ARGS) and trains the classifiers anew.
+# Extra flags per stage: make pipeline SPLIT_ARGS="--n-labelled 100" BYOL_ARGS="--epochs 10 --image-size 64"
+# CLASSIFIER_ARGS="--seeds 5"
+# Run again (after an interruption, say), it splits anew (the same split from the same files), continues
+# an unfinished pretraining and an unfinished classifier grid (with the same BYOL_ARGS and CLASSIFIER_ARGS;
+# other settings are refused in one line) and keeps a finished one. --overwrite in a stage's ARGS trains
+# that stage anew.
 RUN_DIR ?= runs/pipeline
+SPLIT_ARGS ?=
 BYOL_ARGS ?=
 CLASSIFIER_ARGS ?=
+# $(call continue_flag,ARGS,FILE,FRESH): --resume when FILE (the stage's record of finished work) exists,
+# else FRESH; nothing when ARGS already says --overwrite.
+continue_flag = $(if $(findstring --overwrite,$(1)),,$(if $(wildcard $(2)),--resume,$(3)))
 pipeline: setup
 	if [ -d "$(DATA_DIR)" ]; then \
-		$(BIN)/python data_split.py --data-dir "$(DATA_DIR)" --out-dir "$(RUN_DIR)" --overwrite; \
+		$(BIN)/python data_split.py --data-dir "$(DATA_DIR)" --out-dir "$(RUN_DIR)" --overwrite $(SPLIT_ARGS); \
 	else \
-		$(BIN)/python data_split.py --download --data-dir "$(dir $(DATA_DIR))" --out-dir "$(RUN_DIR)" --overwrite; \
+		$(BIN)/python data_split.py --download --data-dir "$(dir $(DATA_DIR))" --out-dir "$(RUN_DIR)" \
+			--overwrite $(SPLIT_ARGS); \
 	fi
 	$(BIN)/python train_byol.py --out-dir "$(RUN_DIR)" $(BYOL_ARGS) \
-		$(call resume_flag,$(RUN_DIR)/byol_checkpoint.pt)
-	$(BIN)/python train_classifier.py --out-dir "$(RUN_DIR)" --overwrite $(CLASSIFIER_ARGS)
+		$(call continue_flag,$(BYOL_ARGS),$(RUN_DIR)/byol_checkpoint.pt,)
+	$(BIN)/python train_classifier.py --out-dir "$(RUN_DIR)" $(CLASSIFIER_ARGS) \
+		$(call continue_flag,$(CLASSIFIER_ARGS),$(RUN_DIR)/classifier_metrics.csv,--overwrite)
 	$(BIN)/python plot_results.py --out-dir "$(RUN_DIR)"
 
 # No data and no internet: all four stages on a small generated image set, in DEMO_DIR (a few minutes on a CPU).

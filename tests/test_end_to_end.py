@@ -90,6 +90,45 @@ def test_four_stages_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
+def test_make_pipeline_run_again_keeps_what_it_finished_and_overwrite_trains_anew(tmp_path):
+    # A user reruns `make pipeline` after an interruption: the finished pretraining and classifier
+    # grid are kept, not trained again (stage 3 once restarted with --overwrite: 35 minutes lost on a
+    # 2-core CPU); --overwrite in a stage's ARGS trains that stage anew.
+    images = make_demo_images(tmp_path / "images", per_class=24, size=40)
+    split, byol, classifier, _ = four_stages(images, "cpu")
+    run_dir = tmp_path / "run"
+    bin_dir = Path(sys.executable).parent
+
+    def make(*extra: str, classifier_args=classifier[1:]) -> subprocess.CompletedProcess:
+        variables = {
+            "BIN": bin_dir,
+            "DATA_DIR": images,
+            "RUN_DIR": run_dir,
+            "SPLIT_ARGS": " ".join(map(str, split[3:])),
+            "BYOL_ARGS": " ".join(map(str, byol[1:])),
+            "CLASSIFIER_ARGS": " ".join(map(str, classifier_args)),
+        }
+        command = ["make", "-C", ROOT, "-o", f"{bin_dir}/python", *extra, "pipeline"]
+        result = subprocess.run(
+            command + [f"{name}={value}" for name, value in variables.items()], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    make()
+    kept = ("byol_metrics.csv", "classifier_metrics.csv", "classifier_predictions.csv")
+    before = {name: (run_dir / name).read_bytes() for name in kept}
+    make()
+    assert {name: (run_dir / name).read_bytes() for name in kept} == before
+    assert (run_dir / "summary.md").is_file()
+    commands = make("-n", classifier_args=[*classifier[1:], "--overwrite"]).stdout
+    stage_2 = commands[commands.index("train_byol.py") :].split("train_classifier.py")[0]
+    stage_3 = commands[commands.index("train_classifier.py") :].split("plot_results.py")[0]
+    assert "--resume" in stage_2 and "--overwrite" not in stage_2
+    assert stage_3.count("--overwrite") == 1 and "--resume" not in stage_3
+
+
+@pytest.mark.slow
 def test_the_stages_write_to_a_git_ignored_run_folder_and_refuse_another_runs_files(tmp_path):
     # A project folder with the repository's .gitignore: the four stages with their default --out-dir
     # leave `git status` clean (nothing written where a committed study could be), and run a second
