@@ -15,7 +15,8 @@ seed 0 for the whole budget; a choice on the grid's edge tries the next rate pas
 cross-validation on the training images; never on the test split. Writes
 ceiling_metrics.csv (a row per seed and epoch) and ceiling_config.json to --out-dir after every seed,
 and ceiling_choices.csv (each candidate's rate, length and validation score) after every candidate;
---resume keeps the seeds and the candidates already done. plot_results.py then draws the ceiling in
+--resume keeps the seeds and the candidates already done (the candidates under another grid too: each
+is one fine-tuning at its rate and length). plot_results.py then draws the ceiling in
 label_efficiency.png and adds it to summary.md.
 """
 
@@ -156,9 +157,22 @@ def choose_rate_and_length(
     return choice.lr, choice.epochs
 
 
-def kept_rows(path: Path, settings: dict, resume: bool, columns: list[str] = CEILING_COLUMNS) -> list[dict]:
-    """--resume: the rows an earlier run with the same settings finished (ceiling_metrics.csv: its seeds;
-    ceiling_choices.csv: its candidates)."""
+# What --resume may change and still keep the earlier rows: more or fewer seeds; and for the candidates,
+# the choice's grids too (a candidate is one fine-tuning at its rate and length, whatever grid asked for
+# it: a wider grid reuses it, a grid widened once more trains only the new one).
+SEEDS_MAY_CHANGE = ("seeds",)
+CANDIDATES_MAY_CHANGE = ("seeds", "epochs", "finetune_lrs", "finetune_epochs", "widen_rates")
+
+
+def kept_rows(
+    path: Path,
+    settings: dict,
+    resume: bool,
+    columns: list[str] = CEILING_COLUMNS,
+    may_change: tuple[str, ...] = SEEDS_MAY_CHANGE,
+) -> list[dict]:
+    """--resume: the rows an earlier run with the same settings (but those in `may_change`) finished
+    (ceiling_metrics.csv: its seeds; ceiling_choices.csv: its candidates)."""
     if not resume:
         return []
     ledger = earlier_ledger(path, path.with_name(CEILING_CONFIG_FILE), columns)
@@ -167,7 +181,7 @@ def kept_rows(path: Path, settings: dict, resume: bool, columns: list[str] = CEI
     rows, previous = ledger
     # A setting added since the file was written counts as its default (none changes a ceiling's runs).
     defaults = {**asdict(ClassifierConfig()), "world_size": settings["world_size"]}
-    check_resumable(path, previous, settings, SAME_SETTINGS, defaults=defaults)
+    check_resumable(path, previous, settings, SAME_SETTINGS, may_change, defaults)
     return rows.to_dict("records")  # written after each seed or candidate: every one in them is complete
 
 
@@ -208,7 +222,9 @@ def train_ceiling(
         runtime = Runtime(device, resolve_precision(options.precision_name, device), ranks)
         config, settings = resolved_settings(config, run_dir, ranks.world_size)
         rows = kept_rows(metrics_path, settings, options.resume)
-        tried = kept_rows(choices_path, settings, options.resume, CEILING_CHOICE_COLUMNS)
+        tried = kept_rows(
+            choices_path, settings, options.resume, CEILING_CHOICE_COLUMNS, CANDIDATES_MAY_CHANGE
+        )
         if not options.resume and ranks.is_main and choices_path.is_file():
             choices_path.unlink()  # --overwrite: an earlier run's candidates are not this run's
         pending = [seed for seed in range(config.seeds) if seed not in {row["seed"] for row in rows}]

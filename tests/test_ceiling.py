@@ -263,10 +263,19 @@ def test_a_choice_interrupted_before_its_seeds_resumes_from_the_candidates_it_sc
     assert "1 candidate(s) already scored" in resumed.stderr and "4/4" in resumed.stderr
     assert trained == [(8, 1e-3), (16, chosen)]  # only the unscored candidate, then the seed on test
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "ceiling_choices.csv"), choices)
-    # Another setting cannot reuse them; --overwrite starts the choice over.
+    # Another setting cannot reuse them; another grid can (a candidate is the same fine-tuning under
+    # any grid that asks for it): a third rate trains only that one, then the seed.
     other = run_script("experiments/ceiling.py", *args, "--out-dir", tmp_path, "--resume", "--head-lr", "0.1")
     assert other.returncode == 2
     assert_one_error_line(other.stderr)
+    (tmp_path / "ceiling_metrics.csv").unlink()
+    trained.clear()
+    wider = [*args[:4], "1e-4,1e-3,1e-2", *args[5:]]
+    widened = run_script("experiments/ceiling.py", *wider, "--out-dir", tmp_path, "--resume")
+    assert widened.returncode == 0, widened.stderr[-2000:]
+    assert [n_scored for n_scored, _ in trained] == [8, 16] and trained[0][1] == 1e-2
+    assert pd.read_csv(tmp_path / "ceiling_choices.csv")["lr"].tolist() == [1e-4, 1e-3, 1e-2]
+    assert json.loads((tmp_path / "ceiling_config.json").read_text())["finetune_lrs"] == [1e-4, 1e-3, 1e-2]
     (tmp_path / "ceiling_metrics.csv").unlink()
     trained.clear()
     over = run_script("experiments/ceiling.py", *args, "--out-dir", tmp_path, "--overwrite")
