@@ -46,7 +46,7 @@ BYOL_ARGS ?=
 CLASSIFIER_ARGS ?=
 # $(call continue_flag,ARGS,FILE,FRESH): --resume when FILE (the stage's record of finished work) exists,
 # else FRESH; nothing when ARGS already says --overwrite.
-continue_flag = $(if $(findstring --overwrite,$(1)),,$(if $(wildcard $(2)),--resume,$(3)))
+continue_flag = $(if $(findstring --overwrite,$(1)),,$(or $(call resume_flag,$(2)),$(3)))
 pipeline: setup
 	if [ -d "$(DATA_DIR)" ]; then \
 		$(BIN)/python data_split.py --data-dir "$(DATA_DIR)" --out-dir "$(RUN_DIR)" --overwrite $(SPLIT_ARGS); \

@@ -157,10 +157,9 @@ def choose_rate_and_length(
     return choice.lr, choice.epochs
 
 
-# What --resume may change and still keep the earlier rows: more or fewer seeds; and for the candidates,
-# the choice's grids too (a candidate is one fine-tuning at its rate and length, whatever grid asked for
-# it: a wider grid reuses it, a grid widened once more trains only the new one).
-SEEDS_MAY_CHANGE = ("seeds",)
+# What --resume may change and still keep the earlier candidates: the seeds and the choice's grids (a
+# candidate is one fine-tuning at its rate and length, whatever grid asked for it: a wider grid reuses it,
+# a grid widened once more trains only the new one). The seeds' rows need every setting alike.
 CANDIDATES_MAY_CHANGE = ("seeds", "epochs", "finetune_lrs", "finetune_epochs", "widen_rates")
 
 
@@ -169,7 +168,7 @@ def kept_rows(
     settings: dict,
     resume: bool,
     columns: list[str] = CEILING_COLUMNS,
-    may_change: tuple[str, ...] = SEEDS_MAY_CHANGE,
+    may_change: tuple[str, ...] = (),
 ) -> list[dict]:
     """--resume: the rows an earlier run with the same settings (but those in `may_change`) finished
     (ceiling_metrics.csv: its seeds; ceiling_choices.csv: its candidates)."""
