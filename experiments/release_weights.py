@@ -86,7 +86,7 @@ def release(run_dir: Path, out: Path, options: RunOptions, tolerance: float) -> 
         "file": out.name,
         "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
         "bytes": out.stat().st_size,
-        "source": str(weights),
+        "source": weights.name,  # the run's file, not this machine's path to it
         "source_step": load_torch(weights).get("step"),
         "held_out_sha256": held_out,
         "knn_full_precision": full,

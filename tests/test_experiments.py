@@ -96,6 +96,7 @@ def test_released_weights_load_into_a_stock_resnet18_score_the_same_and_serve_st
     assert all(torch.equal(state[name], full[name].half()) for name in full if full[name].is_floating_point())
     record = json.loads(released.with_suffix(".json").read_text())
     assert record["sha256"] == hashlib.sha256(released.read_bytes()).hexdigest()
+    assert record["source"] == "byol.pt"  # the run's file, not a path on the machine that released it
     for name, score in record["knn_full_precision"].items():
         assert abs(record["knn_fp16"][name] - score) <= 0.002, name
     # Stage 3 takes it as --weights, its image size and held-out images from the JSON beside it.
