@@ -1,8 +1,8 @@
 """Sizing a pretraining run to a time budget, and saying up front how long a run will take.
 
-The speed is measured, not guessed: a few training steps on a throwaway copy of the model, with
-the run's own views, batch, precision and device (the run's model, optimiser and random number
-generators are left untouched), and the monitor's features on a sample of its images. The number
+The speed is measured, not guessed: 16 training steps (or 40 s of them) on a throwaway copy of the
+model, with the run's own views, batch, precision and device (the run's model, optimiser and random
+number generators are left untouched), and the monitor's features on a sample of its images. The number
 of epochs is then fixed before the first real step, so the learning-rate and tau schedules are
 known from the start and --resume stays exact.
 """
@@ -80,12 +80,20 @@ def epochs_for_budget(budget_s: float, speed: Speed, steps_per_epoch: int, globa
     return max(1, math.floor((budget_s - speed.monitor_seconds) / per_epoch))
 
 
-def measure_speed(run, steps: int = 4, warmup: int = 2, monitor_sample: int = 512) -> Speed:
-    """Time `steps` whole training steps (views and step, after `warmup`) of a fresh model like the
-    run's, on its images, views, batch, precision and device, at each of its view sizes (a run with
-    --progressive-sizes spends an equal share of its steps at each: its speed is their mean step's);
-    and the monitor's feature pass on a sample of its images. The run's model, optimiser and random
-    number generators are not touched."""
+# How long the speed probe times training steps. One step's time varies by about +-10 % on a shared
+# 2-core CPU: 24 fp32 steps on the AMD EPYC without bf16 units took 1.53-2.14 s, so 4-step means ranged
+# over 32.9-39.9 images/s and 16-step means over 35.2-36.5; a budgeted run planned on a 4-step probe of
+# 33.0 images/s then trained at 36.4, 10 % under its budget. At most PROBE_SECONDS where steps are slow.
+PROBE_STEPS = 16
+PROBE_SECONDS = 40.0
+
+
+def measure_speed(run, warmup: int = 2, monitor_sample: int = 512) -> Speed:
+    """Time PROBE_STEPS whole training steps (views and step, after `warmup`; fewer where they pass
+    PROBE_SECONDS) of a fresh model like the run's, on its images, views, batch, precision and device,
+    at each of its view sizes (a run with --progressive-sizes spends an equal share of its steps at
+    each: its speed is their mean step's); and the monitor's feature pass on a sample of its images.
+    The run's model, optimiser and random number generators are not touched."""
     config, device = run.config, run.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         model = BYOL(resnet18_backbone(), RESNET18_FEATURES).to(device, memory_format=MEMORY_FORMAT)
@@ -95,7 +103,7 @@ def measure_speed(run, steps: int = 4, warmup: int = 2, monitor_sample: int = 51
         generator = seeded_generator(config.seed + 1, 0, device)  # not the run's own
         order = torch.Generator().manual_seed(config.seed + 1)
         step_seconds = [
-            seconds_per_step(run, trainer, views, (generator, order), (steps, warmup))
+            seconds_per_step(run, trainer, views, (generator, order), (PROBE_STEPS, warmup))
             for views in run.views.values()
         ]
         watched = list(dict.fromkeys(run.watched.labelled + run.watched.validation + run.watched.voters))
@@ -110,11 +118,12 @@ def measure_speed(run, steps: int = 4, warmup: int = 2, monitor_sample: int = 51
 
 def seconds_per_step(run, trainer: Trainer, views, generators: tuple, counts: tuple[int, int]) -> float:
     """One view size's mean step: `counts` = (steps timed, warm-up steps before them) on random batches
-    of the run's images drawn with `generators` = (the views', the rows')."""
+    of the run's images drawn with `generators` = (the views', the rows'); the timing stops early, after
+    at least 4 steps, once it has taken PROBE_SECONDS."""
     generator, order = generators
     steps, warmup = counts
     rows = torch.tensor(run.train_indices)
-    seconds = 0.0
+    seconds, timed = 0.0, 0
     for step in range(warmup + steps):
         batch = rows[torch.randint(0, len(rows), (run.global_batch,), generator=order)]
         started = time.perf_counter()
@@ -123,7 +132,10 @@ def seconds_per_step(run, trainer: Trainer, views, generators: tuple, counts: tu
         loss.item()  # waits for the device, as the training loop does once per step
         if step >= warmup:
             seconds += time.perf_counter() - started
-    return seconds / steps
+            timed += 1
+            if timed >= 4 and seconds >= PROBE_SECONDS:
+                break
+    return seconds / timed
 
 
 def fix_epochs(run: Run, speed: Speed, budget_s: float, resumed: bool) -> None:
