@@ -150,6 +150,22 @@ def test_each_equal_time_trial_is_the_cpu_setting_with_one_change_for_40_minutes
         assert (args.time_budget, setting) == (40 * 60, "cpu"), path.name
 
 
+def test_make_time_trials_runs_each_trial_at_its_files_budget_or_at_time_budget(tmp_path):
+    from train_byol import parse_args
+
+    def budgets(*variables: str) -> list[float]:
+        """Each trial's --time-budget in the train_byol.py commands `make -n time-trials` prints."""
+        bin_dir = Path(sys.executable).parent
+        command = ["make", "-n", "-C", ROOT, "-o", f"{bin_dir}/python", "time-trials", f"BIN={bin_dir}"]
+        command += ["TIME_TRIALS=lr_half warmup_half", f"TIME_TRIALS_DIR={tmp_path}", *variables]
+        printed = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        trials = [text.split(")")[0].replace('"', "").split() for text in printed.split("train_byol.py")[1:]]
+        return [parse_args(flags)[0].time_budget for flags in trials]
+
+    assert budgets() == [40 * 60, 40 * 60]
+    assert budgets("TIME_BUDGET=2h") == [2 * 3600, 2 * 3600]
+
+
 def test_the_long_run_is_the_chosen_trial_for_longer():
     long_run = recipe_config(ROOT / "configs" / "long_byol.args")
     chosen = recipe_config(ROOT / "configs" / "trials" / "steps1400_pred10.args")
