@@ -82,8 +82,9 @@ def epochs_for_budget(budget_s: float, speed: Speed, steps_per_epoch: int, globa
 
 # How long the speed probe times training steps. One step's time varies by about +-10 % on a shared
 # 2-core CPU: 24 fp32 steps on the AMD EPYC without bf16 units took 1.53-2.14 s, so 4-step means ranged
-# over 32.9-39.9 images/s and 16-step means over 35.2-36.5; a budgeted run planned on a 4-step probe of
-# 33.0 images/s then trained at 36.4, 10 % under its budget. At most PROBE_SECONDS where steps are slow.
+# over 32.9-39.9 images/s and 16-step means over 35.2-36.5. The default pipeline there planned on a
+# 4-step probe of 33.0 images/s and trained its epochs at 33.4-35.8 (about 5 % under its budget); on the
+# AMD EPYC with bf16 units a probe of 128 trained at about 151. At most PROBE_SECONDS where steps are slow.
 PROBE_STEPS = 16
 PROBE_SECONDS = 40.0
 
