@@ -84,16 +84,30 @@ def epochs_for_budget(budget_s: float, speed: Speed, steps_per_epoch: int, globa
 # 2-core CPU: 24 fp32 steps on the AMD EPYC without bf16 units took 1.53-2.14 s, so 4-step means ranged
 # over 32.9-39.9 images/s and 16-step means over 35.2-36.5. The default pipeline there planned on a
 # 4-step probe of 33.0 images/s and trained its epochs at 33.4-35.8 (about 5 % under its budget); on the
-# AMD EPYC with bf16 units a probe of 128 trained at about 151. At most PROBE_SECONDS where steps are slow.
+# AMD EPYC with bf16 units a probe of 128 trained at about 151. At most PROBE_SECONDS where steps are
+# slow, and never fewer than PROBE_MIN_STEPS. A run without a budget measures only for its ETA: at most a
+# PROBE_SHARE-th of the steps it has left (a 4-epoch demo of 28 steps would otherwise time 16 more).
 PROBE_STEPS = 16
+PROBE_MIN_STEPS = 4
 PROBE_SECONDS = 40.0
+PROBE_SHARE = 20
 
 
-def measure_speed(run, warmup: int = 2, monitor_sample: int = 512) -> Speed:
-    """Time PROBE_STEPS whole training steps (views and step, after `warmup`; fewer where they pass
-    PROBE_SECONDS) of a fresh model like the run's, on its images, views, batch, precision and device,
-    at each of its view sizes (a run with --progressive-sizes spends an equal share of its steps at
-    each: its speed is their mean step's); and the monitor's feature pass on a sample of its images.
+def probe_steps(steps_left: int | None) -> int:
+    """The steps the speed probe times: PROBE_STEPS where the run's length waits on the speed (a time
+    budget: `steps_left` None), else at most a PROBE_SHARE-th of the steps left, PROBE_MIN_STEPS at
+    least."""
+    if steps_left is None:
+        return PROBE_STEPS
+    return max(PROBE_MIN_STEPS, min(PROBE_STEPS, steps_left // PROBE_SHARE))
+
+
+def measure_speed(run, steps_left: int | None = None, warmup: int = 2, monitor_sample: int = 512) -> Speed:
+    """Time `probe_steps(steps_left)` whole training steps (views and step, after `warmup`; fewer where
+    they pass PROBE_SECONDS) of a fresh model like the run's, on its images, views, batch, precision
+    and device, at each of its view sizes (a run with --progressive-sizes spends an equal share of its
+    steps at each: its speed is their mean step's); and the monitor's feature pass on a sample of its
+    images.
     The run's model, optimiser and random number generators are not touched."""
     config, device = run.config, run.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -104,7 +118,7 @@ def measure_speed(run, warmup: int = 2, monitor_sample: int = 512) -> Speed:
         generator = seeded_generator(config.seed + 1, 0, device)  # not the run's own
         order = torch.Generator().manual_seed(config.seed + 1)
         step_seconds = [
-            seconds_per_step(run, trainer, views, (generator, order), (PROBE_STEPS, warmup))
+            seconds_per_step(run, trainer, views, (generator, order), (probe_steps(steps_left), warmup))
             for views in run.views.values()
         ]
         watched = list(dict.fromkeys(run.watched.labelled + run.watched.validation + run.watched.voters))
@@ -120,7 +134,7 @@ def measure_speed(run, warmup: int = 2, monitor_sample: int = 512) -> Speed:
 def seconds_per_step(run, trainer: Trainer, views, generators: tuple, counts: tuple[int, int]) -> float:
     """One view size's mean step: `counts` = (steps timed, warm-up steps before them) on random batches
     of the run's images drawn with `generators` = (the views', the rows'); the timing stops early, after
-    at least 4 steps, once it has taken PROBE_SECONDS."""
+    at least PROBE_MIN_STEPS, once it has taken PROBE_SECONDS."""
     generator, order = generators
     steps, warmup = counts
     rows = torch.tensor(run.train_indices)
@@ -134,7 +148,7 @@ def seconds_per_step(run, trainer: Trainer, views, generators: tuple, counts: tu
         if step >= warmup:
             seconds += time.perf_counter() - started
             timed += 1
-            if timed >= 4 and seconds >= PROBE_SECONDS:
+            if timed >= PROBE_MIN_STEPS and seconds >= PROBE_SECONDS:
                 break
     return seconds / timed
 

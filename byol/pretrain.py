@@ -95,7 +95,7 @@ def pretrain(config: PretrainConfig, out_dir: Path, options: RunOptions | None =
         parse_snapshot_epochs(options.snapshot_epochs, 10**9 if budgeted else config.epochs)
         run = build_run(config, out_dir, ranks, device, options, checkpoint)
         state = restore(run, checkpoint) if checkpoint is not None else TrainState()
-        speed = measure_speed(run)
+        speed = measure_speed(run, None if budgeted else run.total_steps - state.step)
         fix_epochs(run, speed, options.time_budget_s, resumed=checkpoint is not None)
         if use_compile(options.compile_mode, device, run.total_steps - state.step):
             run.train_model = torch.compile(run.train_model)

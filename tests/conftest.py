@@ -197,7 +197,7 @@ def known_speed(request, monkeypatch):
     from byol import grid_plan, pretrain
     from byol.grid_plan import GridSpeed
 
-    monkeypatch.setattr(pretrain, "measure_speed", lambda run: PLANNING_SPEED)
+    monkeypatch.setattr(pretrain, "measure_speed", lambda run, steps_left=None: PLANNING_SPEED)
     # Stage 3's plan and the ceiling's (run as a script, it imports the name afresh) read it from here.
     monkeypatch.setattr(grid_plan, "measure_grid_speed", lambda *args: GridSpeed(0.1, 1000.0))
 

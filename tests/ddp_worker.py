@@ -42,7 +42,7 @@ def recording_step_views(images, global_rows, views, generator, runtime):
 pretrain_module.step_views = recording_step_views
 # As in the suite's own process (conftest.known_speed): the plan's speed is fixed, not measured with a
 # fresh model's six steps (4 s of each process's 20 here); byol.budget's tests measure for real.
-pretrain_module.measure_speed = lambda run: PLANNING_SPEED
+pretrain_module.measure_speed = lambda run, steps_left=None: PLANNING_SPEED
 try:
     # fp32: the comparison with one process is to float32 rounding; bf16 (what "auto" picks on CPUs with
     # bf16 units) rounds to 8 bits and would hide a real difference.

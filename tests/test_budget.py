@@ -40,7 +40,7 @@ def test_the_budget_buys_the_epochs_the_measured_speed_allows():
 
 
 def fake_speed(images_per_s: float, monitor_seconds: float = 0.0):
-    return lambda run: Speed(images_per_s, monitor_seconds)
+    return lambda run, steps_left=None: Speed(images_per_s, monitor_seconds)
 
 
 @pytest.mark.slow
@@ -213,6 +213,31 @@ def test_the_speed_is_measured_on_the_runs_own_pipeline_without_touching_its_sta
     assert speed.images_per_s > 0 and speed.monitor_seconds > 0
     assert all(pretrain_module.torch.equal(before[k], v) for k, v in run.model.state_dict().items())
     assert pretrain_module.torch.equal(pretrain_module.torch.get_rng_state(), rng)
+
+
+def test_the_probe_times_16_steps_for_a_budget_and_a_twentieth_of_a_short_runs_steps():
+    from byol.budget import probe_steps
+
+    assert probe_steps(None) == 16  # the budget's epochs wait on it
+    assert [probe_steps(left) for left in (0, 28, 100, 200, 320, 3432)] == [4, 4, 5, 10, 16, 16]
+
+
+@pytest.mark.measured_speed
+def test_a_short_run_without_a_budget_times_few_probe_steps(split_dir, monkeypatch):
+    """A run of a few steps (a demo, a resumed run near its end) times 4 probe steps after the 2
+    warm-up steps, not 16: the probe only feeds its ETA."""
+    from byol import budget
+
+    calls = []
+    real_step = budget.train_step
+    monkeypatch.setattr(budget, "train_step", lambda *args: calls.append(1) or real_step(*args))
+    out = split_dir()
+    pretrain(PretrainConfig(**{**TINY, "epochs": 1}), out, RunOptions(device_name="cpu"))
+    probe_calls = len(calls)
+    assert probe_calls == 2 + 4
+    calls.clear()
+    pretrain(PretrainConfig(**TINY), out, RunOptions(device_name="cpu", time_budget_s=0.5, overwrite=True))
+    assert len(calls) == 2 + 16
 
 
 @pytest.mark.measured_speed
