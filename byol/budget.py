@@ -1,10 +1,10 @@
 """Sizing a pretraining run to a time budget, and saying up front how long a run will take.
 
-The speed is measured, not guessed: 16 training steps (or 40 s of them) on a throwaway copy of the
-model, with the run's own views, batch, precision and device (the run's model, optimiser and random
-number generators are left untouched), and the monitor's features on a sample of its images. The number
-of epochs is then fixed before the first real step, so the learning-rate and tau schedules are
-known from the start and --resume stays exact.
+The speed is measured, not guessed: 16 training steps (or 40 s of them; a short run without a budget
+times fewer) on a throwaway copy of the model, with the run's own views, batch, precision and device
+(the run's model, optimiser and random number generators are left untouched), and the monitor's
+features on a sample of its images. The number of epochs is then fixed before the first real step, so
+the learning-rate and tau schedules are known from the start and --resume stays exact.
 """
 
 from __future__ import annotations
