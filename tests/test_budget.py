@@ -39,8 +39,15 @@ def test_the_budget_buys_the_epochs_the_measured_speed_allows():
     assert epochs_for_budget(60, speed, 350, 64) == 1  # at least one
 
 
-def fake_speed(images_per_s: float, monitor_seconds: float = 0.0):
-    return lambda run, steps_left=None: Speed(images_per_s, monitor_seconds)
+def fake_speed(images_per_s: float, monitor_seconds: float = 0.0, asked: list | None = None):
+    """measure_speed's stand-in; `asked` collects the steps_left each call was given."""
+
+    def measure(run, steps_left=None):
+        if asked is not None:
+            asked.append(steps_left)
+        return Speed(images_per_s, monitor_seconds)
+
+    return measure
 
 
 @pytest.mark.slow
@@ -49,7 +56,8 @@ def test_a_budgeted_run_fixes_its_epochs_first_and_resumes_exactly(split_dir, tm
     straight = tmp_path / "straight"
     shutil.copytree(out, straight)
     # 16 images an epoch at 16 images/s: 1 s an epoch, so a 2.5-second budget buys 2 epochs.
-    monkeypatch.setattr(pretrain_module, "measure_speed", fake_speed(16.0))
+    asked = []  # the probe's length: 16 steps where the budget waits on it (None), a 20th of the rest after
+    monkeypatch.setattr(pretrain_module, "measure_speed", fake_speed(16.0, asked=asked))
     tiny = {**TINY, "max_images": 16}  # 2 steps an epoch
     pretrain(PretrainConfig(**tiny), straight, RunOptions(device_name="cpu", time_budget_s=2.5))
     weights = load_torch(straight / "byol.pt")
@@ -60,8 +68,9 @@ def test_a_budgeted_run_fixes_its_epochs_first_and_resumes_exactly(split_dir, tm
         options = RunOptions(device_name="cpu", time_budget_s=2.5, stop_after_epochs=1)
         pretrain(PretrainConfig(**tiny), out, options)
     # Resumed on a machine that measures twice as fast (5 epochs' worth): it keeps its 2 epochs.
-    monkeypatch.setattr(pretrain_module, "measure_speed", fake_speed(32.0))
+    monkeypatch.setattr(pretrain_module, "measure_speed", fake_speed(32.0, asked=asked))
     pretrain(PretrainConfig(**tiny), out, RunOptions(device_name="cpu", time_budget_s=2.5, resume=True))
+    assert asked == [None, None, 2]  # the resumed run's epochs are known: its 2 steps left
     resumed = load_torch(out / "byol.pt")
     assert resumed["config"]["epochs"] == 2
     assert all(pretrain_module.torch.equal(resumed["backbone"][k], v) for k, v in weights["backbone"].items())
@@ -198,7 +207,8 @@ def test_stage_3_prints_its_plan_before_the_first_run_and_what_is_done_on_a_reru
 
 @pytest.mark.slow
 @pytest.mark.measured_speed
-def test_the_speed_is_measured_on_the_runs_own_pipeline_without_touching_its_state(split_dir):
+def test_the_speed_is_measured_on_the_runs_own_pipeline_without_touching_its_state(split_dir, monkeypatch):
+    from byol import budget
     from byol.budget import measure_speed
     from byol.distributed import SINGLE_PROCESS
     from byol.pretrain import build_run
@@ -209,8 +219,13 @@ def test_the_speed_is_measured_on_the_runs_own_pipeline_without_touching_its_sta
     run = build_run(config, out, SINGLE_PROCESS, pretrain_module.torch.device("cpu"), options)
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
     rng = pretrain_module.torch.get_rng_state()
-    speed = measure_speed(run)
-    assert speed.images_per_s > 0 and speed.monitor_seconds > 0
+    calls = []
+    real_step = budget.train_step
+    monkeypatch.setattr(budget, "train_step", lambda *args: calls.append(1) or real_step(*args))
+    speed = measure_speed(run)  # a budgeted run's: 2 warm-up steps, then 16 timed
+    assert speed.images_per_s > 0 and speed.monitor_seconds > 0 and len(calls) == 2 + 16
+    measure_speed(run, steps_left=28)  # a 28-step run without a budget (make demo's) times 4, not 16
+    assert len(calls) == 2 + 16 + 2 + 4
     assert all(pretrain_module.torch.equal(before[k], v) for k, v in run.model.state_dict().items())
     assert pretrain_module.torch.equal(pretrain_module.torch.get_rng_state(), rng)
 
@@ -220,24 +235,6 @@ def test_the_probe_times_16_steps_for_a_budget_and_a_twentieth_of_a_short_runs_s
 
     assert probe_steps(None) == 16  # the budget's epochs wait on it
     assert [probe_steps(left) for left in (0, 28, 100, 200, 320, 3432)] == [4, 4, 5, 10, 16, 16]
-
-
-@pytest.mark.measured_speed
-def test_a_short_run_without_a_budget_times_few_probe_steps(split_dir, monkeypatch):
-    """A run of a few steps (a demo, a resumed run near its end) times 4 probe steps after the 2
-    warm-up steps, not 16: the probe only feeds its ETA."""
-    from byol import budget
-
-    calls = []
-    real_step = budget.train_step
-    monkeypatch.setattr(budget, "train_step", lambda *args: calls.append(1) or real_step(*args))
-    out = split_dir()
-    pretrain(PretrainConfig(**{**TINY, "epochs": 1}), out, RunOptions(device_name="cpu"))
-    probe_calls = len(calls)
-    assert probe_calls == 2 + 4
-    calls.clear()
-    pretrain(PretrainConfig(**TINY), out, RunOptions(device_name="cpu", time_budget_s=0.5, overwrite=True))
-    assert len(calls) == 2 + 16
 
 
 @pytest.mark.measured_speed

@@ -16,15 +16,56 @@ from conftest import ROOT, assert_one_error_line, four_stages, run_script
 from byol.demo_images import make_demo_images
 
 
+def make_pipeline(stages: list[tuple], images: Path, run_dir: Path, *extra: str, classifier_extra=()) -> str:
+    """`make pipeline` on `images` into `run_dir` with the stages' own flags, as a user types it: its
+    stdout."""
+    split, byol, classifier, _ = stages
+    bin_dir = Path(sys.executable).parent
+    variables = {
+        "BIN": bin_dir,
+        "DATA_DIR": images,
+        "RUN_DIR": run_dir,
+        "SPLIT_ARGS": " ".join(map(str, split[3:])),
+        "BYOL_ARGS": " ".join(map(str, byol[1:])),
+        "CLASSIFIER_ARGS": " ".join(map(str, [*classifier[1:], *classifier_extra])),
+    }
+    command = ["make", "-C", ROOT, "-o", f"{bin_dir}/python", *extra, "pipeline"]
+    command += [f"{name}={value}" for name, value in variables.items()]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def stage_commands(printed: str) -> tuple[str, str]:
+    """Stage 2's and stage 3's command lines in what `make -n pipeline` printed."""
+    stage_2 = printed[printed.index("train_byol.py") :].split("train_classifier.py")[0]
+    stage_3 = printed[printed.index("train_classifier.py") :].split("plot_results.py")[0]
+    return stage_2, stage_3
+
+
 @pytest.mark.longest
 @pytest.mark.slow
-def test_four_stages_end_to_end(tmp_path):
+def test_four_stages_end_to_end_then_make_pipeline_keeps_them_and_make_study_redraws_them(tmp_path):
+    """The four stages as a user runs them, in a project folder with the repository's .gitignore and
+    the default --out-dir: every file and figure, `git status` clean (nothing written where a committed
+    study could be), each training stage run again without --resume or --overwrite refused in one line;
+    then `make pipeline` run again on that folder (after an interruption, say) keeps the finished
+    pretraining and classifier grid (stage 3 once restarted with --overwrite: 35 minutes lost on a
+    2-core CPU), --overwrite in a stage's ARGS trains that stage anew; and `make study` redraws every
+    figure and table from what a fresh clone holds. One training of the stages serves all three."""
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / ".gitignore", project)
+    git = ["git", "-C", str(project), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", ".gitignore"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "ignore"], check=True)
     images = make_demo_images(tmp_path / "images", per_class=24, size=40)
-    out = tmp_path / "results"
     stages = four_stages(images, "cpu")
     for script, *args in stages:
-        result = run_script(script, "--out-dir", out, *args)
+        result = run_script(script, *args, cwd=project)
         assert result.returncode == 0, (script, result.stderr)
+    out = project / "runs" / "pipeline"
 
     for name in (
         "splits.csv",
@@ -47,6 +88,37 @@ def test_four_stages_end_to_end(tmp_path):
     pretraining_minutes = pd.read_csv(out / "byol_metrics.csv")["seconds"].sum() / 60
     assert f"| BYOL pretraining (`byol_metrics.csv`) | {pretraining_minutes:.1f} |" in summary
     assert "| classifiers, all runs (`classifier_metrics.csv`) |" in summary
+
+    status = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True
+    )
+    assert status.stdout == "", status.stdout
+    before = {path: path.read_bytes() for path in out.glob("*.csv")}
+    for script, *args in stages[:3]:  # Stage 4 only redraws the folder's own files
+        result = run_script(script, *args, cwd=project)
+        assert result.returncode == 2 and "already holds an earlier run" in result.stderr, (
+            script,
+            result.stderr,
+        )
+        assert_one_error_line(result.stderr)
+    assert {path: path.read_bytes() for path in before} == before
+
+    # `make pipeline` again: the same split from the same files, the finished stages kept, figures redrawn.
+    kept = ("byol_metrics.csv", "classifier_metrics.csv", "classifier_predictions.csv")
+    before = {name: (out / name).read_bytes() for name in kept}
+    (out / "summary.md").unlink()
+    make_pipeline(stages, images, out)
+    assert {name: (out / name).read_bytes() for name in kept} == before
+    assert (out / "summary.md").read_text() == summary
+    stage_2, stage_3 = stage_commands(
+        make_pipeline(stages, images, out, "-n", classifier_extra=["--overwrite"])
+    )
+    assert "--resume" in stage_2 and "--overwrite" not in stage_2
+    assert stage_3.count("--overwrite") == 1 and "--resume" not in stage_3
+    # A new folder: pretraining starts fresh, stage 3 with --overwrite (the split was just written there).
+    stage_2, stage_3 = stage_commands(make_pipeline(stages, images, tmp_path / "fresh", "-n"))
+    assert "--resume" not in stage_2 and "--overwrite" not in stage_2
+    assert stage_3.count("--overwrite") == 1 and "--resume" not in stage_3
 
     # What a fresh clone holds (CSVs, JSON, summary.md; no weights, cache or figures): `make study`
     # redraws every figure and table from it without training anything.
@@ -87,75 +159,3 @@ def test_four_stages_end_to_end(tmp_path):
     assert "No comparison yet" in (clone / "long_run" / "summary.md").read_text()
     assert "| 12 | finetune | byol |" in (archived / "summary.md").read_text()
     assert (archived / "loss_curves.png").is_file()
-
-
-@pytest.mark.slow
-def test_make_pipeline_run_again_keeps_what_it_finished_and_overwrite_trains_anew(tmp_path):
-    # A user reruns `make pipeline` after an interruption: the finished pretraining and classifier
-    # grid are kept, not trained again (stage 3 once restarted with --overwrite: 35 minutes lost on a
-    # 2-core CPU); --overwrite in a stage's ARGS trains that stage anew.
-    images = make_demo_images(tmp_path / "images", per_class=24, size=40)
-    split, byol, classifier, _ = four_stages(images, "cpu")
-    run_dir = tmp_path / "run"
-    bin_dir = Path(sys.executable).parent
-
-    def make(*extra: str, classifier_args=classifier[1:]) -> subprocess.CompletedProcess:
-        variables = {
-            "BIN": bin_dir,
-            "DATA_DIR": images,
-            "RUN_DIR": run_dir,
-            "SPLIT_ARGS": " ".join(map(str, split[3:])),
-            "BYOL_ARGS": " ".join(map(str, byol[1:])),
-            "CLASSIFIER_ARGS": " ".join(map(str, classifier_args)),
-        }
-        command = ["make", "-C", ROOT, "-o", f"{bin_dir}/python", *extra, "pipeline"]
-        result = subprocess.run(
-            command + [f"{name}={value}" for name, value in variables.items()], capture_output=True, text=True
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        return result
-
-    make()
-    kept = ("byol_metrics.csv", "classifier_metrics.csv", "classifier_predictions.csv")
-    before = {name: (run_dir / name).read_bytes() for name in kept}
-    make()
-    assert {name: (run_dir / name).read_bytes() for name in kept} == before
-    assert (run_dir / "summary.md").is_file()
-    commands = make("-n", classifier_args=[*classifier[1:], "--overwrite"]).stdout
-    stage_2 = commands[commands.index("train_byol.py") :].split("train_classifier.py")[0]
-    stage_3 = commands[commands.index("train_classifier.py") :].split("plot_results.py")[0]
-    assert "--resume" in stage_2 and "--overwrite" not in stage_2
-    assert stage_3.count("--overwrite") == 1 and "--resume" not in stage_3
-
-
-@pytest.mark.slow
-def test_the_stages_write_to_a_git_ignored_run_folder_and_refuse_another_runs_files(tmp_path):
-    # A project folder with the repository's .gitignore: the four stages with their default --out-dir
-    # leave `git status` clean (nothing written where a committed study could be), and run a second
-    # time there without --resume or --overwrite, each training stage refuses in one line.
-    project = tmp_path / "project"
-    project.mkdir()
-    shutil.copy(ROOT / ".gitignore", project)
-    git = ["git", "-C", str(project), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", ".gitignore"], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "ignore"], check=True)
-    images = make_demo_images(tmp_path / "images", per_class=24, size=40)
-    stages = four_stages(images, "cpu")
-    for script, *args in stages:
-        result = run_script(script, *args, cwd=project)
-        assert result.returncode == 0, (script, result.stderr)
-    assert (project / "runs" / "pipeline" / "summary.md").is_file()
-    status = subprocess.run(
-        [*git, "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True
-    )
-    assert status.stdout == "", status.stdout
-    before = {path: path.read_bytes() for path in (project / "runs" / "pipeline").glob("*.csv")}
-    for script, *args in stages[:3]:  # Stage 4 only redraws the folder's own files
-        result = run_script(script, *args, cwd=project)
-        assert result.returncode == 2 and "already holds an earlier run" in result.stderr, (
-            script,
-            result.stderr,
-        )
-        assert_one_error_line(result.stderr)
-    assert {path: path.read_bytes() for path in before} == before
