@@ -153,7 +153,7 @@ def seconds_per_step(run, trainer: Trainer, views, generators: tuple, counts: tu
     return seconds / timed
 
 
-def fix_epochs(run: Run, speed: Speed, budget_s: float, resumed: bool) -> None:
+def fix_epochs(run: Run, speed: Speed | None, budget_s: float, resumed: bool) -> None:
     """With a time budget (`budget_s`), a new run trains the number of epochs that fit at the measured
     speed, the same on every process: fixed now, so the schedules know their end. A resumed run keeps
     the epochs it started with."""
@@ -172,10 +172,13 @@ def monitored_after(config: PretrainConfig, epoch: int) -> bool:
     return epoch == config.epochs or bool(config.knn_every and epoch % config.knn_every == 0)
 
 
-def plan_line(run: Run, state: TrainState, speed: Speed) -> str:
-    """What the run is about to do, and how long it will take at the measured speed."""
+def plan_line(run: Run, state: TrainState, speed: Speed | None) -> str:
+    """What the run is about to do, and how long it will take at the measured speed (None: a finished
+    run, resumed, which measured nothing)."""
     config = run.config
     steps_left = run.total_steps - state.step
+    if speed is None or steps_left == 0:
+        return f"plan: all {run.total_steps} steps already done: nothing left to train"
     epochs_left = config.epochs - state.epoch
     monitored = sum(monitored_after(config, epoch) for epoch in range(state.epoch + 1, config.epochs + 1))
     seconds = steps_left * run.global_batch / speed.images_per_s + monitored * speed.monitor_seconds

@@ -95,7 +95,8 @@ def pretrain(config: PretrainConfig, out_dir: Path, options: RunOptions | None =
         parse_snapshot_epochs(options.snapshot_epochs, 10**9 if budgeted else config.epochs)
         run = build_run(config, out_dir, ranks, device, options, checkpoint)
         state = restore(run, checkpoint) if checkpoint is not None else TrainState()
-        speed = measure_speed(run, None if budgeted else run.total_steps - state.step)
+        steps_left = None if budgeted else run.total_steps - state.step
+        speed = measure_speed(run, steps_left) if steps_left != 0 else None  # none: a finished run
         fix_epochs(run, speed, options.time_budget_s, resumed=checkpoint is not None)
         if use_compile(options.compile_mode, device, run.total_steps - state.step):
             run.train_model = torch.compile(run.train_model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import replace
 
@@ -51,7 +52,7 @@ def fake_speed(images_per_s: float, monitor_seconds: float = 0.0, asked: list | 
 
 
 @pytest.mark.slow
-def test_a_budgeted_run_fixes_its_epochs_first_and_resumes_exactly(split_dir, tmp_path, monkeypatch):
+def test_a_budgeted_run_fixes_its_epochs_first_and_resumes_exactly(split_dir, tmp_path, monkeypatch, caplog):
     out = split_dir()
     straight = tmp_path / "straight"
     shutil.copytree(out, straight)
@@ -72,6 +73,11 @@ def test_a_budgeted_run_fixes_its_epochs_first_and_resumes_exactly(split_dir, tm
     pretrain(PretrainConfig(**tiny), out, RunOptions(device_name="cpu", time_budget_s=2.5, resume=True))
     assert asked == [None, None, 2]  # the resumed run's epochs are known: its 2 steps left
     resumed = load_torch(out / "byol.pt")
+    # Resumed once finished (make pipeline run again): nothing measured, nothing trained, said so.
+    with caplog.at_level(logging.INFO, logger="byol"):
+        pretrain(PretrainConfig(**tiny), out, RunOptions(device_name="cpu", time_budget_s=2.5, resume=True))
+    assert asked == [None, None, 2] and "plan: all 4 steps already done: nothing left to train" in caplog.text
+    assert load_torch(out / "byol.pt")["step"] == 4
     assert resumed["config"]["epochs"] == 2
     assert all(pretrain_module.torch.equal(resumed["backbone"][k], v) for k, v in weights["backbone"].items())
 
