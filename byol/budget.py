@@ -107,8 +107,7 @@ def measure_speed(run, steps_left: int | None = None, warmup: int = 2, monitor_s
     they pass PROBE_SECONDS) of a fresh model like the run's, on its images, views, batch, precision
     and device, at each of its view sizes (a run with --progressive-sizes spends an equal share of its
     steps at each: its speed is their mean step's); and the monitor's feature pass on a sample of its
-    images.
-    The run's model, optimiser and random number generators are not touched."""
+    images. The run's model, optimiser and random number generators are not touched."""
     config, device = run.config, run.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         model = BYOL(resnet18_backbone(), RESNET18_FEATURES).to(device, memory_format=MEMORY_FORMAT)
@@ -173,11 +172,11 @@ def monitored_after(config: PretrainConfig, epoch: int) -> bool:
 
 
 def plan_line(run: Run, state: TrainState, speed: Speed | None) -> str:
-    """What the run is about to do, and how long it will take at the measured speed (None: a finished
-    run, resumed, which measured nothing)."""
+    """What the run is about to do, and how long it will take at the measured speed (None where no
+    step is left: a finished run, resumed, measures nothing)."""
     config = run.config
     steps_left = run.total_steps - state.step
-    if speed is None or steps_left == 0:
+    if steps_left == 0:
         return f"plan: all {run.total_steps} steps already done: nothing left to train"
     epochs_left = config.epochs - state.epoch
     monitored = sum(monitored_after(config, epoch) for epoch in range(state.epoch + 1, config.epochs + 1))

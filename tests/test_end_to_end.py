@@ -16,24 +16,28 @@ from conftest import ROOT, assert_one_error_line, four_stages, run_script
 from byol.demo_images import make_demo_images
 
 
+def run_make(target: str, variables: dict, *extra: str) -> str:
+    """`make TARGET` with this venv's python as BIN (set-up skipped) and these variables; its stdout."""
+    bin_dir = Path(sys.executable).parent
+    command = ["make", "-C", ROOT, "-o", f"{bin_dir}/python", *extra, target, f"BIN={bin_dir}"]
+    command += [f"{name}={value}" for name, value in variables.items()]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 def make_pipeline(stages: list[tuple], images: Path, run_dir: Path, *extra: str, classifier_extra=()) -> str:
     """`make pipeline` on `images` into `run_dir` with the stages' own flags, as a user types it: its
     stdout."""
     split, byol, classifier, _ = stages
-    bin_dir = Path(sys.executable).parent
     variables = {
-        "BIN": bin_dir,
         "DATA_DIR": images,
         "RUN_DIR": run_dir,
         "SPLIT_ARGS": " ".join(map(str, split[3:])),
         "BYOL_ARGS": " ".join(map(str, byol[1:])),
         "CLASSIFIER_ARGS": " ".join(map(str, [*classifier[1:], *classifier_extra])),
     }
-    command = ["make", "-C", ROOT, "-o", f"{bin_dir}/python", *extra, "pipeline"]
-    command += [f"{name}={value}" for name, value in variables.items()]
-    result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    return run_make("pipeline", variables, *extra)
 
 
 def stage_commands(printed: str) -> tuple[str, str]:
@@ -133,23 +137,7 @@ def test_four_stages_end_to_end_then_make_pipeline_keeps_them_and_make_study_red
     for name in ("classifier_metrics.csv", "classifier_config.json"):
         shutil.copy(out / name, archived)
     (archived / "summary.md").write_text("stale\n")
-    bin_dir = Path(sys.executable).parent
-    result = subprocess.run(
-        [
-            "make",
-            "-C",
-            ROOT,
-            "-o",
-            f"{bin_dir}/python",
-            "study",
-            f"BIN={bin_dir}",
-            f"OUT_DIR={clone}",
-            f"RESULTS={clone}",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    run_make("study", {"OUT_DIR": clone, "RESULTS": clone})
     assert not (clone / "byol.pt").exists() and not (clone / "cache").exists()  # nothing retrained
     assert (clone / "classifier_metrics.csv").read_bytes() == (out / "classifier_metrics.csv").read_bytes()
     assert (clone / "summary.md").read_text() == summary
